@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the test suite CI runs: everything except the slow tests
+# on the real models, plus a representative subset of those (marked `ci`).
+# All tests, slow included: `bash scripts/test.sh -m ""`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PEMARITH_DATA_DIR=${PEMARITH_DATA_DIR:-$(cd .. && pwd)/shared/data}
+python -m pytest -m "not slow or ci" "$@"
