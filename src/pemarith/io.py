@@ -1,0 +1,397 @@
+"""PEFT adapter directories in and out, without torch.
+
+- ``Adapter``: a lazy reference to one adapter directory. Loading reads only
+  ``adapter_config.json`` and the safetensors header; each tensor is read on demand
+  (one ``seek``/``read``) into numpy. ``adapter_model.bin`` is read with
+  ``torch.load(weights_only=True)``, imported only in that branch.
+- ``SafetensorsWriter``: streams a safetensors file whose header is written first, from the
+  list of ``(key, dtype, shape)``, so peak memory stays near one layer.
+- ``output_dir``: atomic output (a temporary directory beside the target, renamed at the end;
+  nothing left on disk on error).
+- ``inspect_adapter``: a summary of one adapter (kind, base model, targets, rank, norms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from .errors import AdapterError, OutputError
+from .kinds import KINDS, Kind
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+BIN_NAME = "adapter_model.bin"
+PROVENANCE_NAME = "pemarith.json"
+
+# safetensors dtype code <-> numpy dtype (little-endian, as the format prescribes)
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+}
+_NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def dtype_code(dtype: Any) -> str:
+    """``"F32"`` for ``np.float32``, ``"float32"``, ``"F32"``, ``"bf16"``, ... (errors otherwise)."""
+    if isinstance(dtype, str):
+        low = dtype.lower().replace("torch.", "")
+        alias = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
+                 "fp64": "float64", "double": "float64", "float": "float32"}
+        low = alias.get(low, low)
+        if low in _NAMES:
+            return _NAMES[low]
+        if dtype.upper() in DTYPES:
+            return dtype.upper()
+    else:
+        with contextlib.suppress(TypeError):
+            name = np.dtype(dtype).name
+            if name in _NAMES:
+                return _NAMES[name]
+    raise AdapterError(f"unsupported dtype {dtype!r}; use one of float32, float16, bfloat16, float64")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a safetensors header; ``start``/``end`` are absolute file offsets."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise AdapterError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            raise AdapterError(
+                f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise AdapterError(f"{path}: corrupt safetensors header ({e})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    infos: dict[str, TensorInfo] = {}
+    for key, entry in header.items():
+        try:
+            code, shape, (b, e) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise AdapterError(f"{path}: corrupt safetensors header entry for {key!r}") from None
+        if code not in DTYPES:
+            raise AdapterError(f"{path}: tensor {key!r} has unsupported dtype {code}")
+        if not 0 <= b <= e or base + e > size:
+            raise AdapterError(
+                f"{path}: truncated or corrupt safetensors file (tensor {key!r} at bytes {b}..{e} "
+                f"of a {size - base}-byte data section)"
+            )
+        if e - b != math.prod(shape) * DTYPES[code].itemsize:
+            raise AdapterError(f"{path}: corrupt safetensors header: {key!r} size does not match its shape")
+        infos[key] = TensorInfo(code, shape, base + b, base + e)
+    return infos, metadata
+
+
+def _check_finite(array: np.ndarray, key: str, layer: str, where: Path) -> None:
+    if not np.isfinite(array).all():
+        what = "NaN" if np.isnan(array).any() else "Inf"
+        raise AdapterError(f"{where}: tensor {key!r} (module {layer!r}) contains {what}")
+
+
+class Adapter:
+    """A lazy reference to one PEFT adapter directory.
+
+    Attributes: ``path`` (resolved directory), ``config`` (the parsed adapter_config.json),
+    ``kind`` (the ``Kind`` rules for its ``peft_type``), ``weights_path``, ``shapes``
+    (key -> shape), ``dtypes`` (key -> safetensors dtype code), ``layers`` (layer -> {part: key},
+    in file order) and ``extra`` (the ``modules_to_save`` keys: full weights, not updates).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        p = Path(path).expanduser()
+        if p.is_file() and p.name in (CONFIG_NAME, SAFETENSORS_NAME, BIN_NAME):
+            p = p.parent
+        if not p.exists():
+            raise AdapterError(f"adapter directory not found: {p}")
+        if not p.is_dir():
+            raise AdapterError(f"not an adapter directory: {p}")
+        self.path = p.resolve()
+        cfg = self.path / CONFIG_NAME
+        if not cfg.is_file():
+            raise AdapterError(f"{self.path}: missing {CONFIG_NAME} (not a PEFT adapter directory?)")
+        try:
+            self.config: dict[str, Any] = json.loads(cfg.read_text(encoding="utf-8"))
+            if not isinstance(self.config, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError) as e:
+            raise AdapterError(f"{cfg}: corrupt {CONFIG_NAME} ({e})") from None
+        peft_type = str(self.config.get("peft_type", "")).upper()
+        if peft_type not in KINDS:
+            raise AdapterError(
+                f"{self.path}: unsupported PEFT type {self.config.get('peft_type')!r} "
+                f"(pemarith composes {', '.join(KINDS)})"
+            )
+        self.kind: Kind = KINDS[peft_type]
+        self.kind.validate_config(self.config, self.path)
+
+        self._infos: dict[str, TensorInfo] | None = None
+        self._bin: dict[str, np.ndarray] | None = None
+        if (self.path / SAFETENSORS_NAME).is_file():
+            self.weights_path = self.path / SAFETENSORS_NAME
+            self._infos, _ = read_safetensors_header(self.weights_path)
+            self.shapes = {k: i.shape for k, i in self._infos.items()}
+            self.dtypes = {k: i.dtype for k, i in self._infos.items()}
+        elif (self.path / BIN_NAME).is_file():
+            self.weights_path = self.path / BIN_NAME
+            self._bin = _load_bin(self.weights_path)
+            self.shapes = {k: tuple(v.shape) for k, v in self._bin.items()}
+            self.dtypes = {k: dtype_code(v.dtype) for k, v in self._bin.items()}
+        else:
+            raise AdapterError(f"{self.path}: missing {SAFETENSORS_NAME} (or {BIN_NAME})")
+        if not self.shapes:
+            raise AdapterError(f"{self.weights_path}: contains no tensors")
+
+        self.layers: dict[str, dict[str, str]] = {}
+        self.extra: list[str] = []
+        for key in self.shapes:
+            split = self.kind.split_key(key)
+            if split is None:
+                self.extra.append(key)
+            else:
+                self.layers.setdefault(split[0], {})[split[1]] = key
+        self.kind.validate_layout(self)
+        self._sha256: str | None = None
+
+    @property
+    def peft_type(self) -> str:
+        return self.kind.name
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    def tensor(self, key: str) -> np.ndarray:
+        """Read one tensor (in its stored dtype); NaN/Inf is an ``AdapterError`` naming it."""
+        if self._bin is not None:
+            array = self._bin[key]
+        else:
+            assert self._infos is not None
+            info = self._infos[key]
+            try:
+                with open(self.weights_path, "rb") as f:
+                    f.seek(info.start)
+                    raw = f.read(info.end - info.start)
+            except OSError as e:
+                raise AdapterError(f"{self.weights_path}: cannot read ({e})") from None
+            if len(raw) != info.end - info.start:
+                raise AdapterError(f"{self.weights_path}: truncated while reading tensor {key!r}")
+            array = np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape)
+        split = self.kind.split_key(key)
+        _check_finite(array, key, split[0] if split else key.rsplit(".", 1)[0], self.weights_path)
+        return array
+
+    def sha256(self) -> str:
+        """sha256 of the weights file (streamed; cached)."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            with open(self.weights_path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+    def same_file(self, other: Adapter) -> bool:
+        return self.path == other.path
+
+    def __repr__(self) -> str:
+        return f"Adapter({str(self.path)!r}, {self.peft_type})"
+
+
+def _load_bin(path: Path) -> dict[str, np.ndarray]:
+    # Legacy pickled weights: only here is torch imported, and only with weights_only=True.
+    try:
+        import torch
+    except ImportError:
+        raise AdapterError(f"{path}: reading adapter_model.bin needs torch; convert it to safetensors") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a corrupt pickle
+        raise AdapterError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    out: dict[str, np.ndarray] = {}
+    for key, t in state.items():
+        if t.dtype == torch.bfloat16:
+            out[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            out[key] = t.numpy()
+        dtype_code(out[key].dtype)  # refuse unsupported dtypes early
+    return out
+
+
+class SafetensorsWriter:
+    """Write a safetensors file tensor by tensor, the header first.
+
+    ``specs`` lists every ``(key, dtype_code, shape)`` in the order they will be written.
+    ``reserve`` extra bytes of header space let ``close(metadata)`` rewrite the metadata at the
+    end (for values known only after the tensors, such as SVD errors).
+    """
+
+    def __init__(self, path: Path, specs: list[tuple[str, str, tuple[int, ...]]],
+                 metadata: Mapping[str, str], reserve: int = 0):
+        self.path = path
+        self._specs = specs
+        header: dict[str, Any] = {"__metadata__": dict(metadata)}
+        offset = 0
+        for key, code, shape in specs:
+            n = math.prod(shape) * DTYPES[code].itemsize
+            header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        self._header = header
+        text = json.dumps(header, separators=(",", ":")).encode()
+        # Pad with spaces so the data starts 8-byte aligned, as safetensors itself does.
+        self._hlen = (len(text) + reserve + 7) // 8 * 8
+        self._f = open(path, "wb")
+        self._f.write(struct.pack("<Q", self._hlen) + text.ljust(self._hlen, b" "))
+        self._next = 0
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        k, code, shape = self._specs[self._next]
+        if key != k or tuple(array.shape) != tuple(shape) or array.dtype != DTYPES[code]:
+            raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} {array.dtype} {array.shape}")
+        self._f.write(np.ascontiguousarray(array).tobytes())
+        self._next += 1
+
+    def close(self, metadata: Mapping[str, str] | None = None) -> None:
+        try:
+            if self._next != len(self._specs):
+                raise RuntimeError(f"writer closed after {self._next} of {len(self._specs)} tensors")
+            if metadata is not None:
+                self._header["__metadata__"] = dict(metadata)
+                text = json.dumps(self._header, separators=(",", ":")).encode()
+                if len(text) > self._hlen:  # the caller's reserve was too small: a bug, not user error
+                    raise RuntimeError(f"metadata needs {len(text)} header bytes, {self._hlen} reserved")
+                self._f.seek(8)
+                self._f.write(text.ljust(self._hlen, b" "))
+        finally:
+            self._f.close()
+
+    def abort(self) -> None:
+        self._f.close()
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or inside it."""
+    return a == b or b in a.parents
+
+
+@contextlib.contextmanager
+def output_dir(target: str | os.PathLike[str], inputs: list[Path], force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success rename it to ``target``.
+
+    Refuses ``target`` if it is (or contains, or lies inside) an input directory, or exists
+    and ``force`` is false. With ``force`` an existing target is moved aside, replaced, and
+    only then deleted. On any error the temporary directory is removed and nothing is left.
+    """
+    out = Path(target).expanduser().resolve()
+    for p in inputs:
+        if _inside(out, p) or _inside(p, out):
+            raise OutputError(f"output {out} would overwrite the input adapter {p}; choose another directory")
+    if out.exists() and not force:
+        raise OutputError(f"output {out} already exists; pass force=True (--force) to replace it")
+    created: list[Path] = []
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    try:
+        for d in reversed(created):
+            d.mkdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pemarith-", dir=out.parent))
+    except OSError as e:
+        _remove_created(created)
+        raise OutputError(f"cannot create output {out}: {e}") from None
+    try:
+        yield tmp
+        if out.exists() or out.is_symlink():
+            # Move the old target aside first: rename() cannot replace a non-empty directory,
+            # and the old copy must survive until the new one is in place.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.pemarith-old-", dir=out.parent))
+            try:
+                os.rename(out, old / "x")
+            except BaseException:
+                old.rmdir()
+                raise
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old / "x", out)
+                old.rmdir()
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
+        raise
+
+
+def _remove_created(created: list[Path]) -> None:
+    for d in created:  # innermost first
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def inspect_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summarise one adapter: kind, base model, targets, rank, alpha, size and per-layer norms.
+
+    ``layer_norms`` maps each adapted layer to the Frobenius norm of its update
+    (LoRA: ``||s * B A||_F``, computed from the factors; (IA)3: ``||l - 1||_F``);
+    ``modules_to_save`` maps each full-weight tensor to its Frobenius norm.
+    """
+    a = Adapter(path)
+    rules = a.kind
+    norms = {layer: rules.update_norm(a, layer) for layer in a.layers}
+    extra = {k: float(np.linalg.norm(a.tensor(k).astype(np.float64))) for k in a.extra}
+    info: dict[str, Any] = {
+        "path": str(a.path),
+        "kind": a.peft_type,
+        "base_model": a.base_model,
+        "target_modules": a.config.get("target_modules"),
+        "weights_file": a.weights_path.name,
+        "sha256": a.sha256(),
+        "dtypes": sorted(set(a.dtypes.values())),
+        "parameters": int(sum(math.prod(s) for s in a.shapes.values())),
+        "layers": len(a.layers),
+    }
+    info.update(rules.describe(a))
+    info["layer_norms"] = norms
+    info["modules_to_save"] = extra
+    return info

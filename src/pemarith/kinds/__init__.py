@@ -1,0 +1,55 @@
+"""One small table of plain functions per module kind, keyed by PEFT's ``peft_type``.
+
+Everything kind-specific lives in ``lora.py`` and ``ia3.py``; the rest of pemarith looks the
+rules up here (``KINDS[adapter.config["peft_type"]]``) and never branches on the kind itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from . import ia3, lora
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The rules of one kind (see ``lora.py`` for what each function receives and returns).
+
+    - ``split_key(key) -> (layer, part) | None``: an adapter tensor, or None for a
+      ``modules_to_save`` tensor.
+    - ``validate_config(config, path)`` / ``validate_layout(adapter)``: refuse unsupported
+      variants by name (``AdapterError``).
+    - ``check(adapters, mode, rank)``: kind-specific compatibility (``CompatibilityError``).
+    - ``signature(adapter, layer, mode) -> {what: shape}``: what must agree across inputs.
+    - ``out_shapes(adapters, layer, mode, rank) -> {part: shape}``: output parts, write order.
+    - ``combine(tensors, coefs, adapters, mode, rank) -> ({part: array}, svd_error | None)``.
+    - ``output_config(config, adapters, mode, rank) -> dict``: the result's adapter_config.json.
+    - ``update_norm(adapter, layer) -> float`` and ``describe(adapter) -> dict``: for inspect.
+    """
+
+    name: str
+    modes: tuple[str, ...]
+    split_key: Callable[..., Any]
+    validate_config: Callable[..., Any]
+    validate_layout: Callable[..., Any]
+    check: Callable[..., Any]
+    signature: Callable[..., Any]
+    out_shapes: Callable[..., Any]
+    combine: Callable[..., Any]
+    output_config: Callable[..., Any]
+    update_norm: Callable[..., Any]
+    describe: Callable[..., Any]
+
+    @classmethod
+    def from_module(cls, mod: ModuleType) -> Kind:
+        return cls(name=mod.NAME, modes=mod.MODES, **{
+            f: getattr(mod, f) for f in cls.__dataclass_fields__ if f not in ("name", "modes")
+        })
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in map(Kind.from_module, (lora, ia3))}
+
+__all__ = ["KINDS", "Kind"]

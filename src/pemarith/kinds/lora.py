@@ -1,0 +1,219 @@
+"""LoRA: h = W x + s * B A x, with s = lora_alpha / r (or lora_alpha / sqrt(r) under rsLoRA).
+
+Two modes (SPEC.md):
+
+- ``factorwise`` (the paper's eq. 3, 6, 8): arithmetic on the factors,
+  ``A = sum_i |c_i| A_i``, ``B = sum_i c_i (s_i / s_out) B_i``, with ``s_out`` the scaling of
+  the first module. Negation is ``{A, -B}``; ``c*t`` alone scales the update by ``c*|c|`` and
+  sums carry cross terms ``B_1 A_2``: that is the paper's method. Needs equal ranks.
+- ``exact``: ``Delta W = sum_i c_i s_i B_i A_i`` by concatenation along the rank
+  (``lowrank.concat``), stored with ``lora_alpha = r`` and no rsLoRA so that ``s_out = 1``;
+  with ``rank=R`` it is recompressed by a truncated SVD from the factors (``lowrank.truncate``).
+
+Embedding layers (``lora_embedding_A``/``lora_embedding_B``) follow the same rules: their
+update is ``(s * B A)^T`` and every rule above is linear in that product or in the factors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import lowrank
+from ..errors import AdapterError, CompatibilityError
+
+if TYPE_CHECKING:
+    from ..io import Adapter
+
+NAME = "LORA"
+MODES = ("factorwise", "exact")
+
+_KEY = re.compile(r"^(?P<layer>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$")
+_A_PARTS = ("lora_A.weight", "lora_embedding_A")
+_B_FOR_A = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
+
+# Config keys that change what the stored factors mean: composing them as plain LoRA would be
+# silently wrong, so each is refused by name when set (non-empty, non-false).
+_VARIANTS = {
+    "use_dora": "DoRA (use_dora)",
+    "lora_bias": "LoRA bias (lora_bias)",
+    "rank_pattern": "per-layer ranks (rank_pattern)",
+    "alpha_pattern": "per-layer alphas (alpha_pattern)",
+    "use_qalora": "QALoRA (use_qalora)",
+    "use_bdlora": "BD-LoRA (use_bdlora)",
+    "alora_invocation_tokens": "aLoRA (alora_invocation_tokens)",
+    "arrow_config": "Arrow routing (arrow_config)",
+    "monteclora_config": "MonteCLoRA (monteclora_config)",
+    "velora_config": "VeLoRA (velora_config)",
+    "kasa_config": "KaSA (kasa_config)",
+    "target_parameters": "LoRA on parameters (target_parameters)",
+    "trainable_token_indices": "trainable tokens (trainable_token_indices)",
+}
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """``"m.q_proj.lora_A.weight"`` -> ``("m.q_proj", "lora_A.weight")``; None for other keys."""
+    m = _KEY.match(key)
+    return (m["layer"], m["part"]) if m else None
+
+
+def validate_config(config: Mapping[str, Any], path: Path) -> None:
+    for key, variant in _VARIANTS.items():
+        if config.get(key):
+            raise AdapterError(f"{path}: unsupported LoRA variant: {variant}")
+    if config.get("bias", "none") != "none":
+        raise AdapterError(f"{path}: unsupported LoRA variant: trained biases (bias={config['bias']!r})")
+    for key in ("r", "lora_alpha"):
+        v = config.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise AdapterError(f"{path}: adapter_config.json has an invalid {key}: {v!r}")
+
+
+def validate_layout(adapter: Adapter) -> None:
+    where = adapter.weights_path
+    for key in adapter.extra:
+        if "lora_" in key:  # e.g. lora_magnitude_vector (DoRA), lora_B.bias (LoRA bias)
+            raise AdapterError(f"{where}: unsupported LoRA tensor {key!r}")
+    r = adapter.config["r"]
+    for layer, parts in adapter.layers.items():
+        for a_part, b_part in _B_FOR_A.items():
+            if (a_part in parts) != (b_part in parts):
+                raise AdapterError(f"{where}: module {layer!r} has only one of {a_part} and {b_part}")
+        if len(parts) != 2:
+            raise AdapterError(f"{where}: module {layer!r} mixes linear and embedding LoRA factors")
+        a, b = _a_key(parts), _b_key(parts)
+        sa, sb = adapter.shapes[a], adapter.shapes[b]
+        if len(sa) != 2 or len(sb) != 2:
+            raise AdapterError(
+                f"{where}: unsupported LoRA variant: module {layer!r} has {len(sa)}-d factors "
+                "(convolution layers are not supported)"
+            )
+        if sa[0] != r or sb[1] != r:
+            raise AdapterError(
+                f"{where}: module {layer!r} has rank {sa[0]} (B: {sb[1]}) but adapter_config.json says r={r}"
+            )
+
+
+def _a_key(parts: Mapping[str, str]) -> str:
+    return next(parts[p] for p in _A_PARTS if p in parts)
+
+
+def _b_key(parts: Mapping[str, str]) -> str:
+    return next(parts[_B_FOR_A[p]] for p in _A_PARTS if p in parts)
+
+
+def scaling(config: Mapping[str, Any]) -> float:
+    """``s = lora_alpha / r``, or ``lora_alpha / sqrt(r)`` with ``use_rslora``."""
+    r, alpha = config["r"], config["lora_alpha"]
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def check(adapters: Mapping[str, Adapter], mode: str, rank: int | None) -> None:
+    """Kind-specific compatibility: equal ranks for ``factorwise``; ``rank`` only for ``exact``."""
+    names = list(adapters)
+    if mode == "factorwise":
+        if rank is not None:
+            raise CompatibilityError("rank= applies to mode 'exact' only (factorwise keeps the inputs' rank)")
+        r0 = adapters[names[0]].config["r"]
+        for n in names[1:]:
+            r = adapters[n].config["r"]
+            if r != r0:
+                raise CompatibilityError(
+                    f"factorwise mode needs equal ranks: {names[0]!r} has r={r0} but {n!r} has r={r} "
+                    "(use mode 'exact' for adapters of different ranks)"
+                )
+    elif rank is not None:
+        total = sum(a.config["r"] for a in adapters.values())
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise CompatibilityError(f"rank must be a positive integer, got {rank!r}")
+        if rank > total:
+            raise CompatibilityError(
+                f"rank={rank} is above the concatenated rank {total} of the inputs; "
+                f"use rank <= {total} (or no rank for the lossless result)"
+            )
+
+
+def signature(adapter: Adapter, layer: str, mode: str) -> dict[str, tuple[int, ...]]:
+    """What must agree between inputs in one layer: the factor shapes (factorwise), or the
+    update's shape ``(d, k)`` (exact, where ranks may differ)."""
+    parts = adapter.layers[layer]
+    sa, sb = adapter.shapes[_a_key(parts)], adapter.shapes[_b_key(parts)]
+    if mode == "factorwise":
+        return {"A": sa, "B": sb}
+    return {"update (d, k)": (sb[0], sa[1])}
+
+
+def out_rank(adapters: Sequence[Adapter], mode: str, rank: int | None) -> int:
+    if mode == "factorwise":
+        return int(adapters[0].config["r"])
+    return rank if rank is not None else int(sum(a.config["r"] for a in adapters))
+
+
+def out_shapes(adapters: Sequence[Adapter], layer: str, mode: str, rank: int | None) -> dict[str, tuple[int, ...]]:
+    """Output parts of one layer, in write order (A then B), with their shapes."""
+    parts = adapters[0].layers[layer]
+    a_part = next(p for p in _A_PARTS if p in parts)
+    sa, sb = adapters[0].shapes[parts[a_part]], adapters[0].shapes[_b_key(parts)]
+    r = out_rank(adapters, mode, rank)
+    return {a_part: (r, sa[1]), _B_FOR_A[a_part]: (sb[0], r)}
+
+
+def combine(
+    tensors: Sequence[Mapping[str, np.ndarray]],
+    coefs: Sequence[float],
+    adapters: Sequence[Adapter],
+    mode: str,
+    rank: int | None,
+) -> tuple[dict[str, np.ndarray], float | None]:
+    """Combine one layer (float64 factors in, float64 factors out) and its SVD error if any.
+
+    factorwise: ``A = sum_i |c_i| A_i``, ``B = sum_i c_i (s_i / s_out) B_i``, ``s_out = s_1``.
+    exact: ``A = [c_1 s_1 A_1; ...; c_n s_n A_n]``, ``B = [B_1, ..., B_n]`` so that
+    ``B A = sum_i c_i s_i B_i A_i`` with ``s_out = 1``; truncated to ``rank`` by SVD if given.
+    """
+    a_part = next(p for p in _A_PARTS if p in tensors[0])
+    b_part = _B_FOR_A[a_part]
+    s = [scaling(a.config) for a in adapters]
+    As = [t[a_part] for t in tensors]
+    Bs = [t[b_part] for t in tensors]
+    if mode == "factorwise":
+        A = sum(abs(c) * Ai for c, Ai in zip(coefs, As))
+        B = sum(c * (si / s[0]) * Bi for c, si, Bi in zip(coefs, s, Bs))
+        return {a_part: A, b_part: B}, None
+    B, A = lowrank.concat(Bs, As, [c * si for c, si in zip(coefs, s)])
+    err = None
+    if rank is not None:
+        B, A, err = lowrank.truncate(B, A, rank)
+    return {a_part: A, b_part: B}, err
+
+
+def output_config(
+    config: Mapping[str, Any], adapters: Sequence[Adapter], mode: str, rank: int | None
+) -> dict[str, Any]:
+    """The first input's config; in exact mode ``r = lora_alpha = output rank`` and no rsLoRA
+    (so the scaling is 1, the scalings being folded into the factors)."""
+    out = dict(config)
+    if mode == "exact":
+        r = out_rank(adapters, mode, rank)
+        out.update(r=r, lora_alpha=r, use_rslora=False, rank_pattern={}, alpha_pattern={})
+    return out
+
+
+def update_norm(adapter: Adapter, layer: str) -> float:
+    """``||s B A||_F`` from the factors: ``sqrt(trace((B^T B)(A A^T)))``, never forming ``B A``."""
+    parts = adapter.layers[layer]
+    A = adapter.tensor(_a_key(parts)).astype(np.float64)
+    B = adapter.tensor(_b_key(parts)).astype(np.float64)
+    sq = float(np.sum((B.T @ B) * (A @ A.T)))
+    return abs(scaling(adapter.config)) * math.sqrt(max(sq, 0.0))
+
+
+def describe(adapter: Adapter) -> dict[str, Any]:
+    c = adapter.config
+    return {"r": c["r"], "lora_alpha": c["lora_alpha"], "use_rslora": bool(c.get("use_rslora")),
+            "scaling": scaling(c)}

@@ -1,0 +1,369 @@
+"""The PEM value type: parameter-efficient modules whose algebra is Python operators.
+
+A ``PEM`` is the normal form ``sum_i c_i * theta_i`` over named adapter files: ``.terms`` maps
+each name to its coefficient and ``.adapters`` each name to its lazy ``Adapter``. Nothing is
+read beyond the headers until ``save``/``iter_tensors``, which stream one layer at a time.
+
+>>> merged = 0.5 * load("a") + 0.5 * load("b")        # doctest: +SKIP
+>>> (-load("toxic")).save("detoxed")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import CompatibilityError, PemarithError, did_you_mean
+from .expr import format_terms, normal_form
+from .io import DTYPES, PROVENANCE_NAME, Adapter, SafetensorsWriter, dtype_code, output_dir, write_json
+from .kinds import Kind
+
+AFFINE_TOL = 1e-6
+
+
+class ModuleAlgebraError(PemarithError, TypeError):
+    """An operation outside the linear algebra of modules (``a * b``, ``a / b``, ``a + 1``)."""
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """What ``PEM.save`` wrote: ``layer_errors`` maps layers to their relative SVD error."""
+
+    path: Path
+    mode: str
+    rank: int | None
+    terms: dict[str, float]
+    layer_errors: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _scalar(x: Any, op: str) -> float:
+    if isinstance(x, PEM):
+        raise ModuleAlgebraError(f"cannot {op} two modules: module arithmetic is linear (scale by numbers only)")
+    if not isinstance(x, numbers.Real):
+        raise ModuleAlgebraError(f"cannot {op} a module by {type(x).__name__}; use a real number")
+    v = float(x)
+    if not math.isfinite(v):
+        raise ModuleAlgebraError(f"cannot {op} a module by {v}")
+    return v
+
+
+class PEM:
+    """An immutable linear combination of PEFT adapters (see SPEC.md for what it means).
+
+    ``a + b``, ``a - b``, ``-a`` (the PEM negation), ``0.3 * a``, ``a * 0.3``, ``a / 2`` and
+    ``sum([a, b])`` build new PEMs; the same name twice adds the coefficients (it must then
+    refer to the same adapter directory).
+    """
+
+    __slots__ = ("_terms", "_adapters", "_mode", "_rank")
+
+    def __init__(self, terms: Mapping[str, float], adapters: Mapping[str, Adapter],
+                 mode: str | None = None, rank: int | None = None):
+        if set(terms) != set(adapters):
+            raise PemarithError("PEM terms and adapters must have the same names")
+        object.__setattr__(self, "_terms", MappingProxyType({n: float(c) for n, c in terms.items()}))
+        object.__setattr__(self, "_adapters", MappingProxyType(dict(adapters)))
+        object.__setattr__(self, "_mode", mode)
+        object.__setattr__(self, "_rank", rank)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("PEM is immutable")
+
+    @property
+    def terms(self) -> Mapping[str, float]:
+        return self._terms
+
+    @property
+    def adapters(self) -> Mapping[str, Adapter]:
+        return self._adapters
+
+    @property
+    def kind(self) -> Kind:
+        return next(iter(self._adapters.values())).kind
+
+    # ---- algebra -------------------------------------------------------------------------
+    def _combine(self, other: PEM, sign: float) -> PEM:
+        terms, adapters = dict(self._terms), dict(self._adapters)
+        for n, c in other._terms.items():
+            a = other._adapters[n]
+            if n in adapters and not adapters[n].same_file(a):
+                raise CompatibilityError(
+                    f"the name {n!r} refers to two different adapters: {adapters[n].path} and {a.path}"
+                )
+            adapters[n] = a
+            terms[n] = terms.get(n, 0.0) + sign * c
+        # save() defaults remembered from compose(): kept when the operands agree (or one has none)
+        mine, theirs = (self._mode, self._rank), (other._mode, other._rank)
+        mode, rank = mine if theirs in ((None, None), mine) else theirs if mine == (None, None) else (None, None)
+        return PEM(terms, adapters, mode, rank)
+
+    def _scaled(self, c: float) -> PEM:
+        return PEM({n: c * v for n, v in self._terms.items()}, self._adapters, self._mode, self._rank)
+
+    def __add__(self, other: Any) -> PEM:
+        if isinstance(other, PEM):
+            return self._combine(other, 1.0)
+        raise ModuleAlgebraError(f"cannot add {type(other).__name__} to a module; add modules only")
+
+    def __radd__(self, other: Any) -> PEM:
+        if isinstance(other, numbers.Number) and other == 0:  # sum([...]) starts from 0
+            return self
+        return self.__add__(other)
+
+    def __sub__(self, other: Any) -> PEM:
+        if isinstance(other, PEM):
+            return self._combine(other, -1.0)
+        raise ModuleAlgebraError(f"cannot subtract {type(other).__name__} from a module; subtract modules only")
+
+    def __rsub__(self, other: Any) -> PEM:
+        if isinstance(other, numbers.Number) and other == 0:
+            return -self
+        raise ModuleAlgebraError(f"cannot subtract a module from {type(other).__name__}")
+
+    def __neg__(self) -> PEM:
+        return self._scaled(-1.0)
+
+    def __pos__(self) -> PEM:
+        return self
+
+    def __mul__(self, other: Any) -> PEM:
+        return self._scaled(_scalar(other, "multiply"))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> PEM:
+        c = _scalar(other, "divide")
+        if c == 0:
+            raise ModuleAlgebraError("cannot divide a module by zero")
+        return self._scaled(1.0 / c)
+
+    def __rtruediv__(self, other: Any) -> PEM:
+        raise ModuleAlgebraError("cannot divide by a module: module arithmetic is linear")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PEM):
+            return NotImplemented
+        return dict(self._terms) == dict(other._terms) and all(
+            self._adapters[n].same_file(other._adapters[n]) for n in self._terms
+        )
+
+    def __hash__(self) -> int:
+        return hash(frozenset((n, c, str(self._adapters[n].path)) for n, c in self._terms.items()))
+
+    def __str__(self) -> str:
+        return format_terms(dict(self._terms))
+
+    def __repr__(self) -> str:
+        return f"PEM({str(self)!r})"
+
+    # ---- composition ---------------------------------------------------------------------
+    def _resolve(self, mode: str | None, rank: int | None) -> tuple[str, int | None]:
+        if mode is None:
+            return self._mode or "factorwise", self._rank if rank is None else rank
+        return mode, rank
+
+    def check(self, mode: str | None = None, rank: int | None = None, keep: str | None = None) -> None:
+        """Raise ``CompatibilityError`` (naming modules and the difference) unless the terms can
+        be composed in ``mode``: same PEFT type, base model, target modules, layers and shapes,
+        same ``modules_to_save`` (combinable only if the coefficients sum to 1, or ``keep``)."""
+        mode, rank = self._resolve(mode, rank)
+        self._check_inputs(mode, rank)
+        names = list(self._terms)
+        a0 = self._adapters[names[0]]
+        if keep is not None and keep not in self._terms:
+            raise CompatibilityError(f"keep={keep!r} is not a module of this composition"
+                                     f"{did_you_mean(keep, names)}; choose one of {', '.join(names)}")
+        total = sum(self._terms.values())
+        if a0.extra and keep is None and abs(total - 1.0) > AFFINE_TOL:
+            heads = sorted({k.rsplit(".", 1)[0] for k in a0.extra})
+            raise CompatibilityError(
+                f"modules_to_save {', '.join(heads)} are full weights: they combine only when the "
+                f"coefficients sum to 1 (here {total:g}); pass keep=<name> (--keep) to keep one module's copy"
+            )
+
+    def _check_inputs(self, mode: str, rank: int | None) -> None:
+        names = list(self._terms)
+        ads = self._adapters
+        if not names:
+            raise CompatibilityError("nothing to compose: the expression has no modules")
+        first, a0 = names[0], ads[names[0]]
+        if mode not in a0.kind.modes:
+            raise PemarithError(f"unknown mode {mode!r}{did_you_mean(mode, a0.kind.modes)}; "
+                                f"choose one of {', '.join(a0.kind.modes)}")
+        for n in names[1:]:
+            a = ads[n]
+            for what, x, y in (("PEFT type", a0.peft_type, a.peft_type),
+                               ("base model", a0.base_model, a.base_model),
+                               ("target modules", _targets(a0), _targets(a))):
+                if x != y:
+                    raise CompatibilityError(f"{first!r} and {n!r} have different {what}: {x!r} vs {y!r}")
+            _same_keys(first, set(a0.layers), n, set(a.layers), "adapts")
+            _same_keys(first, set(a0.extra), n, set(a.extra), "saves (modules_to_save)")
+        a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
+        for n in names[1:]:
+            a = ads[n]
+            for layer in a0.layers:
+                s0, s = a0.kind.signature(a0, layer, mode), a.kind.signature(a, layer, mode)
+                if s0 != s:
+                    diff = "; ".join(f"{k} {s0[k]} vs {s[k]}" for k in s0 if s0[k] != s.get(k))
+                    raise CompatibilityError(f"module {layer!r}: {first!r} and {n!r} differ in shape: {diff}")
+            for key in a0.extra:
+                if a0.shapes[key] != a.shapes[key]:
+                    raise CompatibilityError(
+                        f"{key!r}: {first!r} has shape {a0.shapes[key]} but {n!r} has {a.shapes[key]}")
+
+    def output_config(self, mode: str | None = None, rank: int | None = None) -> dict[str, Any]:
+        """The adapter_config.json of the composed adapter."""
+        mode, rank = self._resolve(mode, rank)
+        ads = list(self._adapters.values())
+        return self.kind.output_config(ads[0].config, ads, mode, rank)
+
+    def _plan(self, mode: str, rank: int | None, dtype: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+        ads = list(self._adapters.values())
+        a0, kind = ads[0], self.kind
+        forced = dtype_code(dtype) if dtype is not None else None
+        specs = []
+        for layer in a0.layers:
+            for part, shape in kind.out_shapes(ads, layer, mode, rank).items():
+                src = a0.layers[layer].get(part) or next(iter(a0.layers[layer].values()))
+                specs.append((f"{layer}.{part}", forced or a0.dtypes[src], tuple(shape)))
+        specs += [(k, forced or a0.dtypes[k], a0.shapes[k]) for k in a0.extra]
+        return specs
+
+    def _iter_layers(self, mode: str, rank: int | None, keep: str | None, dtype: Any
+                     ) -> Iterator[tuple[str, dict[str, np.ndarray], float | None]]:
+        self.check(mode, rank, keep)
+        names = list(self._terms)
+        ads = [self._adapters[n] for n in names]
+        coefs = [self._terms[n] for n in names]
+        kind = self.kind
+        codes = {k: c for k, c, _ in self._plan(mode, rank, dtype)}
+        for layer, parts in ads[0].layers.items():
+            tensors = [{p: a.tensor(a.layers[layer][p]).astype(np.float64) for p in parts} for a in ads]
+            out, err = kind.combine(tensors, coefs, ads, mode, rank)
+            yield layer, {f"{layer}.{p}": v.astype(DTYPES[codes[f"{layer}.{p}"]]) for p, v in out.items()}, err
+        for key in ads[0].extra:
+            if keep is not None:
+                w = ads[names.index(keep)].tensor(key)
+            else:  # an affine combination of full weights: sum_i c_i W_i with sum_i c_i = 1
+                wide = np.float64 if any(a.dtypes[key] == "F64" for a in ads) else np.float32
+                w = sum(c * a.tensor(key).astype(wide) for c, a in zip(coefs, ads))
+            yield key, {key: np.asarray(w).astype(DTYPES[codes[key]])}, None
+
+    def iter_tensors(self, mode: str | None = None, rank: int | None = None, keep: str | None = None,
+                     dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(key, array)`` of the composed adapter in PEFT's saved-key format (adapter
+        name stripped, e.g. ``base_model.model.q_proj.lora_A.weight``), one layer at a time."""
+        mode, rank = self._resolve(mode, rank)
+        for _, tensors, _ in self._iter_layers(mode, rank, keep, dtype):
+            yield from tensors.items()
+
+    def save(self, out: str | os.PathLike[str], mode: str | None = None, rank: int | None = None,
+             force: bool = False, keep: str | None = None, dtype: Any = None) -> SaveReport:
+        """Stream the composition to a PEFT adapter directory ``out``, atomically.
+
+        ``mode``/``rank`` default to those given to ``compose`` (else ``"factorwise"``).
+        ``keep`` names the module whose ``modules_to_save`` tensors to keep; ``dtype`` overrides
+        the output dtype (default: the first input's dtype, tensor by tensor). Refuses an
+        existing ``out`` unless ``force``, and never writes over an input.
+        """
+        t0 = time.perf_counter()
+        mode, rank = self._resolve(mode, rank)
+        self.check(mode, rank, keep)
+        specs = self._plan(mode, rank, dtype)
+        config = self.output_config(mode, rank)
+        provenance = self._provenance(mode, rank, keep, specs)
+        layers = list(next(iter(self._adapters.values())).layers)
+        reserve = 2 * len(json.dumps({layer: "9.999999e-100" for layer in layers})) + 64 if rank is not None else 0
+        errors: dict[str, float] = {}
+        inputs = [a.path for a in self._adapters.values()]
+        with output_dir(out, inputs, force=force) as tmp:
+            writer = SafetensorsWriter(tmp / "adapter_model.safetensors", specs,
+                                       {"format": "pt", "pemarith": json.dumps(provenance)}, reserve)
+            try:
+                for layer, tensors, err in self._iter_layers(mode, rank, keep, dtype):
+                    for key, array in tensors.items():
+                        writer.write(key, array)
+                    if err is not None:
+                        errors[layer] = err
+            except BaseException:
+                writer.abort()
+                raise
+            if rank is not None:
+                provenance["layer_errors"] = {k: float(f"{v:.6e}") for k, v in errors.items()}
+            writer.close({"format": "pt", "pemarith": json.dumps(provenance)})
+            write_json(tmp / "adapter_config.json", config)
+            write_json(tmp / PROVENANCE_NAME, provenance)
+        return SaveReport(Path(out).expanduser().resolve(), mode, rank, dict(self._terms), errors,
+                          time.perf_counter() - t0)
+
+    def _provenance(self, mode: str, rank: int | None, keep: str | None,
+                    specs: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
+        return {
+            "pemarith_version": __version__,
+            "expression": str(self),
+            "terms": dict(self._terms),
+            "mode": mode,
+            "rank": rank,
+            "keep": keep,
+            "peft_type": self.kind.name,
+            "dtypes": sorted({c for _, c, _ in specs}),
+            "inputs": [{"name": n, "path": str(a.path), "weights_file": a.weights_path.name,
+                        "sha256": a.sha256()} for n, a in self._adapters.items()],
+        }
+
+
+def _targets(a: Adapter) -> Any:
+    t = a.config.get("target_modules")
+    return sorted(t) if isinstance(t, (list, tuple, set)) else t
+
+
+def _same_keys(n0: str, k0: set[str], n: str, k: set[str], verb: str) -> None:
+    if k0 != k:
+        only0, only = sorted(k0 - k), sorted(k - k0)
+        parts = ([f"only {n0!r} {verb} {', '.join(only0[:5])}" + (" ..." if len(only0) > 5 else "")] if only0 else [])
+        parts += [f"only {n!r} {verb} {', '.join(only[:5])}" + (" ..." if len(only) > 5 else "")] if only else []
+        raise CompatibilityError(f"{n0!r} and {n!r} differ in modules: {'; '.join(parts)}")
+
+
+def load(path: str | os.PathLike[str], name: str | None = None) -> PEM:
+    """A lazy PEM of one adapter directory (reads only its config and safetensors header).
+
+    ``name`` defaults to the directory's basename.
+    """
+    adapter = Adapter(path)
+    name = name or adapter.path.name
+    return PEM({name: 1.0}, {name: adapter})
+
+
+def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
+            rank: int | None = None, **vars: float) -> PEM:
+    """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``) over ``modules``.
+
+    ``modules`` maps the expression's names to adapter paths or PEMs (a PEM is used with its
+    own term names). ``mode``/``rank`` become the defaults of ``.save()``; compatibility is
+    checked now (except ``modules_to_save``, which depends on ``keep``).
+    """
+    terms = normal_form(expr, names=list(modules), **vars)
+    acc: PEM | None = None
+    for name, c in terms.items():
+        value = modules[name]
+        p = value if isinstance(value, PEM) else load(value, name=name)
+        acc = c * p if acc is None else acc + c * p
+    if acc is None:
+        raise CompatibilityError(f"nothing to compose: {expr!r} has no modules")
+    result = PEM(acc.terms, acc.adapters, mode, rank)
+    result._check_inputs(mode, rank)  # the modules_to_save rule waits for save(keep=...)
+    return result
