@@ -1,0 +1,416 @@
+"""Tune the free variable of a composition (lambda) on validation, report the pick on test.
+
+    pemarith sweep "l*a + (1-l)*b" -m a=runs/a -m b=runs/b --model minilm --task sst2 -o sweeps/ab
+
+What happens (the paper, Appendix B-C: lambda on validation over [0, 1] by 0.02):
+
+1. The base model is loaded once and wrapped in PEFT once (:class:`~pemarith.hf.inplace.LiveAdapter`).
+2. For each value of the variable, the composition is computed from the adapter files
+   (``PEM.iter_tensors``) and copied into the live adapter; the model is evaluated on the
+   validation split of every task. No adapter is written to disk, no model is reloaded.
+3. ``--search grid`` evaluates every value; ``--search refine`` evaluates every ``coarse``-th
+   value, then the fine values between the coarse pick's neighbours (:func:`search`).
+4. A selection rule (:mod:`pemarith.hf.select`) picks a value from the validation scores; the
+   pick (and the base model, when it was evaluated) is evaluated on the test split.
+5. ``results.csv``, ``results.json`` and ``sweep.png`` are written to the output directory.
+
+Every finished evaluation is appended to ``records.jsonl`` in the output directory (one JSON
+line each), so an interrupted sweep resumes where it stopped: values already evaluated are read
+back, not recomputed. The first line fingerprints the sweep (expression, modules' sha256, model,
+tasks, mode, ...); resuming a different sweep into the same directory is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PemarithError, did_you_mean
+from .select import SEARCHES, parse_rule, resolve_metric, search
+
+Scores = dict[str, float]
+RECORDS = "records.jsonl"
+MAX_POINTS = 10_001
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def parse_grid(text: str) -> tuple[float, ...]:
+    """``"0:1:0.02"`` (start:stop:step, stop included) or ``"0,0.25,1"`` -> sorted values."""
+    text = str(text).strip()
+    hint = "use START:STOP:STEP (e.g. 0:1:0.02) or a comma list (e.g. 0,0.5,1)"
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+        else:
+            values = sorted({float(p) for p in text.split(",") if p.strip()})
+            if not values:
+                raise ValueError
+    except ValueError:
+        raise PemarithError(f"bad grid {text!r}; {hint}") from None
+    if ":" in text:
+        if not all(math.isfinite(x) for x in (start, stop, step)) or step <= 0 or stop < start:
+            raise PemarithError(f"bad grid {text!r}: need START <= STOP and STEP > 0; {hint}")
+        n = math.floor((stop - start) / step + 1e-9) + 1
+        if n > MAX_POINTS:
+            raise PemarithError(f"grid {text!r} has {n} points; at most {MAX_POINTS}")
+        # From indices, rounded, so that 0.1*3 is 0.3 and cached values match across runs.
+        values = [round(start + i * step, 10) for i in range(n)]
+    if not all(math.isfinite(v) for v in values):
+        raise PemarithError(f"bad grid {text!r}: values must be finite")
+    return tuple(values)
+
+
+def key_of(value: float | None) -> str | None:
+    """A value's cache key: stable across runs (``0.3`` whether computed as 0.1*3 or typed)."""
+    return None if value is None else format(round(float(value), 10), ".10g")
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class RecordCache:
+    """Finished evaluations in ``DIR/records.jsonl``: one JSON object per line, appended.
+
+    A record is ``{"what": "value" | "base" | "module:NAME", "split": ..., "value": float|None,
+    "scores": {...}, "seconds": ...}``. Each line is flushed and fsynced when written, and a
+    torn last line (a crash mid-write) is ignored on reading.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], fingerprint: Mapping[str, Any],
+                 restart: bool = False):
+        self.dir = Path(out).expanduser()
+        self.path = self.dir / RECORDS
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # normalised JSON types
+        self.records: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        self.reused = 0
+        if self.dir.exists() and not self.dir.is_dir():
+            raise PemarithError(f"-o {self.dir} exists and is not a directory")
+        if restart and self.path.exists():
+            self.path.unlink()
+        if self.path.exists():
+            self._read()
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._append({"fingerprint": self.fingerprint})
+
+    def _read(self) -> None:
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            # A write torn by a crash: drop the partial line so that appends start clean.
+            raw = raw[: raw.rfind(b"\n") + 1]
+            with open(self.path, "r+b") as f:
+                f.truncate(len(raw))
+        lines = raw.decode("utf-8").splitlines()
+        try:
+            head = json.loads(lines[0])["fingerprint"] if lines else None
+        except (json.JSONDecodeError, KeyError, TypeError):
+            head = None
+        if head != self.fingerprint:
+            diff = sorted(k for k in {*(head or {}), *self.fingerprint}
+                          if (head or {}).get(k) != self.fingerprint.get(k))
+            raise PemarithError(
+                f"{self.dir} holds another sweep (differs in: {', '.join(diff) or 'header'}); "
+                "use another -o DIR, or --restart to discard its records")
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a damaged line: that evaluation is simply redone
+            self.records[(rec["what"], rec["split"], key_of(rec.get("value")))] = rec
+
+    def _append(self, obj: Mapping[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def get(self, what: str, split: str, value: float | None = None) -> dict[str, Any] | None:
+        return self.records.get((what, split, key_of(value)))
+
+    def evaluate(self, what: str, split: str, value: float | None,
+                 compute: Callable[[], Scores]) -> Scores:
+        """The cached scores, or ``compute()`` recorded before it is returned."""
+        rec = self.get(what, split, value)
+        if rec is not None:
+            self.reused += 1
+            return dict(rec["scores"])
+        t0 = time.perf_counter()
+        scores = compute()
+        rec = {"what": what, "split": split, "value": value, "scores": scores,
+               "seconds": round(time.perf_counter() - t0, 4)}
+        self._append(rec)
+        self.records[(what, split, key_of(value))] = rec
+        return dict(scores)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep. ``modules`` maps the expression's names to adapter directories."""
+
+    expr: str
+    modules: Mapping[str, str]
+    model: str
+    tasks: tuple[str, ...]
+    out: str
+    var: str = "l"
+    grid: str = "0:1:0.02"
+    search: str = "grid"
+    select: str = "max"
+    metrics: tuple[str, ...] = ()
+    mode: str = "factorwise"
+    rank: int | None = None
+    keep: str | None = None
+    limit: int | None = None
+    coarse: int = 5
+    seed: int = 0
+    data_dir: str | None = None
+    val_split: str = "validation"
+    test_split: str | None = "test"
+    refs: bool = True
+    base: bool | None = None  # None: when the rule needs it or every task is a text task
+    restart: bool = False
+    batch_size: int = 32
+    max_tokens: int | None = None  # text tasks: score only this many tokens for perplexity
+    samples: int | None = None  # text tasks: generations scored for toxicity
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "modules", dict(self.modules))
+        if not self.tasks:
+            raise PemarithError("a sweep needs at least one --task")
+        if not self.modules:
+            raise PemarithError("a sweep needs modules: -m NAME=PATH for each name of the expression")
+        if not self.var.isidentifier():
+            raise PemarithError(f"--var {self.var!r} is not a name")
+        if self.var in self.modules:
+            raise PemarithError(f"--var {self.var!r} is also a module name; rename one")
+        if self.search not in SEARCHES:
+            raise PemarithError(f"unknown --search {self.search!r}{did_you_mean(self.search, SEARCHES)}")
+        if self.limit is not None and self.limit < 1:
+            raise PemarithError(f"--limit must be at least 1, got {self.limit}")
+        if self.rank is not None and self.mode != "exact":
+            raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
+        parse_grid(self.grid)
+        parse_rule(self.select)
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` found; also written to ``results.json``."""
+
+    var: str
+    pick: float
+    columns: list[str]
+    validation: list[tuple[float, Scores]]
+    test: Scores | None
+    base: dict[str, Scores] = field(default_factory=dict)  # split -> scores
+    modules: dict[str, Scores] = field(default_factory=dict)  # name -> validation scores
+    evaluations: int = 0
+    grid_size: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _fmt_scores(scores: Mapping[str, float], columns: Sequence[str]) -> str:
+    shown = [c for c in columns if c in scores] or list(scores)[:3]
+    return "  ".join(f"{c}={scores[c]:.4g}" for c in shown)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], None] = _log) -> SweepResult:
+    """Run ``config``: grid or refine search on validation, pick by rule, pick on test, files.
+
+    ``session`` evaluates compositions (default: a :class:`~pemarith.hf.inplace.Session` that
+    loads ``config.model`` once, lazily, so a sweep whose records are all cached loads no model).
+    """
+    import pemarith
+    from pemarith.expr import Expression, format_terms
+
+    t0 = time.perf_counter()
+    values = parse_grid(config.grid)
+    rule = parse_rule(config.select)
+    expression = Expression(config.expr)
+    if config.var not in expression.identifiers():
+        raise PemarithError(f"--var {config.var!r} does not occur in {config.expr!r}"
+                            f"{did_you_mean(config.var, expression.identifiers())}")
+    pems = {n: pemarith.load(p, n) for n, p in config.modules.items()}
+    # Unknown names fail here, before any model is loaded.
+    terms0 = expression.normal_form(list(pems), **{config.var: values[0]})
+    used = {n: pems[n] for n in terms0}
+    for name in pems:
+        if name not in used:
+            log(f"note: -m {name} is not used in the expression")
+    if config.keep is not None and config.keep not in used:
+        raise PemarithError(f"--keep {config.keep!r} is not a module of the expression"
+                            f"{did_you_mean(config.keep, used)}")
+
+    def compose(value: float) -> Any:
+        return pemarith.compose(config.expr, used, mode=config.mode, rank=config.rank,
+                                **{config.var: value})
+
+    fingerprint = {
+        "expr": config.expr, "var": config.var, "model": config.model, "tasks": list(config.tasks),
+        "mode": config.mode, "rank": config.rank, "keep": config.keep, "limit": config.limit,
+        "seed": config.seed, "max_tokens": config.max_tokens, "samples": config.samples,
+        "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
+    }
+    if session is None:  # checks the tasks' splits before anything is written
+        from .inplace import Session
+
+        session = Session(config, probe=lambda: compose(_generic_value(expression, used, config.var)))
+    cache = RecordCache(config.out, fingerprint, restart=config.restart)
+
+    columns: list[str] = []
+
+    def track(scores: Mapping[str, float]) -> None:
+        if columns:
+            return
+        keys = [k for k, v in scores.items() if isinstance(v, (int, float))]
+        wanted = list(config.metrics) or session.primary_metrics(keys)
+        # Metrics the rule names are tracked (and plotted) too.
+        columns.extend(dict.fromkeys(resolve_metric(m, keys)
+                                     for m in [*wanted, *rule.metric_names(config.var)]))
+        rule.check(config.var, columns)
+
+    def evaluate_value(value: float, split: str) -> Scores:
+        def compute() -> Scores:
+            pem = compose(value)
+            t = time.perf_counter()
+            session.load(pem, config.mode, config.rank, config.keep)
+            t_load = time.perf_counter() - t
+            scores = session.evaluate(split)
+            log(f"{config.var}={value:<8g} {split:<10} {_fmt_scores(scores, columns)}"
+                f"  (write {t_load:.2f} s, {time.perf_counter() - t:.1f} s)")
+            return scores
+
+        scores = cache.evaluate("value", split, value, compute)
+        track(scores)
+        return scores
+
+    val, test = config.val_split, config.test_split
+    result = SweepResult(config.var, math.nan, columns, [], None, grid_size=len(values))
+    want_base = config.base if config.base is not None else (rule.needs_base or session.text_only)
+    if want_base:
+        result.base[val] = cache.evaluate("base", val, None, lambda: session.evaluate(val, base=True))
+        track(result.base[val])
+        log(f"base model  {val:<10} {_fmt_scores(result.base[val], columns)}")
+
+    found = search(lambda v: evaluate_value(v, val), values, rule, config.var, lambda: columns,
+                   result.base.get(val), config.search, config.coarse)
+    result.pick, result.validation = found.pick, sorted(found.evaluated)
+    log(f"pick {config.var}={found.pick:g} by {rule.text!r}; {len(found.evaluated)} of "
+        f"{len(values)} grid values evaluated ({found.method})")
+
+    if config.refs:
+        for name in used:
+            def compute_ref(name: str = name) -> Scores:
+                session.load(pemarith.compose(name, {name: used[name]}), config.mode, None, None)
+                return session.evaluate(val)
+
+            try:
+                result.modules[name] = cache.evaluate(f"module:{name}", val, None, compute_ref)
+            except PemarithError as exc:  # e.g. a module with no classifier head of its own
+                result.notes.append(f"no reference line for {name!r}: {exc}")
+                log(f"note: {result.notes[-1]}")
+    if test:
+        result.test = evaluate_value(found.pick, test)
+        if want_base:
+            result.base[test] = cache.evaluate("base", test, None, lambda: session.evaluate(test, base=True))
+    result.evaluations = len(found.evaluated)
+    result.reused = cache.reused
+    result.seconds = round(time.perf_counter() - t0, 3)
+
+    result.files = write_results(config, result, format_terms(compose(found.pick).terms))
+    return result
+
+
+def _generic_value(expression: Any, pems: Mapping[str, Any], var: str) -> float:
+    """A value of ``var`` at which no coefficient vanishes, so the probe has every term."""
+    for v in (0.5, 0.37, 0.618, 0.123, 1.7):
+        if all(c != 0.0 for c in expression.normal_form(list(pems), **{var: v}).values()):
+            return v
+    return 0.5
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_results(config: SweepConfig, result: SweepResult, normal_form: str) -> dict[str, str]:
+    """``results.csv`` (one row per validation value), ``results.json``, ``sweep.png``."""
+    import csv
+    import io
+
+    out = Path(config.out).expanduser()
+    keys = list(dict.fromkeys(k for _, s in result.validation for k in s))
+    keys = [*result.columns, *(k for k in keys if k not in result.columns)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([config.var, *keys, "selected"])
+    for value, scores in result.validation:
+        writer.writerow([format(value, "g"), *(format(scores[k], ".6g") if k in scores else ""
+                                               for k in keys), int(value == result.pick)])
+    files = {"csv": str(out / "results.csv"), "json": str(out / "results.json")}
+    _atomic_write(out / "results.csv", buf.getvalue())
+    if config.plot:
+        from .plot import plot_sweep
+
+        refs = {f"module {n}": s for n, s in result.modules.items()}
+        if config.val_split in result.base:
+            refs["base model"] = result.base[config.val_split]
+        files["plot"] = str(plot_sweep(out / "sweep.png", config.var, result.validation,
+                                       result.columns, refs, result.pick,
+                                       title=f"{config.expr} on {', '.join(config.tasks)} "
+                                       f"({config.val_split})"))
+    summary = {
+        "expr": config.expr, "var": config.var, "model": config.model, "tasks": list(config.tasks),
+        "modules": dict(config.modules), "mode": config.mode, "rank": config.rank,
+        "select": config.select, "search": config.search, "grid": config.grid,
+        "metrics": result.columns,
+        "pick": {config.var: result.pick, "normal_form": normal_form,
+                 config.val_split: dict(next(s for v, s in result.validation if v == result.pick)),
+                 **({config.test_split: result.test} if config.test_split else {})},
+        "base": result.base, "modules_alone": result.modules,
+        "validation": [{config.var: v, **s} for v, s in result.validation],
+        "evaluations": result.evaluations, "grid_size": result.grid_size,
+        "reused_from_cache": result.reused, "seconds": result.seconds, "notes": result.notes,
+        "files": files,
+    }
+    _atomic_write(out / "results.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    return files
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return str(obj)
