@@ -330,6 +330,9 @@ def output_dir(target: str | os.PathLike[str], inputs: list[Path], force: bool =
         for d in reversed(created):
             d.mkdir()
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pemarith-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     except OSError as e:
         _remove_created(created)
         raise OutputError(f"cannot create output {out}: {e}") from None
