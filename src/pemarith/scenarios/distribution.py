@@ -1,0 +1,373 @@
+"""Section 4.2: composition for distribution generalisation (Table 2, Figure 5).
+
+For each task, seed and module kind: two modules trained from one initialisation on the two
+label-skewed subsets of the train split (Appendix B, :mod:`pemarith.hf.skew`), merged as
+``l*s0 + (1-l)*s1``; lambda chosen on the validation half of the dev set, every row reported on
+both halves (validation, where lambda was chosen, as the paper reports; test, held out). The
+full-set reference is one module trained on both subsets together. Beyond the paper: several
+seeds (mean ± std) and, for LoRA, the ``exact`` composition beside the paper's factor-wise one.
+
+A cell is one (task, method, mode, init, seed); it holds the rows s0, s1, avg (their mean),
+merged and fullset for both splits, the chosen lambda and the validation curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import PemarithError
+from . import paper
+from .recipe import METHODS, RecipeError
+from .report import LABELS, fmt, fmt_paper, group, seconds, table, task_label
+from .runner import Context, ModuleSpec
+from .scenario import Scenario
+
+EXPR = "l*s0 + (1-l)*s1"
+SPLITS = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class SkewOptions:
+    """``[options]`` of the skewed-subset settings (4.2 and 4.7).
+
+    ``selected`` pins, per task, the class that Appendix B's random draw puts 80% of in ``s0``:
+    the subset seed used is the first one from ``subset_seed`` up whose draw selects it (the
+    paper's Table 9 shows which class its draw selected; which one matters: when the majority
+    class is selected, s0 can hold almost nothing else, e.g. no unacceptable CoLA sentence).
+    ``fullset_methods``: kinds that also get the reference trained on both subsets together.
+    ``exact``: also sweep LoRA merges in exact mode. ``diff_init_offset``: 4.7's second module
+    uses init seed ``seed + diff_init_offset``.
+    """
+
+    subset_size: int = 1000
+    subset_seed: int = 0
+    selected: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    fullset_methods: tuple[str, ...] = ("lora",)
+    exact: bool = True
+    diff_init_offset: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fullset_methods", tuple(self.fullset_methods))
+        object.__setattr__(self, "selected", dict(self.selected))
+        for task, c in self.selected.items():
+            if not isinstance(c, int) or c < 0:
+                raise RecipeError(f"[options.selected] {task}: a class index, not {c!r}")
+        for m in self.fullset_methods:
+            if m not in METHODS:
+                raise RecipeError(f"[options] fullset_methods: unknown kind {m!r}")
+        if self.subset_size < 2:
+            raise RecipeError(f"[options] subset_size must be >= 2, not {self.subset_size}")
+        if self.diff_init_offset == 0:
+            raise RecipeError("[options] diff_init_offset must not be 0 (that is the same init)")
+
+
+_SUBSET_SEEDS: dict[tuple, int] = {}
+
+
+def subset_seed(ctx: Context, task: str) -> int:
+    """The subset seed of ``task``: ``subset_seed``, or the first one from it whose draw selects
+    the class ``selected`` asks for."""
+    o = ctx.recipe.options
+    want = o.selected.get(task)
+    if want is None:
+        return o.subset_seed
+    key = (task, want, o.subset_seed, o.subset_size, ctx.data_dir)
+    if key not in _SUBSET_SEEDS:
+        for s in range(o.subset_seed, o.subset_seed + 200):
+            if ctx.subsets(task, s, o.subset_size).selected == want:
+                _SUBSET_SEEDS[key] = s
+                break
+        else:
+            raise PemarithError(f"{task}: no subset seed in {o.subset_seed}..{o.subset_seed + 199}"
+                                f" selects class {want}; is it a class of {task}?")
+    return _SUBSET_SEEDS[key]
+
+
+def skew_cell(ctx: Context, task: str, method: str, seed: int, mode: str = "factorwise",
+              init: str = "same", fullset: bool = False) -> dict[str, Any]:
+    """Train (or find) s0, s1 (and the full-set module), sweep the merge, score every row."""
+    r, o = ctx.recipe, ctx.recipe.options
+    spec = ModuleSpec(model=r.model, task=task, method=method, data="skew0",
+                      train=r.train[method].for_task(task), init_seed=seed, seed=seed,
+                      subset_seed=subset_seed(ctx, task), subset_size=o.subset_size)
+    init1 = seed if init == "same" else seed + o.diff_init_offset
+    paths = {"s0": ctx.module(spec),
+             "s1": ctx.module(dataclasses.replace(spec, data="skew1", init_seed=init1))}
+    extra = {}
+    if fullset:
+        extra["fullset"] = ctx.module(dataclasses.replace(spec, data="both"))
+    label = f"{method}-{mode}-{init}init-seed{seed}"
+    bench = ctx.bench(label, EXPR, paths, (task,), mode, method)
+    sweep = bench.sweep()
+    metric = sweep["metrics"][0]
+    scores: dict[str, dict[str, float | None]] = {}
+    for split in SPLITS:
+        row = {n: bench.score(n, p, split).get(metric) for n, p in {**paths, **extra}.items()}
+        row["avg"] = (row["s0"] + row["s1"]) / 2
+        row["merged"] = sweep["pick"][split].get(metric)
+        scores[split] = row
+    var = r.sweep.var
+    return {
+        "task": task, "method": method, "mode": mode, "init": init, "seed": seed,
+        "metric": metric, "lambda": sweep["pick"][var], "scores": scores,
+        "curve": [[p[var], p.get(metric)] for p in sweep["validation"]],
+        "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in {**paths, **extra}.items()},
+        "train_cpu_seconds": {n: ctx.cpu_seconds.get(str(p)) for n, p in {**paths, **extra}.items()},
+        "sweep_seconds": sweep.get("seconds"), "sweep_dir": str(bench.sweep_dir),
+        "modules": {n: str(p) for n, p in {**paths, **extra}.items()},
+    }
+
+
+def cell_key(c: Mapping[str, Any]) -> tuple:
+    return (c["task"], c["method"], c["mode"], c["init"], c["seed"])
+
+
+class Results:
+    """Cells by key, saved after each one (earlier cells of the same settings kept)."""
+
+    def __init__(self, ctx: Context, extra: dict[str, Any] | None = None):
+        self.ctx = ctx
+        self.cells = {cell_key(c): c for c in ctx.previous_cells()}
+        self.extra = extra or {}
+
+    def add(self, cell: dict[str, Any]) -> None:
+        self.cells[cell_key(cell)] = cell
+        self.saved = self.ctx.save(self.dict())
+
+    def finish(self) -> dict[str, Any]:
+        """The results as saved (with recipe, machine and store counts)."""
+        return self.ctx.save(self.dict())
+
+    def dict(self) -> dict[str, Any]:
+        order = {t: i for i, t in enumerate(self.ctx.recipe.tasks)}
+        cells = sorted(self.cells.values(), key=lambda c: (order.get(c["task"], 99), c["task"],
+                                                            c["seed"]))
+        return {**self.extra, "cells": cells}
+
+
+def skew_table(ctx: Context, tasks: Any) -> dict[str, Any]:
+    """Table 9 for our draw: the selected class and each subset's class counts."""
+    o = ctx.recipe.options
+    out = {}
+    for task in tasks:
+        seed = subset_seed(ctx, task)
+        split = ctx.subsets(task, seed, o.subset_size)
+        t = split.table()
+        out[task] = {"selected": split.selected, "subset_seed": seed,
+                     "s0": list(t["s0"].values()), "s1": list(t["s1"].values())}
+    return out
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """4.2: every (seed, task, method) cell, LoRA first, exact beside factor-wise."""
+    r, o = ctx.recipe, ctx.recipe.options
+    results = Results(ctx, {"skew": skew_table(ctx, r.tasks)})
+    methods = sorted(r.methods, key=lambda m: METHODS.index(m))  # lora, ia3, full
+    for seed in r.seeds:
+        for task in r.tasks:
+            for method in methods:
+                results.add(skew_cell(ctx, task, method, seed,
+                                      fullset=method in o.fullset_methods))
+                if method == "lora" and o.exact:
+                    results.add(skew_cell(ctx, task, method, seed, mode="exact"))
+    return results.finish()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _values(cells: list[Mapping[str, Any]], split: str, row: str) -> list[float]:
+    return [c["scores"][split][row] for c in cells if c["scores"][split].get(row) is not None]
+
+
+def _deltas(cells: list[Mapping[str, Any]], split: str) -> list[float]:
+    return [c["scores"][split]["merged"] - c["scores"][split]["avg"] for c in cells]
+
+
+ROWS = (("s0", "s0"), ("s1", "s1"), ("avg", "avg(s0, s1)"), ("merged", "m"),
+        ("delta", "m - avg"), ("fullset", "fullset"))
+
+
+def main_table(results: Mapping[str, Any], split: str) -> str:
+    """Table 2's shape: rows method x (s0, s1, avg, m, m - avg, fullset), a column pair per task
+    (ours, the paper's); LoRA exact-mode merges as extra rows."""
+    cells = [c for c in results["cells"] if c["init"] == "same"]
+    tasks = list(dict.fromkeys(c["task"] for c in cells))
+    by = group(cells, "method", "mode", "task")
+    header = ["method", "row"]
+    for t in tasks:
+        metric = next(c["metric"] for c in cells if c["task"] == t)
+        short = {"matthews_corr": "MCC", "spearman": "Spearman", "accuracy": "acc"}.get(metric, metric)
+        header += [f"{task_label(t)} {short}", "paper"]
+    rows = []
+    for method in [m for m in METHODS if any(c["method"] == m for c in cells)]:
+        for mode in ("factorwise", "exact"):
+            if not any((method, mode, t) in by for t in tasks):
+                continue
+            for key, label in ROWS:
+                if mode == "exact" and key not in ("merged", "delta"):
+                    continue
+                name = f"{LABELS[method]}" + (" exact" if mode == "exact" else "")
+                line = [name, label]
+                for t in tasks:
+                    cs = by.get((method, mode, t), [])
+                    metric = cs[0]["metric"] if cs else "accuracy"
+                    p = paper.TABLE2.get(method, {})
+                    if key == "delta":
+                        ours = fmt(metric, _deltas(cs, split), signed=True) if cs else "-"
+                        pm, pa = p.get("m", {}).get(t), None
+                        if pm is not None:
+                            pa = pm - (p["s0"][t] + p["s1"][t]) / 2
+                        line += [ours, fmt_paper(metric, pa if mode == "factorwise" else None,
+                                                 signed=True)]
+                        continue
+                    ours = fmt(metric, _values(cs, split, key)) if cs else "-"
+                    ref = None if mode == "exact" else (
+                        None if key == "avg" else p.get("m" if key == "merged" else key, {}).get(t))
+                    if key == "avg" and p.get("s0", {}).get(t) is not None:
+                        ref = (p["s0"][t] + p["s1"][t]) / 2
+                    line += [ours, fmt_paper(metric, ref)]
+                rows.append(line)
+    align = "ll" + "rr" * len(tasks)
+    return table(header, rows, align)
+
+
+def lambda_table(results: Mapping[str, Any]) -> str:
+    cells = results["cells"]
+    by = group(cells, "task", "method", "mode", "init")
+    rows = []
+    for (task, method, mode, init), cs in by.items():
+        lams = ", ".join(f"{c['lambda']:g}" for c in sorted(cs, key=lambda c: c["seed"]))
+        rows.append([task_label(task), LABELS[method], mode, init, lams,
+                     ", ".join(str(c["seed"]) for c in sorted(cs, key=lambda c: c["seed"]))])
+    return table(["task", "method", "mode", "init", "lambda (by seed)", "seeds"], rows, "llllll")
+
+
+def class_table(results: Mapping[str, Any]) -> str:
+    rows = []
+    for task, t in results.get("skew", {}).items():
+        ref = paper.TABLE9.get(task, {})
+        rows.append([task_label(task), t["selected"], t.get("subset_seed", "-"),
+                     " / ".join(map(str, t["s0"])),
+                     " / ".join(map(str, t["s1"])),
+                     " / ".join(map(str, ref["s0"])) if ref else "-",
+                     " / ".join(map(str, ref["s1"])) if ref else "-"])
+    return table(["task", "selected class", "subset seed", "s0 (ours)", "s1 (ours)",
+                  "s0 (paper)", "s1 (paper)"], rows, "lrrllll")
+
+
+def timing_table(results: Mapping[str, Any]) -> str:
+    by = group(results["cells"], "task", "method")
+    rows = []
+    for (task, method), cs in by.items():
+        # a module serves several cells (exact mode, 4.7's same init): count it once
+        per_module = {c["modules"][n]: s for c in cs for n, s in c["train_seconds"].items() if s}
+        cpu = list({c["modules"][n]: s for c in cs
+                    for n, s in c.get("train_cpu_seconds", {}).items() if s}.values())
+        train = list(per_module.values())
+        sweeps = [c["sweep_seconds"] for c in cs if c.get("sweep_seconds")]
+        rows.append([task_label(task), LABELS[method], len(train),
+                     seconds(sum(train) / len(train)) if train else "-",
+                     seconds(sum(cpu) / len(cpu)) if cpu else "-",
+                     seconds(sum(sweeps) / len(sweeps)) if sweeps else "-"])
+    return table(["task", "method", "modules", "training per module (wall)", "(CPU)",
+                  "sweep per merge (wall)"], rows, "llrrrr")
+
+
+def settings_text(results: Mapping[str, Any]) -> str:
+    r = results["recipe"]
+    lines = [f"- model: `{r['model']}`; tasks: {', '.join(task_label(t) for t in r['tasks'])}; "
+             f"seeds: {', '.join(map(str, r['seeds']))}"
+             + (" — **quick run: tiny sizes, not a result**" if r.get("quick") else "")]
+    if r.get("sizes"):
+        lines.append(f"- sizes: {r['sizes']}")
+    for m, t in r["train"].items():
+        if m in r["methods"]:
+            length = f"{t['steps']} steps" if t.get("steps") else f"{t['epochs']} epochs"
+            lines.append(f"- {LABELS[m]}: lr {t['lr']:g}, {length}, batch {t['batch_size']}, "
+                         f"max length {t['max_length']}, weight decay {t['weight_decay']:g}"
+                         + (f", r {t['r']}, alpha {t['alpha']:g}" if m == "lora" else ""))
+    s = r["sweep"]
+    lines.append(f"- lambda: grid `{s['grid']}` ({s['search']} search), rule `{s['select']}` on "
+                 f"validation; evaluation rows per split: {s['limit'] or 'all'}")
+    m = results.get("machine", {})
+    lines.append(f"- computed on: {m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')} with "
+                 f"{m.get('threads', '?')} thread(s); wall time of the last invocation "
+                 f"{seconds(results.get('elapsed_seconds', 0))}; updated {results.get('updated', '?')}")
+    return "\n".join(lines)
+
+
+def sections(results: Mapping[str, Any]) -> dict[str, str]:
+    """The generated blocks: settings, Table 2 on test and on validation, lambdas, Table 9, times."""
+    if not results.get("cells"):
+        return {"settings": settings_text(results), "table-test": "(no finished cells yet)"}
+    return {
+        "settings": settings_text(results),
+        "table-test": main_table(results, "test"),
+        "table-validation": main_table(results, "validation"),
+        "lambdas": lambda_table(results),
+        "subsets": class_table(results),
+        "timing": timing_table(results),
+    }
+
+
+def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
+    """Figure 5's curves: one figure per task, a panel per kind, validation metric against
+    lambda (a line per seed and mode), the full-set module as a dashed line."""
+    return plot_curves(results, out, prefix="dg", split_by="mode")
+
+
+def plot_curves(results: Mapping[str, Any], out: Path, prefix: str, split_by: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    cells = results.get("cells", [])
+    for task, tcells in group(cells, "task").items():
+        task = task[0]
+        methods = [m for m in METHODS if any(c["method"] == m for c in tcells)]
+        fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), squeeze=False)
+        for ax, method in zip(axes[0], methods):
+            mcells = [c for c in tcells if c["method"] == method]
+            styles = {}
+            for c in sorted(mcells, key=lambda c: (c[split_by] not in ("factorwise", "same"),
+                                                    c[split_by], c["seed"])):
+                kind = c[split_by]
+                style = styles.setdefault(kind, ("-", "--", ":")[len(styles) % 3])
+                xs = [p[0] for p in c["curve"] if p[1] is not None]
+                ys = [p[1] for p in c["curve"] if p[1] is not None]
+                ax.plot(xs, ys, style, marker="o", markersize=2.5,
+                        label=f"{kind} seed {c['seed']}")
+                full = c["scores"]["validation"].get("fullset")
+                if full is not None:
+                    ax.axhline(full, color="gray", linestyle="-.", linewidth=1,
+                               label=f"fullset seed {c['seed']}")
+            ax.set_title(f"{task_label(task)} {LABELS[method]}")
+            ax.set_xlabel("lambda (1 = s0, 0 = s1)")
+            ax.set_ylabel(f"{mcells[0]['metric']} (validation)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = out / f"{prefix}_{task}.png"
+        tmp = out / f".{prefix}_{task}.tmp.png"
+        fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def _check(results: Mapping[str, Any]) -> None:
+    if "cells" not in results:
+        raise PemarithError("not a results file of this scenario (no cells)")
+
+
+SCENARIO = Scenario(name="distribution-generalisation", section="4.2", options=SkewOptions,
+                    run=run, sections=sections, plot=plot,
+                    title="Distribution generalisation (section 4.2, Table 2)")
