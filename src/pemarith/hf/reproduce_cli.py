@@ -17,6 +17,9 @@ reproductions (recipes in experiments/, or give a .toml path):
   distribution-generalisation   4.2, Table 2: MiniLM, two label-skewed subsets per GLUE task
   multitask                     4.3, Table 3 / Figure 2: SmolLM2 prompted MNLI + RTE
   init-analysis                 4.7, Table 7: 4.2's LoRA merges, same vs different init
+  unlearning                    4.4, Tables 4/11: negating a toxic SmolLM2 module
+  domain-transfer               4.5, Table 5: cls_source + (lm_target - lm_source)
+  detox-instruct                4.6, Tables 6/12: (1+l)*t1 - l*t_toxic
 
 examples:
   pemarith reproduce distribution-generalisation --quick

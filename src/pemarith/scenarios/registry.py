@@ -15,7 +15,7 @@ and a recipe in ``experiments/``. No code elsewhere switches on scenario names.
 from __future__ import annotations
 
 from ..errors import PemarithError, did_you_mean
-from . import distribution, init_analysis, multitask
+from . import detox_instruct, distribution, domain_transfer, init_analysis, multitask, unlearning
 from .scenario import Scenario
 
 #: Scenario runners by name (the ``scenario`` key of a recipe).
@@ -38,5 +38,5 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS[name]
 
 
-for _module in (distribution, multitask, init_analysis):
+for _module in (distribution, multitask, init_analysis, unlearning, domain_transfer, detox_instruct):
     register(_module.SCENARIO)
