@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def plot_sweep(path: str | os.PathLike[str], var: str,
@@ -23,11 +24,7 @@ def plot_sweep(path: str | os.PathLike[str], var: str,
     ``points`` are ``(value, scores)``; ``refs`` maps a label (``"module a"``, ``"base model"``)
     to scores drawn as horizontal lines where they hold the metric.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; also safe when pyplot was already imported headless
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     metrics = list(metrics) or sorted({k for _, s in points for k in s})[:1]
     points = sorted(points, key=lambda p: p[0])
@@ -51,9 +48,25 @@ def plot_sweep(path: str | os.PathLike[str], var: str,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return save_png(fig, path, dpi=110)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed; safe if already imported)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename) and close it."""
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
     os.replace(tmp, path)
     return path
 

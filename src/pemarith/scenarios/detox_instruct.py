@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hf.plot import pyplot, save_png
 from .distribution import settings_text
 from .lm_common import eval_key, record, rows_module
 from .recipe import RecipeError
@@ -360,10 +361,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
 
 def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     """Toxicity on toxic instructions and the reference NLL against lambda (validation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results.get("cells", [])
     if not cells:
@@ -385,11 +383,7 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = out / "detox_instruct.png"
-    tmp = out / ".detox_instruct.tmp.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_png(fig, out / "detox_instruct.png")
     return [path]
 
 

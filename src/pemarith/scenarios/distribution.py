@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError
+from ..hf.plot import pyplot, save_png
 from . import paper
 from .recipe import METHODS, RecipeError
 from .report import LABELS, fmt, fmt_paper, group, seconds, table, task_label
@@ -322,10 +323,7 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
 
 
 def plot_curves(results: Mapping[str, Any], out: Path, prefix: str, split_by: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     cells = results.get("cells", [])
@@ -354,11 +352,7 @@ def plot_curves(results: Mapping[str, Any], out: Path, prefix: str, split_by: st
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
         fig.tight_layout()
-        path = out / f"{prefix}_{task}.png"
-        tmp = out / f".{prefix}_{task}.tmp.png"
-        fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        tmp.replace(path)
+        path = save_png(fig, out / f"{prefix}_{task}.png")
         written.append(path)
     return written
 

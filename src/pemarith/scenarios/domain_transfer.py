@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hf.plot import pyplot, save_png
 from .distribution import settings_text
 from .lm_common import chunk_ids, eval_key, record, rows_module
 from .recipe import RecipeError
@@ -401,10 +402,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
 
 def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     """Like Figure 7: validation accuracy of the merge against lambda, per direction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results.get("cells", [])
     dirs = list(dict.fromkeys(c["direction"] for c in cells))
@@ -426,11 +424,7 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = out / "domain_transfer.png"
-    tmp = out / ".domain_transfer.tmp.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_png(fig, out / "domain_transfer.png")
     return [path]
 
 

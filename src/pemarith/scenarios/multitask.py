@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError
+from ..hf.plot import pyplot, save_png
 from . import paper
 from .distribution import settings_text, timing_table
 from .recipe import METHODS, RecipeError
@@ -156,10 +157,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
 
 def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     """Figure 2: each task's validation accuracy (and their mean) against lambda, per kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results.get("cells", [])
     if not cells:
@@ -178,10 +176,7 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path, tmp = out / "multitask.png", out / ".multitask.tmp.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_png(fig, out / "multitask.png")
     return [path]
 
 

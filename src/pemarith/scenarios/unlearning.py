@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..hf.plot import pyplot, save_png
 from .distribution import settings_text
 from .lm_common import eval_key, record
 from .recipe import RecipeError
@@ -416,10 +417,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
 
 def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     """Toxicity and perplexity against lambda (validation), one line per module, base dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cells = results.get("cells", [])
     if not cells:
@@ -442,11 +440,7 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = out / "unlearning.png"
-    tmp = out / ".unlearning.tmp.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    path = save_png(fig, out / "unlearning.png")
     return [path]
 
 
