@@ -201,6 +201,26 @@ def test_causal_lm_training_on_text(tiny_llama: Path, tmp_path: Path) -> None:
     assert rec["objective"] == "lm" and np.mean(rec["loss"][-5:]) < np.mean(rec["loss"][:5])
 
 
+def test_init_adapter_continues_training(tiny_llama: Path, tmp_path: Path) -> None:
+    """4.6's t_toxic is t1 trained further: training starts from the saved adapter's weights."""
+    from safetensors.numpy import load_file
+
+    rows = [{"text_a": t, "text_b": None, "label": None} for t in CORPUS]
+    first = train(_cfg(tiny_llama, tmp_path / "t1", task="civil_comments", rows=rows, steps=10,
+                       lr=1e-2, max_length=16))
+    more = train(_cfg(tiny_llama, tmp_path / "t2", task="civil_comments", rows=rows, steps=10,
+                      lr=1e-2, max_length=16, init_adapter=first))
+    a, b = _record(first), _record(more)
+    assert b["config"]["init_adapter"] == str(first)
+    assert b["init_fingerprint"] != a["init_fingerprint"]  # started from t1, not a fresh init
+    assert b["loss"][0] < a["loss"][0]  # t1's progress is kept
+    w1 = load_file(str(first / "adapter_model.safetensors"))
+    w2 = load_file(str(more / "adapter_model.safetensors"))
+    assert w1.keys() == w2.keys() and any(not np.array_equal(w1[k], w2[k]) for k in w1)
+    with pytest.raises(PemarithError, match="not a PEFT adapter"):
+        _cfg(tiny_llama, tmp_path / "t3", task="civil_comments", rows=rows, init_adapter=tmp_path)
+
+
 def test_encoder_cannot_train_text_task(tiny_bert: Path, tmp_path: Path) -> None:
     rows = [{"text_a": "x", "text_b": None, "label": None}]
     with pytest.raises(PemarithError, match="causal LM"):

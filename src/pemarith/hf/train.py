@@ -116,6 +116,7 @@ class TrainConfig:
     subset_size: int = 1000
     overwrite: bool = False
     progress: bool = True
+    init_adapter: str | Path | None = None  # continue training this adapter (4.6: t_toxic from t1)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> PemarithError:
@@ -138,6 +139,11 @@ class TrainConfig:
             raise bad(f"subset must be one of {', '.join(SUBSETS)}, not {self.subset!r}")
         if self.steps is not None and self.epochs is not None:
             raise bad("give steps or epochs, not both")
+        if self.init_adapter is not None:
+            if self.peft_type == "full":
+                raise bad("init_adapter continues a PEFT adapter; it does not apply to peft_type 'full'")
+            if not (Path(self.init_adapter) / "adapter_config.json").is_file():
+                raise bad(f"init_adapter {self.init_adapter} is not a PEFT adapter directory")
         checks = [
             (self.r >= 1, f"r must be >= 1, not {self.r}"),
             (self.alpha > 0, f"alpha must be > 0, not {self.alpha}"),
@@ -316,12 +322,15 @@ def train(cfg: TrainConfig) -> Path:
             net = model
             net.requires_grad_(True)
         else:
-            from peft import get_peft_model
+            from peft import PeftModel, get_peft_model
 
             torch.manual_seed(cfg.init_seed)  # the shared init: same A for the same init_seed
             with warnings.catch_warnings():  # peft calls a deprecated transformers property
                 warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-                net = get_peft_model(model, _peft_config(cfg, model, kind))
+                if cfg.init_adapter is not None:
+                    net = PeftModel.from_pretrained(model, str(cfg.init_adapter), is_trainable=True)
+                else:
+                    net = get_peft_model(model, _peft_config(cfg, model, kind))
         init_fp = _fingerprint(net)
         params = [p for p in net.parameters() if p.requires_grad]
         steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * len(feats) / cfg.batch_size))

@@ -28,7 +28,7 @@ def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainS
                 init: Path | None = None, describe: str = "") -> Path:
     """The module trained on ``rows`` (from the store, or trained now).
 
-    ``init``: an adapter directory to continue training from (:mod:`pemarith.hf.continue_train`).
+    ``init``: an adapter directory to continue training from (``TrainConfig.init_adapter``).
     The store key holds the model, task, kind, training settings, the rows' sha256, the objective
     and the init adapter's weights, so equal settings share one directory.
     """
@@ -51,16 +51,11 @@ def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainS
         cfg = TrainConfig(model=r.model, task=task, output_dir=path, peft_type=method,
                           init_seed=seed, seed=seed, data_dir=ctx.data_dir, overwrite=True,
                           progress=ctx.progress, rows=tuple(rows), objective=objective,
-                          **spec.train_kwargs())
+                          init_adapter=init, **spec.train_kwargs())
         t0, c0 = time.perf_counter(), time.process_time()
-        if init is None:
-            from ..hf.train import train
+        from ..hf.train import train
 
-            (ctx.trainer or train)(cfg)
-        else:
-            from ..hf.continue_train import continue_train
-
-            continue_train(cfg, init)
+        (ctx.trainer or train)(cfg)
         ctx.store.computed += 1
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         write_json(path / CPU_FILE, {"cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1),
