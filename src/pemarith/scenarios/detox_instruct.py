@@ -38,7 +38,7 @@ from typing import Any
 
 from ..hf.plot import pyplot, save_png
 from .distribution import settings_text
-from .lm_common import eval_key, record, rows_module
+from .lm_common import LiveLM, eval_key, record, rows_module
 from .recipe import RecipeError
 from .report import seconds, table
 from .runner import Context
@@ -108,29 +108,15 @@ def build_data(ctx: Context) -> dict[str, Any]:
     return {"benign": benign, "toxic": toxic, "held": held}
 
 
-class DetoxSession:
+class DetoxSession(LiveLM):
     """A sweep session: greedy answers to held-out toxic and normal instructions, their toxicity,
     and the reference NLL of the normal ones (see the module docstring)."""
 
     text_only = True
 
     def __init__(self, ctx: Context, probe_config: dict[str, Any], held: Mapping[str, Any]):
-        self.ctx, self.opts, self.held, self.probe_config = ctx, ctx.recipe.options, held, probe_config
-        self._live: Any = None
-        self._tok: Any = None
-
-    @property
-    def live(self) -> Any:
-        if self._live is None:
-            from ..hf.inplace import LiveAdapter
-            from ..hf.models import load_causal_lm
-
-            model, self._tok = load_causal_lm(self.ctx.recipe.model)
-            self._live = LiveAdapter(model, self.probe_config)
-        return self._live
-
-    def load(self, pem: Any, mode: str, rank: int | None, keep: str | None) -> None:
-        self.live.load(pem, mode, rank, keep)
+        super().__init__(ctx, probe_config)
+        self.opts, self.held = ctx.recipe.options, held
 
     def measure(self, split: str, base: bool = False) -> dict[str, Any]:
         from contextlib import nullcontext

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..hf.plot import pyplot, save_png
 from .distribution import settings_text
-from .lm_common import chunk_ids, eval_key, record, rows_module
+from .lm_common import LiveLM, chunk_ids, eval_key, record, rows_module
 from .recipe import RecipeError
 from .report import LABELS, group, seconds, table, task_label
 from .runner import Context, ModuleSpec
@@ -98,7 +98,7 @@ def split_direction(d: str) -> tuple[str, str]:
     return src, tgt
 
 
-class ClsSession:
+class ClsSession(LiveLM):
     """A sweep session scoring the live model's label-word accuracy on several tasks.
 
     ``evaluate(split)`` gives ``{"TASK.accuracy": ...}`` on the first ``limits[task]`` rows of
@@ -108,23 +108,9 @@ class ClsSession:
     text_only = False
 
     def __init__(self, ctx: Context, probe_config: dict[str, Any], limits: Mapping[str, int | None]):
-        self.ctx, self.limits, self.probe_config = ctx, dict(limits), probe_config
-        self._live: Any = None
-        self._tok: Any = None
+        super().__init__(ctx, probe_config)
+        self.limits = dict(limits)
         self._rows: dict[tuple[str, str, int | None], list[dict[str, Any]]] = {}
-
-    @property
-    def live(self) -> Any:
-        if self._live is None:
-            from ..hf.inplace import LiveAdapter
-            from ..hf.models import load_causal_lm
-
-            model, self._tok = load_causal_lm(self.ctx.recipe.model)
-            self._live = LiveAdapter(model, self.probe_config)
-        return self._live
-
-    def load(self, pem: Any, mode: str, rank: int | None, keep: str | None) -> None:
-        self.live.load(pem, mode, rank, keep)
 
     def rows(self, task: str, split: str, limit: int | None) -> list[dict[str, Any]]:
         key = (task, split, limit)

@@ -23,6 +23,29 @@ from .runner import CPU_FILE, Context, machine
 from .store import read_json, weights_sha256, write_json
 
 
+class LiveLM:
+    """Base of the causal-LM sweep sessions: the recipe's model, loaded lazily and once, with one
+    live adapter that :meth:`load` overwrites in place (:class:`pemarith.hf.inplace.LiveAdapter`)."""
+
+    def __init__(self, ctx: Context, probe_config: dict[str, Any]):
+        self.ctx, self.probe_config = ctx, probe_config
+        self._live: Any = None
+        self._tok: Any = None
+
+    @property
+    def live(self) -> Any:
+        if self._live is None:
+            from ..hf.inplace import LiveAdapter
+            from ..hf.models import load_causal_lm
+
+            model, self._tok = load_causal_lm(self.ctx.recipe.model)
+            self._live = LiveAdapter(model, self.probe_config)
+        return self._live
+
+    def load(self, pem: Any, mode: str, rank: int | None, keep: str | None) -> None:
+        self.live.load(pem, mode, rank, keep)
+
+
 def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainSpec,
                 rows: Sequence[Mapping[str, Any]], seed: int, objective: str = "lm",
                 init: Path | None = None, describe: str = "") -> Path:

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..hf.plot import pyplot, save_png
 from .distribution import settings_text
-from .lm_common import eval_key, record
+from .lm_common import LiveLM, eval_key, record
 from .recipe import RecipeError
 from .report import LABELS, group, seconds, table
 from .runner import Context, ModuleSpec
@@ -102,7 +102,7 @@ def split_text(text: str, at: float = 0.5) -> tuple[str, str]:
     return text[:cut], text[cut:].lstrip("\n")
 
 
-class ToxSession:
+class ToxSession(LiveLM):
     """A sweep session (the interface :func:`pemarith.hf.sweep.run_sweep` drives): one base model
     with a live adapter, measured by toxicity of sampled continuations and WikiText perplexity.
 
@@ -113,24 +113,9 @@ class ToxSession:
     text_only = True
 
     def __init__(self, ctx: Context, probe_config: dict[str, Any]):
-        self.ctx, self.opts = ctx, ctx.recipe.options
-        self.probe_config = probe_config
-        self._live: Any = None
-        self._tok: Any = None
+        super().__init__(ctx, probe_config)
+        self.opts = ctx.recipe.options
         self._text: tuple[str, str] | None = None
-
-    @property
-    def live(self) -> Any:
-        if self._live is None:
-            from ..hf.inplace import LiveAdapter
-            from ..hf.models import load_causal_lm
-
-            model, self._tok = load_causal_lm(self.ctx.recipe.model)
-            self._live = LiveAdapter(model, self.probe_config)
-        return self._live
-
-    def load(self, pem: Any, mode: str, rank: int | None, keep: str | None) -> None:
-        self.live.load(pem, mode, rank, keep)
 
     def text(self, split: str) -> str:
         if self._text is None:
