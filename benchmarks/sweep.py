@@ -13,7 +13,9 @@ LoRA modules ``a`` and ``b``:
   its own Python process, as the paper's shell loops over lambda do (interpreter start-up and the
   torch/transformers imports are paid per value).
 
-Each method runs in a fresh process, timed from spawn to exit (wall and CPU time); each child
+Each method runs ``--repeat`` times (default 3), interleaved round robin so that drift in the
+machine's load reaches every method alike; the trial with the median wall time is reported.
+Each run is a fresh process, timed from spawn to exit (wall and CPU time); each child
 also times what it spends inside ``evaluate_loaded``, so that "evaluating" and "everything else"
 (start-up, imports, loading, composing, writing) are told apart within the same process, which
 keeps the comparison readable when other jobs share the CPU. The children's validation accuracies
@@ -162,6 +164,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--workdir", default=None, help="where trained modules and outputs go")
     ap.add_argument("--no-per-process", action="store_true", help="skip the one-process-per-value loop")
+    ap.add_argument("--repeat", type=int, default=3, help="trials per method; the median is reported")
     ap.add_argument("--json", help="also write the figures here")
     # internal: child processes
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -189,19 +192,26 @@ def main() -> None:
         common += ["--data-dir", args.data_dir]
 
     print(f"load average before: {load_average()} (nproc {os.cpu_count()})")
-    runs: dict[str, dict] = {}
-    runs["in place"] = spawn("inplace", common, ["--out", str(workdir / f"inplace-{int(time.time())}")])
-    print(f"in place: {runs['in place']['wall_s']:.1f} s   load average {load_average()}")
-    runs["naive, one process"] = spawn("naive", common)
-    print(f"naive, one process: {runs['naive, one process']['wall_s']:.1f} s   "
-          f"load average {load_average()}")
+    methods = {"in place": lambda i: [spawn("inplace", common, ["--out", str(workdir / f"inplace-{i}-{time.time_ns()}")])],
+               "naive, one process": lambda i: [spawn("naive", common)]}
     if not args.no_per_process:
-        per = [spawn("naive", common, ["--value", str(v)]) for v in _values()]
-        runs["naive, process per value"] = {
-            key: sum(p[key] for p in per) for key in ("wall_s", "cpu_s", "eval_s", "evals")}
-        runs["naive, process per value"]["accuracy"] = {k: v for p in per for k, v in p["accuracy"].items()}
-        print(f"naive, process per value: {runs['naive, process per value']['wall_s']:.1f} s   "
-              f"load average {load_average()}")
+        methods["naive, process per value"] = lambda i: [spawn("naive", common, ["--value", str(v)])
+                                                         for v in _values()]
+    trials: dict[str, list[dict]] = {name: [] for name in methods}
+    for i in range(args.repeat):  # round robin, so that drift in the machine's load hits every method
+        for name, run_one in methods.items():
+            parts = run_one(i)
+            r = {key: sum(p[key] for p in parts) for key in ("wall_s", "cpu_s", "eval_s", "evals")}
+            r["accuracy"] = {k: v for p in parts for k, v in p["accuracy"].items()}
+            r.update({k: sum(p[k] for p in parts) for k in ("compose_save_s", "load_s") if k in parts[0]})
+            r["log"] = [line for p in parts for line in p.get("log", [])]
+            trials[name].append(r)
+            print(f"[{i + 1}/{args.repeat}] {name}: {r['wall_s']:.1f} s   load average {load_average()}")
+    # the trial with the median wall time stands for each method; every trial's wall time is kept
+    runs: dict[str, dict] = {}
+    for name, rs in trials.items():
+        med = sorted(rs, key=lambda r: r["wall_s"])[len(rs) // 2]
+        runs[name] = {**med, "wall_s_trials": [r["wall_s"] for r in rs]}
     print(f"load average after: {load_average()}")
 
     base = runs["in place"]
@@ -209,6 +219,7 @@ def main() -> None:
     print(f"\n{n} values of l, SST-2 validation ({args.limit or 'all 436'} rows), MiniLM, LoRA a/b")
     print("'evaluating' is the time inside evaluate_loaded; 'other' is the rest of the wall time\n"
           "(interpreter start-up, imports, loading, composing, writing), both measured in the child.\n")
+    print(f"median of {args.repeat} trials per method (wall s of every trial in --json)\n")
     print(f"{'method':<26}{'wall s':>8}{'CPU s':>8}{'evaluating s':>14}{'other s':>9}"
           f"{'wall ratio':>12}{'other ratio':>13}")
     for name, r in runs.items():

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
-
 from cli_fixtures import make_ia3, make_lora
+from safetensors.numpy import load_file, save_file
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -366,9 +365,8 @@ class _Refuse:
 
 @pytest.mark.parametrize("missing", [None, "torch"])
 def test_hf_import_failure(monkeypatch, capsys, missing):
-    from pemarith import cli
-
     import pemarith.hf
+    from pemarith import cli
 
     monkeypatch.delitem(sys.modules, "pemarith.hf.commands", raising=False)
     monkeypatch.delattr(pemarith.hf, "commands", raising=False)

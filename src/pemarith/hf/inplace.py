@@ -170,9 +170,9 @@ class LiveAdapter:
 
     def _unmerge(self) -> None:
         if self.merged:
-            import torch
-
             import warnings
+
+            import torch
 
             with warnings.catch_warnings():  # "(IA)3 unmerge can be inaccurate": restored below
                 warnings.simplefilter("ignore", UserWarning)

@@ -295,7 +295,7 @@ def train(cfg: TrainConfig) -> Path:
     """Train the module ``cfg`` describes; return its output directory (see module docstring)."""
     import torch
 
-    from .models import load_causal_lm, load_encoder, PACKAGED
+    from .models import PACKAGED, load_causal_lm, load_encoder
     from .tasks import get_task
 
     start = time.perf_counter()
