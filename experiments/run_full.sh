@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
-# The full 4.2 + 4.7 runs, in phases ordered so that complete tables come first:
-# SST-2, CoLA, RTE with seed 0 (LoRA first within each task), their 4.7 rows, then the other
-# tasks, then seeds 1 and 2. Every phase resumes from the store, so rerunning this script after
-# an interruption (or in a later session) continues where it stopped.
+# The full reproduction runs, in two lanes that each keep one CPU core busy (torch 1 thread):
 #
-#   nohup nice -n 10 bash experiments/run_full.sh >> runs/reproduce/full.log 2>&1 &
+#   minilm   4.2 + 4.7 on MiniLM, in phases ordered so that complete tables come first: SST-2,
+#            CoLA, RTE with seed 0, their 4.7 rows, then the other tasks, then seeds 1 and 2.
+#   smollm2  the SmolLM2 settings, shortest first: 4.6 detox-instruct, 4.4 unlearning,
+#            4.3 multitask, 4.5 domain transfer.
+#
+# Every phase resumes from the store (runs/reproduce/store), so rerunning a lane after an
+# interruption, or in a later session, continues where it stopped and skips finished work.
+#
+#   setsid nohup nice -n 10 bash experiments/run_full.sh minilm  >> runs/reproduce/minilm.log 2>&1 &
+#   setsid nohup nice -n 10 bash experiments/run_full.sh smollm2 >> runs/reproduce/smollm2.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-run() { python -m pemarith.hf.reproduce_cli "$@" --threads "${THREADS:-1}"; }
-run distribution-generalisation --tasks sst2,cola,rte --seeds 0
-run init-analysis --tasks sst2,cola,rte --seeds 0
-run distribution-generalisation --seeds 0
-run init-analysis --seeds 0
-run distribution-generalisation
-run init-analysis
-echo "all phases done: $(date)"
+run() { echo "=== $(date +%H:%M:%S) reproduce $*"; python -m pemarith.hf.reproduce_cli "$@" --threads "${THREADS:-1}"; }
+
+lane=${1:-minilm}
+case "$lane" in
+  minilm)
+    run distribution-generalisation --tasks sst2,cola,rte --seeds 0
+    run init-analysis --tasks sst2,cola,rte --seeds 0
+    run distribution-generalisation --seeds 0
+    run init-analysis --seeds 0
+    run distribution-generalisation
+    run init-analysis
+    ;;
+  smollm2)
+    run detox-instruct
+    run unlearning
+    run multitask
+    run domain-transfer
+    ;;
+  *) echo "usage: $0 minilm|smollm2" >&2; exit 2 ;;
+esac
+echo "=== lane $lane: all phases done: $(date)"
