@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The full reproduction runs, in two lanes that each keep one CPU core busy (torch 1 thread):
+# The full reproduction runs, in two lanes that each keep one CPU core busy (torch 1 thread),
+# balanced so that each lane finishes an issue's settings before it starts the next issue's:
 #
 #   minilm   4.2 + 4.7 on MiniLM, in phases ordered so that complete tables come first: SST-2,
-#            CoLA, RTE with seed 0, their 4.7 rows, then the other tasks, then seeds 1 and 2.
-#   smollm2  the SmolLM2 settings, shortest first: 4.6 detox-instruct, 4.4 unlearning,
-#            4.3 multitask, 4.5 domain transfer.
+#            CoLA, RTE with seed 0, their 4.7 rows, then the other tasks, then seeds 1 and 2;
+#            then 4.3 multitask on SmolLM2 (the rest of the same issue).
+#   smollm2  4.6 detox-instruct, 4.4 unlearning, then 4.5 domain transfer.
+#
+# The lanes never run the same setting, so they never race for the same work in the store.
 #
 # Every phase resumes from the store (runs/reproduce/store), so rerunning a lane after an
 # interruption, or in a later session, continues where it stopped and skips finished work.
@@ -26,11 +29,11 @@ case "$lane" in
     run init-analysis --seeds 0
     run distribution-generalisation
     run init-analysis
+    run multitask
     ;;
   smollm2)
     run detox-instruct
     run unlearning
-    run multitask
     run domain-transfer
     ;;
   *) echo "usage: $0 minilm|smollm2" >&2; exit 2 ;;
