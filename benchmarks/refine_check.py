@@ -8,7 +8,8 @@ the values refine skipped are evaluated. The two picks are compared: the same va
 grid step, or further apart, with the metric at each pick and the number of evaluations each used.
 
     python benchmarks/refine_check.py runs/reproduce/distribution-generalisation/results.json \\
-        --out runs/refine-check --json docs/results/data/refine-check.json
+        runs/reproduce/init-analysis/results.json --out runs/refine-check --threads 1 \\
+        --json runs/refine-check/refine-check.json
 
 Full fine-tuning sweeps (``kind`` "full") go through another code path (weights, not adapters)
 and are listed as skipped.
@@ -79,7 +80,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     rows = []
     for results in args.results:

@@ -5,7 +5,8 @@
 #   minilm   4.2 + 4.7 on MiniLM, in phases ordered so that complete tables come first: SST-2,
 #            CoLA, RTE with seed 0, their 4.7 rows, then the other tasks, then seeds 1 and 2;
 #            then 4.3 multitask on SmolLM2 (the rest of the same issue).
-#   smollm2  4.6 detox-instruct, 4.4 unlearning, then 4.5 domain transfer.
+#   smollm2  4.6 detox-instruct, 4.4 unlearning, then 4.5 domain transfer (SmolLM2, then the
+#            larger Gemma 3 270M).
 #
 # The lanes never run the same setting, so they never race for the same work in the store.
 #
@@ -35,6 +36,7 @@ case "$lane" in
     run detox-instruct
     run unlearning
     run domain-transfer
+    run domain-transfer-gemma3
     ;;
   *) echo "usage: $0 minilm|smollm2" >&2; exit 2 ;;
 esac

@@ -24,7 +24,8 @@ from pemarith.scenarios.runner import Context, ModuleSpec
 from pemarith.scenarios.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("distribution-generalisation", "multitask", "init-analysis")
+# every recipe in experiments/, by the name `pemarith reproduce NAME` takes
+NAMES = tuple(f.stem.replace("_", "-") for f in sorted((ROOT / "experiments").glob("*.toml")))
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -19,6 +19,7 @@ reproductions (recipes in experiments/, or give a .toml path):
   init-analysis                 4.7, Table 7: 4.2's LoRA merges, same vs different init
   unlearning                    4.4, Tables 4/11: negating a toxic SmolLM2 module
   domain-transfer               4.5, Table 5: cls_source + (lm_target - lm_source)
+  domain-transfer-gemma3        4.5 again on Gemma 3 270M, a second model size (LoRA)
   detox-instruct                4.6, Tables 6/12: (1+l)*t1 - l*t_toxic
 
 examples:
