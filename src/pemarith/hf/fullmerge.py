@@ -110,6 +110,7 @@ class FullSession:
         """Numeric scores of the live model on ``split`` of every task (``task.`` prefixed when
         there are several)."""
         from .evaluate import evaluate_loaded
+        from .inplace import numeric_scores
 
         if base:
             raise PemarithError("full-weight sweeps have no base-model reference")
@@ -118,19 +119,13 @@ class FullSession:
         for task in self.tasks:
             scores = evaluate_loaded(model, self._tok, task, self._data(task, split),
                                      batch_size=self.batch_size, seed=self.seed)
-            prefix = f"{task.name}." if len(self.tasks) > 1 else ""
-            out.update({prefix + k: float(v) for k, v in scores.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            out.update(numeric_scores(task, self.tasks, scores))
         return out
 
     def primary_metrics(self, keys: Sequence[str]) -> list[str]:
-        wanted = []
-        for task in self.tasks:
-            prefix = f"{task.name}." if len(self.tasks) > 1 else ""
-            hit = next((prefix + m for m in task.metrics if prefix + m in keys), None)
-            if hit:
-                wanted.append(hit)
-        return wanted
+        from .inplace import primary_metrics
+
+        return primary_metrics(self.tasks, keys)
 
 
 def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = "l",

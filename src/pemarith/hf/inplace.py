@@ -32,7 +32,7 @@ and evaluation of the live (or base) model on the tasks' splits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -263,6 +263,27 @@ class LiveAdapter:
         return out
 
 
+def numeric_scores(task: Any, tasks: Sequence[Any], scores: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers among ``evaluate_loaded``'s scores, named ``task.metric`` when a sweep
+    tracks several tasks and ``metric`` when it tracks one."""
+    prefix = f"{task.name}." if len(tasks) > 1 else ""
+    return {prefix + k: float(v) for k, v in scores.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def primary_metrics(tasks: Sequence[Any], keys: Sequence[str]) -> list[str]:
+    """Each task's first metric among ``keys`` (else its first key), named as
+    :func:`numeric_scores` names them."""
+    wanted = []
+    for task in tasks:
+        prefix = f"{task.name}." if len(tasks) > 1 else ""
+        hit = next((prefix + m for m in task.metrics if prefix + m in keys), None)
+        hit = hit or next((k for k in keys if k.startswith(prefix)), None)
+        if hit:
+            wanted.append(hit)
+    return wanted
+
+
 class Session:
     """The base model (loaded once, on first use), its live adapter, and the tasks' rows.
 
@@ -342,18 +363,9 @@ class Session:
             else:
                 scores = evaluate_loaded(live.model, self._tok, task, rows, text=text,
                                          max_tokens=max_tokens, **options)
-            prefix = f"{task.name}." if len(self.tasks) > 1 else ""
-            out.update({prefix + k: float(v) for k, v in scores.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            out.update(numeric_scores(task, self.tasks, scores))
         return out
 
     def primary_metrics(self, keys: Sequence[str]) -> list[str]:
         """Each task's first metric that the scores hold (``task.metric`` with several tasks)."""
-        wanted = []
-        for task in self.tasks:
-            prefix = f"{task.name}." if len(self.tasks) > 1 else ""
-            hit = next((prefix + m for m in task.metrics if prefix + m in keys), None)
-            hit = hit or next((k for k in keys if k.startswith(prefix)), None)
-            if hit:
-                wanted.append(hit)
-        return wanted
+        return primary_metrics(self.tasks, keys)
