@@ -11,13 +11,14 @@ grid step, or further apart, with the metric at each pick and the number of eval
         runs/reproduce/init-analysis/results.json --out runs/refine-check --threads 1 \\
         --json runs/refine-check/refine-check.json
 
-Full fine-tuning sweeps (``kind`` "full") go through another code path (weights, not adapters)
-and are listed as skipped.
+Full fine-tuning sweeps (``kind`` "full") are rerun the same way through
+:func:`pemarith.hf.fullmerge.run_full_sweep`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import shutil
@@ -39,32 +40,51 @@ def fingerprint(d: Path) -> dict:
         return json.loads(f.readline())["fingerprint"]
 
 
-def check(d: Path, out: Path, batch_size: int, data_dir: str | None) -> dict:
-    from pemarith.hf.sweep import SweepConfig, parse_grid, run_sweep
+def _grid_sweep(res: dict, fp: dict, target: Path, batch_size: int,
+                data_dir: str | None) -> tuple[float, dict[float, dict]]:
+    """Run the full grid into ``target``; (pick, {value: validation scores})."""
+    var = res["var"]
+    if res.get("kind") == "full":
+        from pemarith.hf.fullmerge import FullSession, run_full_sweep
 
-    res = json.loads((d / "results.json").read_text())
-    fp = fingerprint(d)
-    row = {"sweep": str(d), "task": ",".join(fp["tasks"]), "kind": res.get("kind"),
-           "mode": fp["mode"], "name": d.name.rsplit("-", 1)[0]}
-    if res.get("kind") == "full" or res.get("search") != "refine":
-        return {**row, "skipped": "full fine-tuning" if res.get("kind") == "full" else "not refine"}
-    target = out / fp["tasks"][0] / d.name
-    if not target.exists():
-        shutil.copytree(d, target)
-    cfg = SweepConfig(expr=res["expr"], var=res["var"], modules=res["modules"], model=fp["model"],
+        sweep = fp.get("sweep", {})
+        session = FullSession(res["modules"], fp["tasks"], data_dir=data_dir, limit=sweep.get("limit"),
+                              batch_size=sweep.get("batch_size", batch_size))
+        extra = {k: v for k, v in fp.items() if k not in ("expr", "var", "kind")}
+        out = run_full_sweep(session, res["expr"], target, var=var, grid=res["grid"], search="grid",
+                             select=res["select"], fingerprint=extra, test_split=None, plot=False,
+                             log=lambda s: None)
+        return out["pick"][var], {p[var]: p for p in out["validation"]}
+    from pemarith.hf.sweep import SweepConfig, run_sweep
+
+    cfg = SweepConfig(expr=res["expr"], var=var, modules=res["modules"], model=fp["model"],
                       tasks=tuple(fp["tasks"]), out=str(target), grid=res["grid"], search="grid",
                       select=res["select"], mode=fp["mode"], rank=fp["rank"], keep=fp["keep"],
                       limit=fp["limit"], seed=fp["seed"], data_dir=data_dir, test_split=None,
                       refs=False, base=False, batch_size=batch_size, plot=False)
+    out = run_sweep(cfg, log=lambda s: None)
+    return out.pick, dict(out.validation)
+
+
+def check(d: Path, out: Path, batch_size: int, data_dir: str | None) -> dict:
+    from pemarith.hf.sweep import parse_grid
+
+    res = json.loads((d / "results.json").read_text())
+    fp = fingerprint(d)
+    row = {"sweep": str(d), "task": ",".join(fp["tasks"]), "kind": res.get("kind"),
+           "mode": fp.get("mode"), "name": d.name.rsplit("-", 1)[0]}
+    if res.get("search") != "refine":
+        return {**row, "skipped": "not refine"}
+    target = out / fp["tasks"][0] / d.name
+    if not target.exists():
+        shutil.copytree(d, target)
     t = time.perf_counter()
-    full = run_sweep(cfg, log=lambda s: None)
+    grid_pick, scores = _grid_sweep(res, fp, target, batch_size, data_dir)
     var, grid = res["var"], list(parse_grid(res["grid"]))
-    step = min(b - a for a, b in zip(grid, grid[1:]))
-    metric = res["metrics"][0] if res.get("metrics") else None
-    refine_pick, grid_pick = res["pick"][var], full.pick
-    scores = {round(v, 9): s for v, s in full.validation}
-    refine_pick, grid_pick = round(refine_pick, 9), round(grid_pick, 9)
-    metric = metric or next(iter(scores[grid_pick]))
+    step = min(b - a for a, b in itertools.pairwise(grid))
+    scores = {round(v, 9): s for v, s in scores.items()}
+    refine_pick, grid_pick = round(res["pick"][var], 9), round(grid_pick, 9)
+    metric = res["metrics"][0] if res.get("metrics") else next(iter(scores[grid_pick]))
     apart = abs(refine_pick - grid_pick)
     return {**row, "metric": metric, "refine_pick": refine_pick, "grid_pick": grid_pick,
             "refine_score": scores[refine_pick][metric], "grid_score": scores[grid_pick][metric],
