@@ -5,7 +5,8 @@ sweep's directory is copied and the same sweep is run again with ``--search grid
 ``records.jsonl`` already holds refine's evaluations (the record cache is keyed by the
 expression, the modules' sha256, the model, the tasks and the limit, not by the search), so only
 the values refine skipped are evaluated. The two picks are compared: the same value, within one
-grid step, or further apart, with the metric at each pick and the number of evaluations each used.
+grid step, a tie (another value with the same best validation score), or further apart, with
+the metric at each pick and the number of evaluations each used.
 
     python benchmarks/refine_check.py runs/reproduce/distribution-generalisation/results.json \\
         runs/reproduce/init-analysis/results.json --out runs/refine-check --threads 1 \\
@@ -89,7 +90,8 @@ def check(d: Path, out: Path, batch_size: int, data_dir: str | None) -> dict:
     return {**row, "metric": metric, "refine_pick": refine_pick, "grid_pick": grid_pick,
             "refine_score": scores[refine_pick][metric], "grid_score": scores[grid_pick][metric],
             "refine_evaluations": res["evaluations"], "grid_evaluations": len(grid),
-            "agree": "same" if apart < 1e-9 else "one step" if apart <= step + 1e-9 else "apart",
+            "agree": ("same" if apart < 1e-9 else "one step" if apart <= step + 1e-9
+                      else "tie" if scores[refine_pick][metric] == scores[grid_pick][metric] else "apart"),
             "seconds": round(time.perf_counter() - t, 1)}
 
 
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--markdown", action="store_true", help="also print the rows as a markdown table")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = ap.parse_args()
     if args.threads:
@@ -107,9 +110,12 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    rows = []
+    rows, seen = [], set()
     for results in args.results:
         for d in sweep_dirs(results):
+            if d in seen:  # 4.7 reuses 4.2's same-init sweeps
+                continue
+            seen.add(d)
             r = check(d, args.out, args.batch_size, args.data_dir)
             rows.append(r)
             if "skipped" in r:
@@ -123,11 +129,20 @@ def main() -> None:
     if done:
         same = sum(r["agree"] == "same" for r in done)
         near = sum(r["agree"] == "one step" for r in done)
+        tie = sum(r["agree"] == "tie" for r in done)
         ev = sum(r["refine_evaluations"] for r in done) / len(done)
-        print(f"\n{len(done)} sweeps: same pick {same}, within one step {near}, further {len(done) - same - near}; "
+        print(f"\n{len(done)} sweeps: same pick {same}, within one step {near}, a tie elsewhere {tie}, "
+              f"further {len(done) - same - near - tie}; "
               f"refine used {ev:.1f} evaluations on average against {done[0]['grid_evaluations']}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    if args.markdown and done:
+        print("\n| task | sweep | metric | refine: l (score), evaluations | full grid: l (score), evaluations | |")
+        print("|---|---|---|---|---|---|")
+        for r in done:
+            print(f"| {r['task']} | {r['name']} | {r['metric']} | {r['refine_pick']:g} ({r['refine_score']:.4f}), "
+                  f"{r['refine_evaluations']} | {r['grid_pick']:g} ({r['grid_score']:.4f}), "
+                  f"{r['grid_evaluations']} | {r['agree']} |")
 
 
 if __name__ == "__main__":
