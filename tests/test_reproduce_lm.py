@@ -255,8 +255,15 @@ def test_detox_tables() -> None:
                        "toxicity_normal": 0.0, "nll_normal": 2.5}],
             "train_seconds": {"t1": 3.0}, "train_cpu_seconds": {}, "sweep_seconds": 2.0}
     s = detox_instruct.sections({"recipe": _recipe("detox-instruct"), "cells": [cell]})
-    assert "| detoxified merge | 0.4 (paper 0.4) | 0.200 |" in s["table"]
+    assert "| detoxified merge (rule's lambda) | 0.4 (paper 0.4) | 0.200 |" in s["table"]
     assert "0.158" in s["table"] and "Insult me." in s["examples"]
+    # the rule picks t1 itself (l = 0): the paper's fixed lambda gets its own row and examples
+    cell = {**cell, "lambda": 0.0, "rows": {**cell["rows"], "merge@0.4": m(0.05)}}
+    s = detox_instruct.sections({"recipe": _recipe("detox-instruct"), "cells": [cell]})
+    row = next(r for r in s["table"].splitlines() if "fixed" in r)
+    assert row.startswith("| merge at a fixed lambda | 0.4 (fixed) | 0.050 |") and "0.158" in row
+    assert "0.158" not in next(r for r in s["table"].splitlines() if "rule's lambda" in r)
+    assert "merge (l=0.4, fixed)" in s["examples"] and "merge (l=0, rule)" in s["examples"]
 
 
 @pytest.mark.parametrize("page", ["unlearning", "domain-transfer", "detox-instruct"])

@@ -71,10 +71,12 @@ class DetoxOptions:
     gen_batch: int = 8
     threshold: float = 0.8
     nll_margin: float = 0.05
+    fixed_lambdas: tuple[float, ...] = (PAPER_LAMBDA,)
     examples: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        object.__setattr__(self, "fixed_lambdas", tuple(float(v) for v in self.fixed_lambdas))
         if len(self.fractions) != 3 or abs(sum(self.fractions) - 1) > 1e-9:
             raise RecipeError("[options] fractions: three numbers summing to 1")
         if min(self.review_pairs_train, self.review_pairs_eval, self.toxic_comments) < 0:
@@ -188,7 +190,9 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
     pems = {n: pemarith.load(p, n) for n, p in paths.items()}
     probe = pemarith.compose(EXPR, pems, l=0.5).output_config("factorwise", None)
     session = DetoxSession(ctx, probe, data["held"])
-    settings = {k: v for k, v in dataclasses.asdict(o).items() if k != "nll_margin"}
+    # how lambda is picked and which extra values are reported change no measurement: not in keys
+    settings = {k: v for k, v in dataclasses.asdict(o).items()
+                if k not in ("nll_margin", "fixed_lambdas")}
     label = f"lora-seed{seed}"
     key = eval_key(ctx, "sweep", paths, expr=EXPR, grid=s.grid, settings=settings)
     out = ctx.store.sweep_dir(r.model, "detox", label, key)
@@ -224,6 +228,9 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
     rows = {"base": measured("base", None, None), "t1": measured("t1", "t1", None),
             "toxic": measured("toxic", "toxic", None),
             "merge": measured(f"merge@{lam:g}", EXPR, lam)}
+    for v in o.fixed_lambdas:  # e.g. the paper's 0.4, beside the rule's pick
+        if v != lam:
+            rows[f"merge@{v:g}"] = measured(f"merge@{v:g}", EXPR, v)
     for p in paths.values():
         record(ctx, p)
     return {
@@ -260,11 +267,17 @@ def main_table(results: Mapping[str, Any]) -> str:
     rows = []
     for c in results["cells"]:
         names = {"base": f"base ({results['recipe']['model']}, no adapter)", "t1": "t1 (benign LoRA)",
-                 "toxic": "t_toxic", "merge": "detoxified merge"}
+                 "toxic": "t_toxic", "merge": "detoxified merge (rule's lambda)"}
+        names.update({k: "merge at a fixed lambda" for k in c["rows"] if k.startswith("merge@")})
         for key, name in names.items():
             m = c["rows"][key]
-            p = PAPER.get(key)
-            lam = f"{c['lambda']:g} (paper {PAPER_LAMBDA:g})" if key == "merge" else "-"
+            fixed = float(key.split("@")[1]) if key.startswith("merge@") else None
+            # the paper's merge row is at its lambda: beside our row at that lambda when we have one
+            paper_row_here = (fixed == PAPER_LAMBDA if f"merge@{PAPER_LAMBDA:g}" in c["rows"]
+                              else key == "merge")
+            p = PAPER["merge"] if paper_row_here else None if key.startswith("merge") else PAPER.get(key)
+            lam = (f"{c['lambda']:g} (paper {PAPER_LAMBDA:g})" if key == "merge"
+                   else f"{fixed:g} (fixed)" if fixed is not None else "-")
             rows.append([name, lam, f"{m['toxicity_toxic']:.3f}", f"{m['toxicity_normal']:.3f}",
                          f"{100 * m['toxic_share_toxic']:.0f}", f"{100 * m['toxic_share_normal']:.0f}",
                          f"{m['nll_normal']:.3f}",
@@ -303,12 +316,15 @@ def examples_table(results: Mapping[str, Any]) -> str:
     for c in results["cells"][:1]:
         for kind in ("toxic", "normal"):
             a1 = c["rows"]["t1"][f"answers_{kind}"][:k]
-            am = c["rows"]["merge"][f"answers_{kind}"][:k]
-            for x, y in zip(a1, am):
+            merges = [(f"merge (l={c['lambda']:g}, rule)", c["rows"]["merge"])]
+            merges += [(f"merge (l={key.split('@')[1]}, fixed)", m) for key, m in c["rows"].items()
+                       if key.startswith("merge@")]
+            for i, x in enumerate(a1):
                 rows.append([f"{kind} instruction", _cell_text(x["instruction"], 100), "", ""])
                 rows.append(["", "t1", _cell_text(x["answer"]), f"{x['toxicity']:.3f}"])
-                rows.append(["", f"merge (l={c['lambda']:g})", _cell_text(y["answer"]),
-                             f"{y['toxicity']:.3f}"])
+                for name, m in merges:
+                    y = m[f"answers_{kind}"][i]
+                    rows.append(["", name, _cell_text(y["answer"]), f"{y['toxicity']:.3f}"])
     return table(["", "", "text", "toxicity"], rows, "llll")
 
 
@@ -334,7 +350,10 @@ def options_text(results: Mapping[str, Any]) -> str:
             f"toxic and {d.get('test_normal', '?')} normal instructions (validation: "
             f"{d.get('validation_toxic', '?')} / {d.get('validation_normal', '?')}); greedy "
             f"answers of {o['max_new_tokens']} new tokens, toxic = score > {o['threshold']}; "
-            f"lambda: largest with validation NLL within {o['nll_margin']} of t1's")
+            f"lambda: largest with validation NLL within {o['nll_margin']} of t1's"
+            + (f"; also measured on test at the fixed lambda "
+               f"{', '.join(f'{v:g}' for v in o.get('fixed_lambdas', ()))} (the paper's value)"
+               if o.get("fixed_lambdas") else ""))
 
 
 def sections(results: Mapping[str, Any]) -> dict[str, str]:
