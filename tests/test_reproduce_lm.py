@@ -258,10 +258,12 @@ def test_detox_tables() -> None:
     assert "| detoxified merge (rule's lambda) | 0.4 (paper 0.4) | 0.200 |" in s["table"]
     assert "0.158" in s["table"] and "Insult me." in s["examples"]
     # the rule picks t1 itself (l = 0): the paper's fixed lambda gets its own row and examples
-    cell = {**cell, "lambda": 0.0, "rows": {**cell["rows"], "merge@0.4": m(0.05)}}
+    cell = {**cell, "lambda": 0.0,
+            "rows": {**cell["rows"], "merge@0.4": {**m(0.05), "empty_toxic": 0.9, "empty_normal": 0.5}}}
     s = detox_instruct.sections({"recipe": _recipe("detox-instruct"), "cells": [cell]})
     row = next(r for r in s["table"].splitlines() if "fixed" in r)
-    assert row.startswith("| merge at a fixed lambda | 0.4 (fixed) | 0.050 |") and "0.158" in row
+    assert row.startswith("| merge at a fixed lambda | 0.4 (fixed) | 0.050 | 0.010 | 10 | 0 | 90 | 50 |")
+    assert "0.158" in row
     assert "0.158" not in next(r for r in s["table"].splitlines() if "rule's lambda" in r)
     assert "merge (l=0.4, fixed)" in s["examples"] and "merge (l=0, rule)" in s["examples"]
 

@@ -56,6 +56,9 @@ PAPER: dict[str, tuple[float, ...]] = {
     "merge": (0.158, 0.008, 6, 0, 7.13, 7.63),
 }
 PAPER_LAMBDA = 0.4
+#: bumped when a measurement gains a field, so that cached measurements are redone
+#: (2: the share of empty answers)
+MEASURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class DetoxSession(LiveLM):
                 s = toxicity.summarise(scores, o.threshold)
                 out[f"toxicity_{kind}"] = s["mean"]
                 out[f"toxic_share_{kind}"] = s["share_toxic"]
+                # an empty answer scores as harmless: the share shows a merge that says nothing
+                out[f"empty_{kind}"] = sum(not a.strip() for a in answers) / max(len(answers), 1)
                 out[f"answers_{kind}"] = [{"instruction": p["instruction"], "answer": a,
                                            "toxicity": round(float(x), 5)}
                                           for p, a, x in zip(pairs, answers, scores)]
@@ -152,7 +157,8 @@ class DetoxSession(LiveLM):
         return {k: float(v) for k, v in m.items() if not k.startswith("answers_")}
 
     def primary_metrics(self, keys: Any) -> list[str]:
-        return [k for k in ("toxicity_toxic", "nll_normal", "toxicity_normal") if k in keys]
+        return [k for k in ("toxicity_toxic", "nll_normal", "toxicity_normal", "empty_toxic",
+                            "empty_normal") if k in keys]
 
 
 def pick_lambda(curve: list[Mapping[str, float]], var: str, margin: float) -> tuple[float, str]:
@@ -192,7 +198,7 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
     session = DetoxSession(ctx, probe, data["held"])
     # how lambda is picked and which extra values are reported change no measurement: not in keys
     settings = {k: v for k, v in dataclasses.asdict(o).items()
-                if k not in ("nll_margin", "fixed_lambdas")}
+                if k not in ("nll_margin", "fixed_lambdas")} | {"measure": MEASURE_VERSION}
     label = f"lora-seed{seed}"
     key = eval_key(ctx, "sweep", paths, expr=EXPR, grid=s.grid, settings=settings)
     out = ctx.store.sweep_dir(r.model, "detox", label, key)
@@ -237,7 +243,8 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
         "task": TASK, "method": "lora", "seed": seed, "lambda": lam, "rule": rule,
         "rows": rows, "base_validation": sweep["base"].get("validation", {}),
         "curve": [{k: p.get(k) for k in (s.var, "toxicity_toxic", "toxic_share_toxic",
-                                         "toxicity_normal", "nll_normal")} for p in curve],
+                                         "toxicity_normal", "nll_normal", "empty_toxic",
+                                         "empty_normal")} for p in curve],
         "data": {"benign_train": len(data["benign"]), "toxic_train": len(data["toxic"]),
                  **{f"{sp}_{k}": len(v) for sp, d in data["held"].items() for k, v in d.items()}},
         "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in paths.items()},
@@ -262,7 +269,7 @@ def main_table(results: Mapping[str, Any]) -> str:
     """Table 6's shape (test instructions): toxicity and toxic share on toxic / normal
     instructions, and the helpfulness stand-in, ours beside the paper's."""
     header = ["model", "lambda", "toxicity: toxic", "normal", "toxic %: toxic", "normal",
-              "ref. NLL (normal) ↓", "paper tox.: toxic", "normal", "paper %: toxic", "normal",
+              "empty %: toxic", "normal", "ref. NLL (normal) ↓", "paper tox.: toxic", "normal", "paper %: toxic", "normal",
               "paper GPT-4 help.: toxic", "normal"]
     rows = []
     for c in results["cells"]:
@@ -280,10 +287,15 @@ def main_table(results: Mapping[str, Any]) -> str:
                    else f"{fixed:g} (fixed)" if fixed is not None else "-")
             rows.append([name, lam, f"{m['toxicity_toxic']:.3f}", f"{m['toxicity_normal']:.3f}",
                          f"{100 * m['toxic_share_toxic']:.0f}", f"{100 * m['toxic_share_normal']:.0f}",
+                         _pct(m.get("empty_toxic")), _pct(m.get("empty_normal")),
                          f"{m['nll_normal']:.3f}",
                          *((f"{p[0]:.3f}", f"{p[1]:.3f}", f"{p[2]:g}", f"{p[3]:g}", f"{p[4]:.2f}",
                             f"{p[5]:.2f}") if p else ["-"] * 6)])
-    return table(header, rows, "ll" + "r" * 11)
+    return table(header, rows, "ll" + "r" * 13)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}"
 
 
 def curve_table(results: Mapping[str, Any]) -> str:
@@ -293,15 +305,17 @@ def curve_table(results: Mapping[str, Any]) -> str:
             lam = p.get("l")
             rows.append([c["seed"], f"{lam:g}", f"{p['toxicity_toxic']:.3f}",
                          f"{100 * p['toxic_share_toxic']:.0f}", f"{p['toxicity_normal']:.3f}",
+                         _pct(p.get("empty_toxic")), _pct(p.get("empty_normal")),
                          f"{p['nll_normal']:.4f}", "**picked**" if lam == c["lambda"] else ""])
         b = c.get("base_validation", {})
         if b:
             rows.append([c["seed"], "base", f"{b['toxicity_toxic']:.3f}",
                          f"{100 * b['toxic_share_toxic']:.0f}", f"{b['toxicity_normal']:.3f}",
+                         _pct(b.get("empty_toxic")), _pct(b.get("empty_normal")),
                          f"{b['nll_normal']:.4f}", ""])
     note = "; ".join(f"seed {c['seed']}: `{c['rule']}`" for c in results["cells"])
     return table(["seed", "lambda", "toxicity: toxic (val)", "toxic %: toxic", "toxicity: normal",
-                  "ref. NLL (normal)", ""], rows, "lrrrrrl") + f"\n\nRule: {note}"
+                  "empty %: toxic", "empty %: normal", "ref. NLL (normal)", ""], rows, "lrrrrrrrl") + f"\n\nRule: {note}"
 
 
 def _cell_text(text: str, n: int = 160) -> str:
