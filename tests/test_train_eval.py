@@ -157,6 +157,64 @@ def test_training_is_deterministic(tiny_bert: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(v, _state(b)[k])
 
 
+@pytest.mark.parametrize("peft_type", ["lora", "full"])
+def test_interrupted_training_resumes_bit_identically(tiny_bert: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       peft_type: str) -> None:
+    import pemarith.hf.train as T
+
+    straight = T.train(_cfg(tiny_bert, tmp_path / "straight", peft_type=peft_type, dropout=0.1,
+                            model_dropout=0.1))
+    out = tmp_path / "resumed"
+    cfg = _cfg(tiny_bert, out, peft_type=peft_type, dropout=0.1, model_dropout=0.1,
+               checkpoint_seconds=1e-9)  # a resume point after every step
+    real_loss, calls = T._loss, []
+
+    def dies_at_step_8(*a, **k):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt  # the session ends mid-training
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(T, "_loss", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg)
+    monkeypatch.setattr(T, "_loss", real_loss)
+    assert not out.exists() and T.resume_file(out).is_file()
+    T.train(cfg)
+    assert not T.resume_file(out).exists()
+    rec = _record(out)
+    assert rec["resumed_at_step"] == 7 and len(rec["loss"]) == 12
+    assert rec["loss"] == _record(straight)["loss"]
+    name = "adapter_model.safetensors" if peft_type == "lora" else "model.safetensors"
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(straight / name)), load_file(str(out / name))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_point_of_other_settings_is_ignored(tiny_bert: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemarith.hf.train as T
+
+    out = tmp_path / "m"
+    real_loss, calls = T._loss, []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(T, "_loss", dies)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(_cfg(tiny_bert, out, lr=1e-2, checkpoint_seconds=1e-9))
+    monkeypatch.setattr(T, "_loss", real_loss)
+    T.train(_cfg(tiny_bert, out, checkpoint_seconds=1e-9))  # another lr: starts over
+    assert _record(out)["resumed_at_step"] is None
+    assert _record(out)["loss"] == _record(T.train(_cfg(tiny_bert, tmp_path / "ref")))["loss"]
+
+
 def test_output_exists_is_an_error(tiny_bert: Path, tmp_path: Path) -> None:
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "x").write_text("")

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -117,6 +118,7 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     init_adapter: str | Path | None = None  # continue training this adapter (4.6: t_toxic from t1)
+    checkpoint_seconds: float = 0.0  # save a resume point this often (0: never); see resume_file()
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> PemarithError:
@@ -160,6 +162,7 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}"),
             (self.subset_size >= 2, f"subset_size must be >= 2, not {self.subset_size}"),
+            (self.checkpoint_seconds >= 0, f"checkpoint_seconds must be >= 0, not {self.checkpoint_seconds}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -291,6 +294,24 @@ def _order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     return out[:steps]
 
 
+#: settings that do not change what is trained: a resume point written under other values of
+#: these still applies
+_RESUME_IGNORES = ("overwrite", "progress", "checkpoint_seconds")
+
+
+def resume_file(output_dir: str | Path) -> Path:
+    """Where an interrupted :func:`train` keeps its resume point: ``.<name>.resume.pt`` beside
+    the output directory (the trainable tensors, the optimiser and schedule state, the dropout
+    generator's state, the step and the losses so far). It is removed when training finishes."""
+    out = Path(output_dir)
+    return out.parent / f".{out.name}.resume.pt"
+
+
+def _resume_identity(cfg: TrainConfig, init_fp: str) -> dict[str, Any]:
+    return {**{k: v for k, v in cfg.to_json().items() if k not in _RESUME_IGNORES},
+            "init_fingerprint": init_fp}
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train the module ``cfg`` describes; return its output directory (see module docstring)."""
     import torch
@@ -349,12 +370,26 @@ def train(cfg: TrainConfig) -> Path:
         torch.manual_seed(cfg.seed)  # dropout
         side = "left" if objective == "classify" else "right"
         losses: list[float] = []
+        trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+        resume, identity = resume_file(out), _resume_identity(cfg, init_fp)
+        if cfg.checkpoint_seconds and resume.is_file():
+            point = torch.load(resume, weights_only=True)
+            if point.get("identity") == identity:
+                with torch.no_grad():
+                    for n, t in point["trainable"].items():
+                        trainable[n].copy_(t)
+                opt.load_state_dict(point["optimizer"])
+                sched.load_state_dict(point["schedule"])
+                torch.set_rng_state(point["rng"])
+                losses = list(point["losses"])
+        done = len(losses)
         net.train()
         from tqdm.auto import tqdm
 
         bar = tqdm(order, desc=f"train {task.name} ({cfg.peft_type})", disable=not cfg.progress,
-                   unit="step")
-        for idx in bar:
+                   unit="step", initial=done, total=len(order))
+        saved_at = time.perf_counter()
+        for idx in order[done:]:
             batch = F.pad([feats[i] for i in idx], tok.pad_token_id, side=side)
             loss = _loss(net, batch, objective)
             if not torch.isfinite(loss):
@@ -365,7 +400,16 @@ def train(cfg: TrainConfig) -> Path:
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(round(loss.item(), 6))
+            bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+            if (cfg.checkpoint_seconds and len(losses) < len(order)
+                    and time.perf_counter() - saved_at >= cfg.checkpoint_seconds):
+                part = resume.with_name(resume.name + ".tmp")
+                torch.save({"identity": identity, "losses": losses, "rng": torch.get_rng_state(),
+                            "trainable": {n: p.detach().clone() for n, p in trainable.items()},
+                            "optimizer": opt.state_dict(), "schedule": sched.state_dict()}, part)
+                os.replace(part, resume)
+                saved_at = time.perf_counter()
         bar.close()
         net.eval()
         if cfg.peft_type == "full":
@@ -384,11 +428,13 @@ def train(cfg: TrainConfig) -> Path:
             "steps": steps,
             "trainable_parameters": sum(p.numel() for p in params),
             "init_fingerprint": init_fp,
+            "resumed_at_step": done or None,
             "loss": losses,
             "seconds": round(time.perf_counter() - start, 2),
             "versions": _versions(),
         }
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    resume.unlink(missing_ok=True)
     return out
 
 

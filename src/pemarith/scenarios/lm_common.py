@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .recipe import TrainSpec
-from .runner import CPU_FILE, Context, machine
+from .runner import CHECKPOINT_SECONDS, CPU_FILE, Context, machine
 from .store import read_json, weights_sha256, write_json
 
 
@@ -74,7 +74,8 @@ def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainS
         cfg = TrainConfig(model=r.model, task=task, output_dir=path, peft_type=method,
                           init_seed=seed, seed=seed, data_dir=ctx.data_dir, overwrite=True,
                           progress=ctx.progress, rows=tuple(rows), objective=objective,
-                          init_adapter=init, **spec.train_kwargs())
+                          init_adapter=init, checkpoint_seconds=CHECKPOINT_SECONDS,
+                          **spec.train_kwargs())
         t0, c0 = time.perf_counter(), time.process_time()
         from ..hf.train import train
 

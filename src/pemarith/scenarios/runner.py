@@ -32,6 +32,9 @@ from .store import Store, digest, read_json, weights_sha256, write_json
 
 #: Written beside a trained module: the CPU and wall seconds its training took here.
 CPU_FILE = "pemarith_timing.json"
+#: a module that trains longer than this keeps a resume point (hf.train.resume_file), so a
+#: session that ends mid-training loses at most this much of it
+CHECKPOINT_SECONDS = 300.0
 #: Training data of a module: a skewed subset, both subsets together, or the task's train split.
 DATA = ("skew0", "skew1", "both", "train")
 
@@ -151,7 +154,8 @@ class Context:
         return TrainConfig(model=spec.model, task=spec.task, output_dir=path,
                            peft_type=spec.method, init_seed=spec.init_seed, seed=spec.seed,
                            split_seed=spec.split_seed, data_dir=self.data_dir, overwrite=True,
-                           progress=self.progress, **data, **spec.train.train_kwargs())
+                           progress=self.progress, checkpoint_seconds=CHECKPOINT_SECONDS,
+                           **data, **spec.train.train_kwargs())
 
     # -- composition and evaluation --------------------------------------------------------------
 
