@@ -151,6 +151,10 @@ def _add_train(subparsers: Any) -> None:
     d.add_argument("--subset-size", type=_positive_int, default=1000,
                    help="rows per skewed subset (default 1000, as the paper)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
+                   help="keep a resume point every M minutes (.DIR.resume.pt beside DIR): rerunning "
+                        "the same command after an interruption continues where it stopped and "
+                        "gives the same module; 0 turns it off (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -168,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, objective=args.objective,
         split=args.split, split_seed=args.split_seed, data_dir=args.data_dir,
         subset=args.subset, subset_seed=args.subset_seed, subset_size=args.subset_size,
-        overwrite=args.overwrite, progress=not args.quiet)
+        overwrite=args.overwrite, progress=not args.quiet,
+        checkpoint_seconds=60.0 * args.checkpoint_minutes)
     out = train(cfg)
     record = json.loads((out / "training.json").read_text())
     loss = record["loss"]
