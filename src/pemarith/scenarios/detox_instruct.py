@@ -379,24 +379,31 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
 
 
 def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
-    """Toxicity on toxic instructions and the reference NLL against lambda (validation)."""
+    """Toxicity of the answers, the share of empty answers (an empty answer scores as harmless)
+    and the reference NLL against lambda (validation)."""
     plt = pyplot()
 
     cells = results.get("cells", [])
     if not cells:
         return []
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for c in cells:
         xs = [p["l"] for p in c["curve"]]
         axes[0].plot(xs, [p["toxicity_toxic"] for p in c["curve"]], marker="o", markersize=3,
                      label=f"toxic instructions, seed {c['seed']}")
         axes[0].plot(xs, [p["toxicity_normal"] for p in c["curve"]], marker="x", markersize=3,
                      linestyle="--", label=f"normal instructions, seed {c['seed']}")
-        axes[1].plot(xs, [p["nll_normal"] for p in c["curve"]], marker="o", markersize=3,
+        for kind, style in (("toxic", "-"), ("normal", "--")):
+            if all(p.get(f"empty_{kind}") is not None for p in c["curve"]):
+                axes[1].plot(xs, [100 * p[f"empty_{kind}"] for p in c["curve"]], marker="o",
+                             markersize=3, linestyle=style,
+                             label=f"{kind} instructions, seed {c['seed']}")
+        axes[2].plot(xs, [p["nll_normal"] for p in c["curve"]], marker="o", markersize=3,
                      label=f"seed {c['seed']}")
-        axes[1].axvline(c["lambda"], color="gray", linestyle=":", linewidth=1, label="picked")
+        axes[2].axvline(c["lambda"], color="gray", linestyle=":", linewidth=1, label="picked")
     axes[0].set_ylabel("mean toxicity of answers (validation)")
-    axes[1].set_ylabel("reference NLL, normal (validation)")
+    axes[1].set_ylabel("empty answers, % (validation)")
+    axes[2].set_ylabel("reference NLL, normal (validation)")
     for ax in axes:
         ax.set_xlabel("lambda in (1+l)*t1 - l*t_toxic")
         ax.grid(alpha=0.3)
