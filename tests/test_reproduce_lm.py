@@ -335,7 +335,10 @@ def test_quick_domain_transfer_end_to_end(tmp_path: Path) -> None:
 def test_quick_detox_instruct_end_to_end(tmp_path: Path) -> None:
     results = _quick("detox-instruct", tmp_path)
     (c,) = results["cells"]
-    assert set(c["rows"]) == {"base", "t1", "toxic", "merge"}
+    # the rule's pick, plus the recipe's fixed lambdas that differ from it
+    fixed = {f"merge@{v:g}" for v in results["recipe"]["options"]["fixed_lambdas"] if v != c["lambda"]}
+    assert set(c["rows"]) == {"base", "t1", "toxic", "merge"} | fixed and fixed
+    assert all(0 <= c["rows"][k]["empty_toxic"] <= 1 for k in c["rows"])
     at0 = next(p for p in c["curve"] if p["l"] == 0)
     # l = 0 is t1 itself: its validation scores equal t1's (measured through the composition)
     assert c["lambda"] in {p["l"] for p in c["curve"]} and at0["nll_normal"] > 0
