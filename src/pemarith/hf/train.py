@@ -386,8 +386,8 @@ def train(cfg: TrainConfig) -> Path:
         net.train()
         from tqdm.auto import tqdm
 
-        bar = tqdm(order, desc=f"train {task.name} ({cfg.peft_type})", disable=not cfg.progress,
-                   unit="step", initial=done, total=len(order))
+        bar = tqdm(total=len(order), initial=done, desc=f"train {task.name} ({cfg.peft_type})",
+                   disable=not cfg.progress, unit="step")
         saved_at = time.perf_counter()
         for idx in order[done:]:
             batch = F.pad([feats[i] for i in idx], tok.pad_token_id, side=side)
