@@ -3,8 +3,8 @@
 # balanced so that each lane finishes an issue's settings before it starts the next issue's:
 #
 #   minilm   4.2 + 4.7 on MiniLM, in phases ordered so that complete tables come first: SST-2,
-#            CoLA, RTE with seed 0, their 4.7 rows, then the other tasks, then seeds 1 and 2;
-#            then 4.3 multitask on SmolLM2 (the rest of the same issue).
+#            CoLA, RTE with seed 0, their 4.7 rows, then the other tasks; then 4.3 multitask on
+#            SmolLM2 (the rest of the same issue); then seeds 1 and 2 of 4.2 and 4.7.
 #   smollm2  4.6 detox-instruct, 4.4 unlearning, then 4.5 domain transfer (SmolLM2, then the
 #            larger Gemma 3 270M).
 #
@@ -28,9 +28,9 @@ case "$lane" in
     run init-analysis --tasks sst2,cola,rte --seeds 0
     run distribution-generalisation --seeds 0
     run init-analysis --seeds 0
+    run multitask
     run distribution-generalisation
     run init-analysis
-    run multitask
     ;;
   smollm2)
     run detox-instruct

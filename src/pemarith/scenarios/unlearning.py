@@ -62,12 +62,15 @@ PAPER_LAMBDA = {"full": 0.5, "lora": 1.0, "ia3": 0.6}
 class UnlearnOptions:
     """``[options]`` of 4.4 (see the module docstring).
 
-    ``samples``: generations per measurement (the paper: 1000); ``ppl_tokens``: WikiText tokens
+    ``samples``: generations per measurement (the paper: 1000); ``val_samples``: generations per
+    *validation* measurement, the lambda curve (None: ``samples``; the paper's rule reads only
+    perplexity, so fewer samples there change the plotted curve, never the choice); ``ppl_tokens``: WikiText tokens
     scored per measurement (None: the whole half); ``ablation_lambdas``: Table 11's rows (the
     chosen lambda is added); ``exact``: also negate LoRA in exact mode (update ``-l B A``).
     """
 
     samples: int = 1000
+    val_samples: int | None = None
     max_new_tokens: int = 32
     gen_batch: int = 50
     gen_seed: int = 0
@@ -84,6 +87,8 @@ class UnlearnOptions:
         object.__setattr__(self, "ablation_lambdas", tuple(float(x) for x in self.ablation_lambdas))
         if self.samples < 1 or self.max_new_tokens < 1 or self.gen_batch < 1:
             raise RecipeError("[options] samples, max_new_tokens and gen_batch must be >= 1")
+        if self.val_samples is not None and self.val_samples < 1:
+            raise RecipeError("[options] val_samples must be >= 1 (or absent: as many as samples)")
         if not 0 < self.threshold < 1:
             raise RecipeError(f"[options] threshold must be in (0, 1), not {self.threshold}")
         if self.ppl_tokens is not None and self.ppl_tokens < 2:
@@ -137,7 +142,8 @@ class ToxSession(LiveLM):
         with (live.base() if base else nullcontext(live.model)) as model:
             ppl = M.perplexity(model, self._tok, self.text(split), stride=o.stride,
                                max_length=o.ppl_window, max_tokens=o.ppl_tokens)
-            gens = generate_samples(model, self._tok, samples=o.samples,
+            n = o.samples if split != "validation" or o.val_samples is None else o.val_samples
+            gens = generate_samples(model, self._tok, samples=n,
                                     max_new_tokens=o.max_new_tokens, batch_size=o.gen_batch,
                                     seed=o.gen_seed + (0 if split == "validation" else 1))
         scores = toxicity.score(gens)
@@ -164,8 +170,11 @@ def _settings_key(ctx: Context) -> dict[str, Any]:
     import dataclasses
 
     o = dataclasses.asdict(ctx.recipe.options)
-    return {k: o[k] for k in ("samples", "max_new_tokens", "gen_batch", "gen_seed", "threshold",
-                              "ppl_tokens", "stride", "ppl_window", "examples")}
+    key = {k: o[k] for k in ("samples", "max_new_tokens", "gen_batch", "gen_seed", "threshold",
+                             "ppl_tokens", "stride", "ppl_window", "examples")}
+    if o["val_samples"] is not None:
+        key["val_samples"] = o["val_samples"]
+    return key
 
 
 def _ablation_tensors(path: Path, lam: float) -> tuple[Any, dict[str, Any]]:
@@ -385,7 +394,10 @@ def timing_table(results: Mapping[str, Any]) -> str:
 
 def options_text(results: Mapping[str, Any]) -> str:
     o = results["recipe"]["options"]
-    return (f"- measurement: {o['samples']} samples of {o['max_new_tokens']} new tokens per model "
+    val = o.get("val_samples")
+    curve = (f" ({val} per model on the validation curve, which the perplexity rule does not read)"
+             if val not in (None, o["samples"]) else "")
+    return (f"- measurement: {o['samples']} samples of {o['max_new_tokens']} new tokens per model{curve} "
             f"(top-k 50, temperature 1), toxic = score > {o['threshold']}; WikiText perplexity "
             f"on {o['ppl_tokens'] or 'all'} tokens per half (stride {o['stride']}, window "
             f"{o['ppl_window']}); lambda chosen on the first half + seed {o['gen_seed']}, rows "
