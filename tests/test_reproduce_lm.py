@@ -71,6 +71,7 @@ def test_recipe_sizes_follow_the_paper() -> None:
     (domain_transfer.TransferOptions, {"alpha": 1.5}, "alpha"),
     (unlearning.UnlearnOptions, {"threshold": 0}, "threshold"),
     (unlearning.UnlearnOptions, {"ppl_tokens": 1}, "ppl_tokens"),
+    (unlearning.UnlearnOptions, {"val_samples": 0}, "val_samples"),
     (detox_instruct.DetoxOptions, {"fractions": [0.5, 0.5, 0.5]}, "fractions"),
 ])
 def test_bad_options_fail(cls: type, table: dict, message: str) -> None:
@@ -308,6 +309,9 @@ def test_quick_unlearning_end_to_end(tmp_path: Path) -> None:
         assert c["lambda"] == max(ok)
         at0 = next(p for p in c["curve"] if p["l"] == 0)
         assert at0["perplexity"] == pytest.approx(base, rel=1e-6)  # -0*toxic is the base model
+        # the validation curve samples val_samples (4), every test row samples (8)
+        assert c["base_validation"]["samples"] == 4
+        assert {row["samples"] for row in c["rows"].values()} == {8}
         for row in c["rows"].values():
             assert 0 <= row["toxicity"] <= 1 and math.isfinite(row["perplexity"]) or \
                 row["perplexity"] > 1e6
