@@ -288,3 +288,27 @@ def test_core_never_imports_torch(adapters, tmp_path):
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+def test_sigterm_removes_the_half_written_output(tmp_path):
+    """A process stopped by SIGTERM (kill, a scheduler) leaves no temporary directory behind."""
+    import signal
+
+    target = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import time
+        from pemarith.cli import unwind_on_sigterm
+        from pemarith.io import output_dir
+        unwind_on_sigterm()
+        with output_dir({str(target)!r}, []) as tmp:
+            (tmp / "part.safetensors").write_bytes(b"half")
+            print(tmp, flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.is_dir() and tmp.parent == tmp_path
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert not tmp.exists() and not target.exists() and list(tmp_path.iterdir()) == []

@@ -399,9 +399,29 @@ def _single_threaded_blas() -> None:
             os.environ.setdefault(var, "1")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, so that it unwinds like Ctrl-C."""
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a scheduler's stop) unwind the stack instead of ending the process
+    where it stands, so that every ``finally`` runs and half-written outputs (the temporary
+    directories of :func:`pemarith.io.output_dir`) are removed. SIGKILL still cannot be caught."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the default
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    unwind_on_sigterm()
     if _first_command(argv) in CORE_COMMANDS:
         _single_threaded_blas()
     parser = build_parser(argv)
@@ -421,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # File-system trouble the library did not anticipate: still one line, no traceback.
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}")
+    except Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli import Terminated, unwind_on_sigterm
 from ..errors import PemarithError
 
 EPILOG = """\
@@ -114,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pemarith")
     register_reproduce(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["reproduce", *(sys.argv[1:] if argv is None else argv)])
+    unwind_on_sigterm()
     try:
         return args.func(args)
     except PemarithError as exc:
         print(f"pemarith: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("pemarith: terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":
