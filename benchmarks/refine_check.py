@@ -13,7 +13,8 @@ the metric at each pick and the number of evaluations each used.
         --json runs/refine-check/refine-check.json
 
 Full fine-tuning sweeps (``kind`` "full") are rerun the same way through
-:func:`pemarith.hf.fullmerge.run_full_sweep`.
+:func:`pemarith.hf.fullmerge.run_full_sweep`; 4.3's sweeps, which choose lambda by the mean of
+the tasks' accuracies, through the same mean-of-tasks session the reproduction used.
 """
 
 from __future__ import annotations
@@ -63,7 +64,17 @@ def _grid_sweep(res: dict, fp: dict, target: Path, batch_size: int,
                       select=res["select"], mode=fp["mode"], rank=fp["rank"], keep=fp["keep"],
                       limit=fp["limit"], seed=fp["seed"], data_dir=data_dir, test_split=None,
                       refs=False, base=False, batch_size=batch_size, plot=False)
-    out = run_sweep(cfg, log=lambda s: None)
+    session = None
+    if (res.get("metrics") or [None])[0] == "mean":
+        # 4.3 chooses lambda by the mean of the tasks' accuracies: the same wrapped session
+        import pemarith
+        from pemarith.hf.inplace import Session
+        from pemarith.scenarios.multitask import mean_of_tasks
+
+        pems = {n: pemarith.load(p, n) for n, p in res["modules"].items()}
+        session = mean_of_tasks(Session(cfg, probe=lambda: pemarith.compose(
+            res["expr"], pems, mode=fp["mode"], **{var: 0.5})))
+    out = run_sweep(cfg, session=session, log=lambda s: None)
     return out.pick, dict(out.validation)
 
 
