@@ -97,6 +97,8 @@ def check_page(page: str | Path) -> list[str]:
     for name in (stem, f"{stem}-quick"):
         data = page.parent / "data" / f"{name}.json"
         if data.is_file():
-            fresh.update(rendered_blocks(read_json(data), stem))
+            results = read_json(data)
+            static = get_scenario(results["recipe"]["scenario"]).static
+            fresh = {**(static() if static else {}), **fresh, **rendered_blocks(results, stem)}
     return [b for b, body in found.items() if not b.endswith("figures")
             and fresh.get(b, NOT_RUN).rstrip("\n") != body.rstrip("\n")]

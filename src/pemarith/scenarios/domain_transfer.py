@@ -415,5 +415,5 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
 
 
 SCENARIO = Scenario(name="domain-transfer", section="4.5", options=TransferOptions, run=run,
-                    sections=sections, plot=plot,
+                    sections=sections, plot=plot, static=lambda: {"paper": paper_table()},
                     title="Domain transfer by analogy (section 4.5, Table 5)")

@@ -19,6 +19,9 @@ class Scenario:
     sections: Callable[[Mapping[str, Any]], dict[str, str]]
     plot: Callable[[Mapping[str, Any], Path], list[Path]]
     title: str = ""
+    #: blocks that need no results (e.g. the paper's own table): a page may show them before
+    #: its full run exists, and the docs check accepts them there
+    static: Callable[[], dict[str, str]] | None = None
 
     def render(self, results: Mapping[str, Any]) -> str:
         """The whole report: every section as a generated block under the title."""
