@@ -64,17 +64,11 @@ def _grid_sweep(res: dict, fp: dict, target: Path, batch_size: int,
                       select=res["select"], mode=fp["mode"], rank=fp["rank"], keep=fp["keep"],
                       limit=fp["limit"], seed=fp["seed"], data_dir=data_dir, test_split=None,
                       refs=False, base=False, batch_size=batch_size, plot=False)
-    session = None
+    wrap = None
     if (res.get("metrics") or [None])[0] == "mean":
         # 4.3 chooses lambda by the mean of the tasks' accuracies: the same wrapped session
-        import pemarith
-        from pemarith.hf.inplace import Session
-        from pemarith.scenarios.multitask import mean_of_tasks
-
-        pems = {n: pemarith.load(p, n) for n, p in res["modules"].items()}
-        session = mean_of_tasks(Session(cfg, probe=lambda: pemarith.compose(
-            res["expr"], pems, mode=fp["mode"], **{var: 0.5})))
-    out = run_sweep(cfg, session=session, log=lambda s: None)
+        from pemarith.scenarios.multitask import mean_of_tasks as wrap
+    out = run_sweep(cfg, wrap=wrap, log=lambda s: None)
     return out.pick, dict(out.validation)
 
 

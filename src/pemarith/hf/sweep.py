@@ -242,11 +242,13 @@ def _fmt_scores(scores: Mapping[str, float], columns: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], None] = _log) -> SweepResult:
+def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], None] = _log,
+              wrap: Callable[[Any], Any] | None = None) -> SweepResult:
     """Run ``config``: grid or refine search on validation, pick by rule, pick on test, files.
 
     ``session`` evaluates compositions (default: a :class:`~pemarith.hf.inplace.Session` that
     loads ``config.model`` once, lazily, so a sweep whose records are all cached loads no model).
+    ``wrap`` wraps that default session (e.g. 4.3's mean-of-tasks column).
     """
     import pemarith
     from pemarith.expr import Expression, format_terms
@@ -283,6 +285,7 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
         from .inplace import Session
 
         session = Session(config, probe=lambda: compose(_generic_value(expression, used, config.var)))
+        session = wrap(session) if wrap else session
     cache = RecordCache(config.out, fingerprint, restart=config.restart)
 
     columns: list[str] = []
