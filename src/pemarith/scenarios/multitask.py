@@ -162,19 +162,28 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     cells = results.get("cells", [])
     if not cells:
         return []
+    from matplotlib.lines import Line2D
+
     methods = list(dict.fromkeys(c["method"] for c in cells))
+    metrics = list(dict.fromkeys(k for c in cells for k in c["metrics"]))
+    seeds = sorted({c["seed"] for c in cells})
+    color = {k: f"C{i}" for i, k in enumerate(metrics)}  # a colour per metric,
+    style = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}  # a line style per seed
     fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         for c in [c for c in cells if c["method"] == method]:
-            for i, key in enumerate(c["metrics"]):
+            for key in c["metrics"]:
                 pts = [(x, s.get(key)) for x, s in c["curve"] if s.get(key) is not None]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], ("-", "--", ":")[i % 3],
-                        marker="o", markersize=2.5, label=f"{key} seed {c['seed']}")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style[c["seed"]], color=color[key],
+                        marker="o", markersize=2.5, linewidth=1.2)
         ax.set_title(f"{LABELS[method]}: {results['recipe']['options']['expr']}")
         ax.set_xlabel("lambda (1 = first module, 0 = second)")
         ax.set_ylabel("accuracy (validation)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        handles = [Line2D([], [], color=color[k], label=k) for k in metrics]
+        handles += [Line2D([], [], color="gray", linestyle=style[s], label=f"seed {s}")
+                    for s in sorted({c["seed"] for c in cells if c["method"] == method})]
+        ax.legend(handles=handles, fontsize=6)
     fig.tight_layout()
     path = save_png(fig, out / "multitask.png")
     return [path]
