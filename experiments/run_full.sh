@@ -11,8 +11,9 @@
 #            once the minilm lane has finished (runs/reproduce/minilm.done), it assembles all
 #            seeds of 4.2 and 4.7 into their main results (everything cached: minutes).
 #
-# The lanes never run the same unit of work (the store keys modules and sweeps by seed), so they
-# never race for it. Every phase resumes from the store (runs/reproduce/store), so rerunning a
+# The lanes never train or sweep the same unit (the store keys modules and sweeps by seed and
+# init seed); an evaluation both might need is one JSON file written atomically, so at worst it is
+# computed twice. Every phase resumes from the store (runs/reproduce/store), so rerunning a
 # lane after an interruption, or in a later session, continues where it stopped and skips
 # finished work.
 #
