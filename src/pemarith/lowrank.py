@@ -24,6 +24,12 @@ def concat(
     return B, A
 
 
+def inner(B1: np.ndarray, A1: np.ndarray, B2: np.ndarray, A2: np.ndarray) -> float:
+    """The Frobenius inner product ``<B_1 A_1, B_2 A_2> = trace(A_1^T B_1^T B_2 A_2)``
+    ``= sum((B_1^T B_2) * (A_1 A_2^T))``, from the factors (``O((d + k) r_1 r_2)``)."""
+    return float(np.sum((B1.T @ B2) * (A1 @ A2.T)))
+
+
 def truncate(B: np.ndarray, A: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Best rank-``rank`` factors of ``B A`` (Eckart-Young) and the relative Frobenius error.
 

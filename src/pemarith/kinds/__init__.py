@@ -28,6 +28,9 @@ class Kind:
     - ``combine(tensors, coefs, adapters, mode, rank) -> ({part: array}, svd_error | None)``.
     - ``output_config(config, adapters, mode, rank) -> dict``: the result's adapter_config.json.
     - ``update_norm(adapter, layer) -> float`` and ``describe(adapter) -> dict``: for inspect.
+    - ``gram(tensors, adapters) -> (n, n) array`` and
+      ``factorwise_terms(tensors, coefs, adapters) -> {name: norm^2 or inner} | None``: for
+      ``diagnostics`` (None where factorwise equals exact, or does not apply).
     """
 
     name: str
@@ -42,6 +45,8 @@ class Kind:
     output_config: Callable[..., Any]
     update_norm: Callable[..., Any]
     describe: Callable[..., Any]
+    gram: Callable[..., Any]
+    factorwise_terms: Callable[..., Any]
 
     @classmethod
     def from_module(cls, mod: ModuleType) -> Kind:

@@ -92,5 +92,18 @@ def update_norm(adapter: Adapter, layer: str) -> float:
     return float(math.sqrt(np.sum((vec - 1.0) ** 2)))
 
 
+def gram(tensors: Sequence[Mapping[str, np.ndarray]], adapters: Sequence[Adapter]) -> np.ndarray:
+    """``G_ij = <l_i - 1, l_j - 1>`` for one layer: the offsets from the identity. (The weight
+    update ``diag(l - 1) W`` would weight them by the base weights, which are not read.)"""
+    D = np.stack([(t[_PART] - 1.0).ravel() for t in tensors])
+    return D @ D.T
+
+
+def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
+                     adapters: Sequence[Adapter]) -> None:
+    """None: the (IA)3 rule ``1 + sum_i c_i (l_i - 1)`` has no cross terms in either mode."""
+    return None
+
+
 def describe(adapter: Adapter) -> dict[str, Any]:
     return {"feedforward_modules": adapter.config.get("feedforward_modules")}

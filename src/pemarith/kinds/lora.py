@@ -209,8 +209,55 @@ def update_norm(adapter: Adapter, layer: str) -> float:
     parts = adapter.layers[layer]
     A = adapter.tensor(_a_key(parts)).astype(np.float64)
     B = adapter.tensor(_b_key(parts)).astype(np.float64)
-    sq = float(np.sum((B.T @ B) * (A @ A.T)))
-    return abs(scaling(adapter.config)) * math.sqrt(max(sq, 0.0))
+    return abs(scaling(adapter.config)) * math.sqrt(max(lowrank.inner(B, A, B, A), 0.0))
+
+
+def _factors(tensors: Sequence[Mapping[str, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    a_part = next(p for p in _A_PARTS if p in tensors[0])
+    return [t[_B_FOR_A[a_part]] for t in tensors], [t[a_part] for t in tensors]
+
+
+def gram(tensors: Sequence[Mapping[str, np.ndarray]], adapters: Sequence[Adapter]) -> np.ndarray:
+    """``G_ij = <s_i B_i A_i, s_j B_j A_j>_F = s_i s_j sum((B_i^T B_j) * (A_i A_j^T))`` for one
+    layer, from the factors (ranks may differ)."""
+    Bs, As = _factors(tensors)
+    s = [scaling(a.config) for a in adapters]
+    n = len(Bs)
+    G = np.empty((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            G[i, j] = G[j, i] = s[i] * s[j] * lowrank.inner(Bs[i], As[i], Bs[j], As[j])
+    return G
+
+
+def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
+                     adapters: Sequence[Adapter]) -> dict[str, float] | None:
+    """How one layer's factorwise result relates to the exact one (None when ranks differ).
+
+    The factorwise update is ``F = s_1 B A = sum_ij c_i |c_j| s_i B_i A_j``: the own terms
+    ``O = sum_i c_i |c_i| s_i B_i A_i`` and the cross terms ``X = F - O =
+    sum_i c_i s_i B_i (sum_{j != i} |c_j| A_j)``; the exact update is ``E = sum_i c_i s_i B_i A_i``.
+    Each is one low-rank product of concatenated factors, so ``inner`` gives, without forming
+    them: ``{"cross": ||X||^2, "own": ||O||^2, "factorwise": ||F||^2, "exact": ||E||^2,
+    "factorwise.exact": <F, E>}``. Terms with ``c_i = 0`` add nothing and are left out.
+    """
+    used = [i for i, c in enumerate(coefs) if c != 0]
+    if len({adapters[i].config["r"] for i in used}) > 1:
+        return None
+    names = ("cross", "own", "factorwise", "exact", "factorwise.exact")
+    if not used:
+        return dict.fromkeys(names, 0.0)
+    Bs, As = _factors([tensors[i] for i in used])
+    c = [coefs[i] for i in used]
+    B = np.concatenate([ci * scaling(adapters[i].config) * Bi for ci, i, Bi in zip(c, used, Bs)], axis=1)
+    total = sum(abs(ci) * Ai for ci, Ai in zip(c, As))
+    own = np.concatenate([abs(ci) * Ai for ci, Ai in zip(c, As)], axis=0)
+    cross = np.concatenate([total - abs(ci) * Ai for ci, Ai in zip(c, As)], axis=0)
+    every = np.concatenate([total] * len(c), axis=0)  # F = B [A_tot; ...; A_tot]
+    plain = np.concatenate(As, axis=0)  # E = B [A_1; ...; A_n]
+    return {"cross": lowrank.inner(B, cross, B, cross), "own": lowrank.inner(B, own, B, own),
+            "factorwise": lowrank.inner(B, every, B, every), "exact": lowrank.inner(B, plain, B, plain),
+            "factorwise.exact": lowrank.inner(B, every, B, plain)}
 
 
 def describe(adapter: Adapter) -> dict[str, Any]:
