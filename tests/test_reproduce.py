@@ -290,6 +290,13 @@ def test_init_table_and_multitask_table() -> None:
     cells = [_cell("rte", "lora", 0, init=i, shift=0.01 * (i == "diff")) for i in ("same", "diff")]
     sec = get_scenario("init-analysis").sections(_results("init-analysis", cells))
     assert "| same init | +4.00 | +5.23 |" in sec["table-test"]
+    assert sec["diagnostics"].startswith("(not measured")  # results from before diagnostics
+    for c, cos in zip(cells, (0.9, 0.7)):
+        c["diagnostics"] = {"lambda": 0.5, "cosine": 0.1, "retained": 0.75,
+                            "factorwise_cosine": cos, "cross_ratio": 0.8}
+    sec = get_scenario("init-analysis").sections(_results("init-analysis", cells))
+    assert "| RTE | same | 0.100 | 0.750 | 0.900 | 0.800 | 1 |" in sec["diagnostics"]
+    assert "| RTE | diff | 0.100 | 0.750 | 0.700 | 0.800 | 1 |" in sec["diagnostics"]
     mt = {"method": "lora", "seed": 0, "mode": "factorwise", "lambda": 0.3,
           "metrics": ["mean", "mnli.accuracy", "rte.accuracy"], "task": "mnli+rte",
           "rows": {k: {s: {"mnli.accuracy": 0.5, "rte.accuracy": 0.6, "mean": 0.55}
@@ -392,6 +399,9 @@ def test_quick_init_analysis_end_to_end(tmp_path: Path) -> None:
     assert inits == {"same", "diff"}
     same, diff = sorted(results["cells"], key=lambda c: c["init"] != "same")
     assert same["modules"]["s0"] == diff["modules"]["s0"] != diff["modules"]["s1"]
+    # two training steps barely move A: a shared init keeps the factorwise merge on the exact
+    # one's direction, different inits do not
+    assert same["diagnostics"]["factorwise_cosine"] > 0.99 > diff["diagnostics"]["factorwise_cosine"]
     assert "| same init |" in (tmp_path / "ia" / "report.md").read_text()
     _check_png(tmp_path / "ia" / "init_sst2.png")
 

@@ -7,6 +7,10 @@ merged score minus the average of the two subset modules, same init against diff
 
 The init seed draws LoRA's A matrices and the new classification head (``modules_to_save``);
 the paper's RoBERTa modules also had a new head per seed, so both differ here as there.
+
+Beyond the paper, each cell also records :func:`merge_diagnostics` of its two modules (from the
+adapter files, in seconds): whether the factor-wise merge still points where the exact merge
+does, which is what a shared A initialisation is for.
 """
 
 from __future__ import annotations
@@ -40,8 +44,39 @@ def run(ctx: Context) -> dict[str, Any]:
     for seed in r.seeds:
         for task in r.tasks:
             for init in INITS:
-                results.add(skew_cell(ctx, task, "lora", seed, init=init))
+                cell = skew_cell(ctx, task, "lora", seed, init=init)
+                cell["diagnostics"] = merge_diagnostics(cell["modules"])
+                results.add(cell)
     return results.finish()
+
+
+def merge_diagnostics(modules: Mapping[str, str], lam: float = 0.5) -> dict[str, float | None]:
+    """:func:`pemarith.diagnostics.diagnose` of ``lam*s0 + (1-lam)*s1`` (LoRA updates only; the
+    classification heads are full weights and are not compared): ``cosine`` of the two updates,
+    ``retained`` norm, and ``factorwise_cosine`` ``cos(F, E)`` and ``cross_ratio`` of the
+    factor-wise merge ``F`` against the exact one ``E``. A fixed ``lam`` = 0.5 (not the picked
+    one) so that cells compare."""
+    import pemarith
+    from pemarith.diagnostics import diagnose
+
+    d = diagnose(lam * pemarith.load(modules["s0"], "s0") + (1 - lam) * pemarith.load(modules["s1"], "s1"))
+    return {"lambda": lam, "cosine": float(d.cosine()[0, 1]), "retained": d.retained(),
+            "factorwise_cosine": d.factorwise_cosine(), "cross_ratio": d.cross_ratio()}
+
+
+def diagnostics_table(results: Mapping[str, Any]) -> str:
+    """Per task and init: the diagnostics of the merge at lambda 0.5, mean over seeds."""
+    cells = [c for c in results["cells"] if c.get("diagnostics")]
+    if not cells:
+        return "(not measured: these results predate the diagnostics)"
+    keys = ("cosine", "retained", "factorwise_cosine", "cross_ratio")
+    rows = []
+    for (task, init), cs in group(cells, "task", "init").items():
+        vals = [[c["diagnostics"][k] for c in cs if c["diagnostics"].get(k) is not None] for k in keys]
+        rows.append([task_label(task), init, *(f"{sum(v) / len(v):.3f}" if v else "-" for v in vals),
+                     str(len(cs))])
+    return table(["task", "init", "cos(D_s0, D_s1)", "retained norm", "cos(F, E)",
+                  "cross / own", "seeds"], rows, "llrrrrr")
 
 
 def delta_table(results: Mapping[str, Any], split: str) -> str:
@@ -93,6 +128,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
         "table-validation": delta_table(results, "validation"),
         "rows-test": rows_table(results, "test"),
         "lambdas": lambda_table(results),
+        "diagnostics": diagnostics_table(results),
         "subsets": class_table(results),
         "timing": timing_table(results),
     }
