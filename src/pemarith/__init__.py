@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["PEM", "__version__", "compose", "load"]
+__all__ = ["PEM", "__version__", "compose", "diagnose", "load"]
 
 if TYPE_CHECKING:
+    from .diagnostics import diagnose
     from .module import PEM, compose, load
 
 
@@ -26,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from . import module
 
         return getattr(module, name)
+    if name == "diagnose":
+        from .diagnostics import diagnose
+
+        return diagnose
     raise AttributeError(f"module 'pemarith' has no attribute {name!r}")
