@@ -66,6 +66,29 @@ def test_cli_examples_run(workdir: Path):
         assert (workdir / out / "adapter_config.json").is_file()
 
 
+def test_bake_example_runs(workdir: Path):
+    import torch
+    from helpers_adapters import TinyModel, peft_forward, tokens
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    (workdir / "base_model").mkdir()
+    save_file(TinyModel().state_dict(), str(workdir / "base_model" / "model.safetensors"))
+    (block,) = blocks("bash", "Deployment")
+    for cmd in commands(block):
+        done = run_pemarith(cmd, workdir)
+        assert done.returncode == 0, f"{cmd}\n{done.stderr}"
+    model = TinyModel()
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in
+                           load_file(str(workdir / "merged_model" / "model.safetensors")).items()})
+    import pemarith
+
+    pemarith.compose("0.5*s0 + 0.5*s1", {"s0": "s0", "s1": "s1"}).save("composed")
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(tokens()).double(), peft_forward(workdir / "composed", tokens()),
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_hf_examples_run(tmp_path: Path):
     (block,) = blocks("bash", "Making and judging modules")

@@ -24,7 +24,7 @@ from pemarith import __version__
 from pemarith.errors import PemarithError, did_you_mean
 
 PROG = "pemarith"
-CORE_COMMANDS = ("compose", "inspect", "diagnose")
+CORE_COMMANDS = ("compose", "inspect", "diagnose", "bake")
 HF_COMMANDS = ("tasks", "train", "eval", "sweep", "reproduce")
 DTYPES = ("float32", "float16", "bfloat16")
 MINUS_HINT = (" (an expression that starts with '-' goes after '--', e.g. "
@@ -32,7 +32,7 @@ MINUS_HINT = (" (an expression that starts with '-' goes after '--', e.g. "
 
 DESCRIPTION = """\
 Compose parameter-efficient modules (PEFT LoRA and (IA)3 adapters) with arithmetic.
-`compose`, `inspect` and `diagnose` work from the adapter files alone: no base model is loaded and
+`compose`, `inspect`, `diagnose` and `bake` work from the files alone: no base model is loaded and
 torch is not imported. The model-side commands (tasks, train, eval, ...) need the
 [hf] extra: pip install 'pemarith[hf]'."""
 
@@ -45,6 +45,7 @@ examples:
   pemarith inspect runs/sst2_a
   pemarith inspect runs/sst2_a --json
   pemarith diagnose -m a=runs/sst2_a -m b=runs/sst2_b "0.5*a + 0.5*b"
+  pemarith bake --base path/to/base -m a=runs/sst2_a -m b=runs/sst2_b -o merged_model "0.5*a + 0.5*b"
 
 Run `pemarith COMMAND --help` for the options of one command."""
 
@@ -103,6 +104,25 @@ examples:
   pemarith diagnose -m a=runs/a -m b=runs/b --set l=0.5 "l*a + (1-l)*b"
   pemarith diagnose -m a=runs/a -m b=runs/b "a + b" --layers
   pemarith diagnose -m a=runs/a -m b=runs/b --json"""
+
+BAKE_DESCRIPTION = """\
+Merge a module, or a composition of modules, into a base model's weights and write the result
+as a plain checkpoint directory (no PEFT needed to load it).
+
+BASE is a Hugging Face checkpoint directory with model.safetensors, or safetensors shards and
+model.safetensors.index.json. It is read and written one shard, and one tensor, at a time;
+torch is not needed. Adapted layers get W + s B A (LoRA) or PEFT's (IA)3 rescaling; the
+modules_to_save tensors (e.g. a classifier head) replace the base's, or are added; every other
+tensor is copied byte for byte and the other files (config, tokenizer) are copied as they are.
+Other weight files (*.bin, *.gguf, ...) are left out: they would hold unmerged weights.
+The expression and its options (--mode, --rank, --set, --keep) are those of `compose`."""
+
+BAKE_EPILOG = """\
+examples:
+  pemarith bake --base models/minilm -m a=runs/sst2_a -o minilm_sst2 a
+  pemarith bake --base models/smollm2 -m t=runs/t1 -m x=runs/toxic -o smollm2_detox \\
+      --set l=0.4 "(1+l)*t - l*x"
+  pemarith bake --base models/minilm -m a=A -m b=B -o out --mode exact "0.5*a + 0.5*b" """
 
 
 class _Parser(argparse.ArgumentParser):
@@ -453,6 +473,76 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bake
+
+
+def _add_bake(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bake",
+        help="merge a module or composition into a base model's weights (shard by shard)",
+        description=BAKE_DESCRIPTION,
+        epilog=BAKE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--base", required=True, metavar="DIR",
+                   help="the base model's checkpoint directory (safetensors)")
+    p.add_argument("-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
+                   type=_module_arg, default=[], help="an adapter directory and its name (repeat)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="output checkpoint directory (must not exist unless --force)")
+    p.add_argument("--mode", choices=("factorwise", "exact"), default="factorwise",
+                   help="LoRA arithmetic on the factors (paper, default) or on Delta W")
+    p.add_argument("--rank", type=_rank_arg, metavar="R",
+                   help="with --mode exact: recompress to rank R by a truncated SVD")
+    p.add_argument("--set", dest="vars", metavar="NAME=VALUE", action="append",
+                   type=_var_arg, default=[], help="bind a free variable, e.g. --set l=0.3")
+    p.add_argument("--keep", metavar="NAME",
+                   help="module whose modules_to_save tensors to keep when the coefficients do "
+                   "not sum to 1")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.add_argument("expr", nargs="+", metavar="EXPR",
+                   help="the expression (a single module: its name); after '--' it may start with '-'")
+    p.set_defaults(func=cmd_bake)
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    import pemarith
+    from pemarith.bake import bake
+
+    text = " ".join(args.expr)
+    modules: dict[str, str] = {}
+    for name, path in args.modules:
+        if name in modules and modules[name] != path:
+            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
+        modules[name] = path
+    variables = dict(args.vars)
+    if args.rank is not None and args.mode != "exact":
+        raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
+    terms = _bind_modules(text, modules, variables)
+    pem = pemarith.compose(text, {n: modules[n] for n in terms}, mode=args.mode, rank=args.rank,
+                           **variables)
+    report = bake(pem, args.base, args.out, mode=args.mode, rank=args.rank, keep=args.keep,
+                  force=args.force)
+    summary = {"expression": str(pem), "mode": args.mode, "base": str(args.base),
+               "path": str(report.path), "shards": report.shards, "merged": report.merged,
+               "replaced": report.replaced, "added": report.added, "skipped": report.skipped,
+               "seconds": report.seconds}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    changed = sum(len(v) for v in report.merged.values())
+    print(f"baked     {summary['expression']} ({args.mode}) into {args.base}")
+    print(f"output    {report.path} ({len(report.shards)} shard(s))")
+    print(f"merged    {len(report.merged)} layers ({changed} tensors)"
+          + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "")
+          + (f"; added {', '.join(report.added)}" if report.added else ""))
+    if report.skipped:
+        print(f"not copied (other weight formats, unmerged): {', '.join(report.skipped)}")
+    print(f"time      {report.seconds:.3g} s")
+    return 0
+
+
 # ----------------------------------------------------------------------------- hf
 
 
@@ -505,6 +595,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_compose(subparsers)
     _add_inspect(subparsers)
     _add_diagnose(subparsers)
+    _add_bake(subparsers)
     if argv is None or _first_command(argv) not in CORE_COMMANDS:
         _add_hf(subparsers)
     return parser

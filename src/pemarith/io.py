@@ -45,6 +45,11 @@ DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype(ml_dtypes.bfloat16),
 }
 _NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+# Every safetensors dtype, by item size: what a base model may hold (integer buffers, booleans,
+# fp8) and is copied through byte for byte when merging into it.
+ITEMSIZES: dict[str, int] = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2,
+                             "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+                             "I64": 8, "U64": 8, "F64": 8}
 
 
 def dtype_code(dtype: Any) -> str:
@@ -76,8 +81,11 @@ class TensorInfo:
     end: int
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it."""
+def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it.
+
+    Only the float dtypes of :data:`DTYPES` are accepted unless ``any_dtype`` (a base model's
+    checkpoint, whose other tensors are copied through)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -103,14 +111,14 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             code, shape, (b, e) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise AdapterError(f"{path}: corrupt safetensors header entry for {key!r}") from None
-        if code not in DTYPES:
+        if code not in (ITEMSIZES if any_dtype else DTYPES):
             raise AdapterError(f"{path}: tensor {key!r} has unsupported dtype {code}")
         if not 0 <= b <= e or base + e > size:
             raise AdapterError(
                 f"{path}: truncated or corrupt safetensors file (tensor {key!r} at bytes {b}..{e} "
                 f"of a {size - base}-byte data section)"
             )
-        if e - b != math.prod(shape) * DTYPES[code].itemsize:
+        if e - b != math.prod(shape) * ITEMSIZES[code]:
             raise AdapterError(f"{path}: corrupt safetensors header: {key!r} size does not match its shape")
         infos[key] = TensorInfo(code, shape, base + b, base + e)
     return infos, metadata
@@ -266,7 +274,7 @@ class SafetensorsWriter:
         header: dict[str, Any] = {"__metadata__": dict(metadata)}
         offset = 0
         for key, code, shape in specs:
-            n = math.prod(shape) * DTYPES[code].itemsize
+            n = math.prod(shape) * ITEMSIZES[code]
             header[key] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n]}
             offset += n
         self._header = header
@@ -282,6 +290,14 @@ class SafetensorsWriter:
         if key != k or tuple(array.shape) != tuple(shape) or array.dtype != DTYPES[code]:
             raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} {array.dtype} {array.shape}")
         self._f.write(np.ascontiguousarray(array).tobytes())
+        self._next += 1
+
+    def write_bytes(self, key: str, raw: bytes) -> None:
+        """Write the next tensor as it was stored elsewhere (any dtype), byte for byte."""
+        k, code, shape = self._specs[self._next]
+        if key != k or len(raw) != math.prod(shape) * ITEMSIZES[code]:
+            raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} ({len(raw)} bytes)")
+        self._f.write(raw)
         self._next += 1
 
     def close(self, metadata: Mapping[str, str] | None = None) -> None:

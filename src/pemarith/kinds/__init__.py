@@ -31,6 +31,9 @@ class Kind:
     - ``gram(tensors, adapters) -> (n, n) array`` and
       ``factorwise_terms(tensors, coefs, adapters) -> {name: norm^2 or inner} | None``: for
       ``diagnostics`` (None where factorwise equals exact, or does not apply).
+    - ``merge_into(parts, config, weight, key) -> weight`` and
+      ``merge_bias(parts, config, bias, weight_shape, key) -> bias | None`` (None: unchanged):
+      one layer's update applied to the base model's weights (``bake``).
     """
 
     name: str
@@ -47,6 +50,8 @@ class Kind:
     describe: Callable[..., Any]
     gram: Callable[..., Any]
     factorwise_terms: Callable[..., Any]
+    merge_into: Callable[..., Any]
+    merge_bias: Callable[..., Any]
 
     @classmethod
     def from_module(cls, mod: ModuleType) -> Kind:

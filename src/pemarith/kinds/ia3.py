@@ -105,5 +105,37 @@ def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequenc
     return None
 
 
+def _scales_output(vec: np.ndarray, config: Mapping[str, Any], shape: tuple[int, ...], key: str) -> bool:
+    """Whether ``l`` scales the layer's output (shape ``(out, 1)``) rather than a feedforward
+    layer's input (``(1, in)``); ``shape`` is the base weight's (``in x out`` if fan_in_fan_out)."""
+    if len(shape) != 2:
+        raise CompatibilityError(f"{key}: (IA)3 on a {len(shape)}-d weight is not supported")
+    out_features, in_features = shape[::-1] if config.get("fan_in_fan_out") else shape
+    if vec.shape == (out_features, 1):
+        return True
+    if vec.shape == (1, in_features):
+        return False
+    raise CompatibilityError(f"{key}: the (IA)3 vector has shape {vec.shape} but the base weight is "
+                             f"{out_features} x {in_features}; is this the adapter's base model?")
+
+
+def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
+               key: str) -> np.ndarray:
+    """PEFT's (IA)3 merge: an output scaling ``l`` (shape ``(out, 1)``) scales the rows,
+    ``W' = l W``; a feedforward layer's input scaling (``(1, in)``) the columns, ``W' = W l``.
+    ``fan_in_fan_out`` weights (``in x out``) are scaled the same way, transposed."""
+    vec = parts[_PART]
+    _scales_output(vec, config, weight.shape, key)
+    return (weight.T * vec).T if config.get("fan_in_fan_out") else weight * vec
+
+
+def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,
+               weight_shape: tuple[int, ...], key: str) -> np.ndarray | None:
+    """``b' = l b`` for an output scaling (the bias is inside the scaled output); None (unchanged)
+    for a feedforward layer's input scaling."""
+    vec = parts[_PART]
+    return bias * vec.reshape(bias.shape) if _scales_output(vec, config, weight_shape, key) else None
+
+
 def describe(adapter: Adapter) -> dict[str, Any]:
     return {"feedforward_modules": adapter.config.get("feedforward_modules")}

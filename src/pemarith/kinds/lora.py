@@ -260,6 +260,29 @@ def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequenc
             "factorwise.exact": lowrank.inner(B, every, B, plain)}
 
 
+def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
+               key: str) -> np.ndarray:
+    """``W' = W + s B A`` (float arrays in and out).
+
+    The update is transposed for embeddings (whose weight is ``num_embeddings x dim``) and for
+    ``fan_in_fan_out`` layers (GPT-2's Conv1D stores ``in x out``), as PEFT's own merge does.
+    """
+    a_part = next(p for p in _A_PARTS if p in parts)
+    delta = scaling(config) * (parts[_B_FOR_A[a_part]] @ parts[a_part])
+    if a_part == "lora_embedding_A" or config.get("fan_in_fan_out"):
+        delta = delta.T
+    if delta.shape != weight.shape:
+        raise CompatibilityError(f"{key}: the LoRA update has shape {delta.shape} but the base weight "
+                                 f"has {weight.shape}; is this the adapter's base model?")
+    return weight + delta
+
+
+def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,
+               weight_shape: tuple[int, ...], key: str) -> None:
+    """None: LoRA leaves the bias as it is."""
+    return None
+
+
 def describe(adapter: Adapter) -> dict[str, Any]:
     c = adapter.config
     return {"r": c["r"], "lora_alpha": c["lora_alpha"], "use_rslora": bool(c.get("use_rslora")),

@@ -1,0 +1,218 @@
+"""Merge a module, or a composition, into a base model's weights, one shard at a time.
+
+For deployment without PEFT: ``bake(pem, "base_dir", "out_dir")`` writes a copy of a Hugging
+Face checkpoint directory (``model.safetensors``, or shards listed by
+``model.safetensors.index.json``) in which every adapted layer holds its merged weight
+(LoRA: ``W + s B A``; (IA)3: PEFT's rescaling, see each kind's ``merge_into``) and every
+``modules_to_save`` tensor replaces, or is added beside, the base's. Nothing else changes: the
+other tensors are copied byte for byte, in their dtypes (integer buffers included), and the
+other files of the directory (config, tokenizer) are copied as they are.
+
+Memory stays near one base tensor: the composed module (small) is held whole, and each shard is
+streamed tensor by tensor into its copy. Like ``compose``, it needs no torch and no model code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import AdapterError, CompatibilityError
+from .io import DTYPES, SafetensorsWriter, TensorInfo, output_dir, read_safetensors_header
+from .module import PEM
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+PEFT_PREFIX = "base_model.model."
+# Other weight formats are not copied: they would hold the unmerged weights.
+SKIPPED_SUFFIXES = (".bin", ".h5", ".msgpack", ".onnx", ".gguf", ".pt", ".pth", ".ckpt", ".safetensors")
+
+
+@dataclass(frozen=True)
+class BakeReport:
+    """What ``bake`` wrote: ``merged`` maps adapted layers to the base keys they changed,
+    ``replaced``/``added`` list the ``modules_to_save`` keys, ``skipped`` the files not copied."""
+
+    path: Path
+    shards: list[str]
+    merged: dict[str, list[str]]
+    replaced: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, dict[str, str]], dict | None]:
+    """``{shard file: {key: info}}``, each shard's metadata, and the index (None for one file)."""
+    if (base / INDEX_NAME).is_file():
+        try:
+            index = json.loads((base / INDEX_NAME).read_text(encoding="utf-8"))
+            files = list(dict.fromkeys(index["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise AdapterError(f"{base / INDEX_NAME}: not a safetensors index ({e})") from None
+    elif (base / SINGLE_NAME).is_file():
+        index, files = None, [SINGLE_NAME]
+    else:
+        found = sorted(p.name for p in base.iterdir() if p.suffix in (".bin", ".safetensors"))[:3]
+        raise AdapterError(f"{base}: no {SINGLE_NAME} or {INDEX_NAME}"
+                           + (f" (found {', '.join(found)}; convert the weights to safetensors)" if found else
+                              " (not a Hugging Face checkpoint directory?)"))
+    infos, metas = {}, {}
+    for name in files:
+        if not (base / name).is_file():
+            raise AdapterError(f"{base}: the index lists {name}, which is missing")
+        infos[name], metas[name] = read_safetensors_header(base / name, any_dtype=True)
+    return infos, metas, index
+
+
+def _locate(name: str, keys: Mapping[str, str]) -> str | None:
+    """The base key for ``name`` (a PEFT key without its prefix), e.g. ``"bert.encoder...weight"``
+    for a base saved with or without the ``bert.`` prefix: exact, then the unique key that ends
+    with it, then ``name`` without its leading components."""
+    if name in keys:
+        return name
+    ends = [k for k in keys if k.endswith("." + name)]
+    if len(ends) == 1:
+        return ends[0]
+    parts = name.split(".")
+    for i in range(1, len(parts) - 1):
+        if ".".join(parts[i:]) in keys:
+            return ".".join(parts[i:])
+    return None
+
+
+def _read(path: Path, info: TensorInfo) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(info.start)
+        raw = f.read(info.end - info.start)
+    if len(raw) != info.end - info.start:
+        raise AdapterError(f"{path}: truncated while reading")
+    return raw
+
+
+def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mode: str | None = None,
+         rank: int | None = None, keep: str | None = None, force: bool = False) -> BakeReport:
+    """Write ``base`` with ``pem`` merged into its weights to ``out`` (atomically; see the module
+    docstring). ``mode``/``rank``/``keep`` are those of :meth:`PEM.save`."""
+    t0 = time.perf_counter()
+    base = Path(base).expanduser().resolve()
+    if not base.is_dir():
+        raise AdapterError(f"base model directory not found: {base}")
+    infos, metas, index = base_shards(base)
+    owner = {k: shard for shard, keys in infos.items() for k in keys}
+    config = pem.output_config(mode, rank)
+    kind = pem.kind
+    module = dict(pem.iter_tensors(mode, rank, keep, dtype=np.float64))  # small: held whole
+    first = next(iter(pem.adapters.values()))
+
+    # plan: base key -> (layer, "weight" | "bias") for updates, or the module key that replaces it
+    updates: dict[str, tuple[str, str]] = {}
+    merged: dict[str, list[str]] = {}
+    for layer in first.layers:
+        short = layer.removeprefix(PEFT_PREFIX)
+        wkey = _locate(f"{short}.weight", owner)
+        if wkey is None:
+            raise CompatibilityError(f"module {short!r} has no weight {short}.weight in {base}; "
+                                     "is this the adapter's base model?")
+        updates[wkey] = (layer, "weight")
+        merged[short] = []  # the keys changed, filled in while writing
+        bkey = wkey.removesuffix(".weight") + ".bias"
+        if bkey in owner:
+            updates[bkey] = (layer, "bias")
+    replace: dict[str, str] = {}
+    added: list[str] = []
+    for key in first.extra:
+        short = key.removeprefix(PEFT_PREFIX)
+        target = _locate(short, owner)
+        if target is None:
+            added.append(short)
+            replace[short] = key
+        else:
+            if tuple(module[key].shape) != infos[owner[target]][target].shape:
+                raise CompatibilityError(f"{short!r}: the module's copy has shape {module[key].shape} but "
+                                         f"the base's {target} has {infos[owner[target]][target].shape}")
+            replace[target] = key
+
+    def layer_parts(layer: str) -> dict[str, np.ndarray]:
+        return {k[len(layer) + 1:]: v for k, v in module.items() if k.startswith(layer + ".")}
+
+    shards = list(infos)
+    last = shards[-1]
+    provenance = json.dumps({"pemarith_version": __version__, "expression": str(pem),
+                             "mode": mode or "factorwise", "rank": rank, "base": str(base)})
+    inputs = [base, *(a.path for a in pem.adapters.values())]
+    skipped: list[str] = []
+    weight_map: dict[str, str] = {}
+    with output_dir(out, inputs, force=force) as tmp:
+        for shard in shards:
+            src = base / shard
+            keys = list(infos[shard])
+            specs = [(k, infos[shard][k].dtype, infos[shard][k].shape) for k in keys]
+            extra = [k for k in added] if shard == last else []
+            specs += [(k, first.dtypes[replace[k]], tuple(module[replace[k]].shape)) for k in extra]
+            meta = {**metas[shard], "pemarith": provenance}
+            meta.setdefault("format", "pt")
+            writer = SafetensorsWriter(tmp / shard, specs, meta)
+            try:
+                for key in keys:
+                    info = infos[shard][key]
+                    weight_map[key] = shard
+                    if key in replace:
+                        writer.write(key, module[replace[key]].astype(DTYPES[info.dtype]))
+                        continue
+                    if key not in updates:
+                        writer.write_bytes(key, _read(src, info))
+                        continue
+                    layer, what = updates[key]
+                    if info.dtype not in DTYPES:
+                        raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
+                    if what == "weight":
+                        new = kind.merge_into(layer_parts(layer), config, _array(src, info), key)
+                    else:
+                        wkey = key.removesuffix(".bias") + ".weight"
+                        new = kind.merge_bias(layer_parts(layer), config, _array(src, info),
+                                              infos[owner[wkey]][wkey].shape, key)
+                    if new is None:
+                        writer.write_bytes(key, _read(src, info))
+                    else:
+                        writer.write(key, new.astype(DTYPES[info.dtype]))
+                        merged[layer.removeprefix(PEFT_PREFIX)].append(key)
+                for key in extra:
+                    weight_map[key] = shard
+                    writer.write(key, module[replace[key]].astype(DTYPES[first.dtypes[replace[key]]]))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        if index is not None:
+            total = sum((tmp / s).stat().st_size for s in shards)
+            new_index = {**index, "metadata": {**(index.get("metadata") or {}), "total_size": total},
+                         "weight_map": weight_map}
+            (tmp / INDEX_NAME).write_text(json.dumps(new_index, indent=2) + "\n", encoding="utf-8")
+        for item in sorted(base.iterdir()):
+            if item.name in shards or item.name == INDEX_NAME:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name, ignore=shutil.ignore_patterns(
+                    *(f"*{s}" for s in SKIPPED_SUFFIXES)))
+            elif item.suffix in SKIPPED_SUFFIXES:
+                skipped.append(item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+    return BakeReport(Path(out).expanduser().resolve(), shards, merged,
+                      sorted(k for k in replace if k not in added), added, skipped,
+                      time.perf_counter() - t0)
+
+
+def _array(path: Path, info: TensorInfo) -> np.ndarray:
+    """One base tensor as float64."""
+    raw = _read(path, info)
+    return np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape).astype(np.float64)
