@@ -7,6 +7,11 @@ import argparse
 import json
 import math
 import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -352,3 +357,116 @@ def test_cli_end_to_end_on_a_tiny_bert(tiny_bert_dir, tmp_path, capsys):
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     assert "8 read back" in capsys.readouterr().out  # 5 values, 2 modules, 1 test
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+class SlowSession(FakeSession):
+    """FakeSession that takes a little while, so that concurrent workers interleave."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def evaluate(self, split, base=False):
+        time.sleep(0.03)
+        self.calls.append((split, base, tuple(sorted(self.terms.items()))))
+        return super().evaluate(split, base)
+
+
+def _run_workers(adapters, out, n, **kw):
+    sessions = [SlowSession() for _ in range(n)]
+    results = [None] * n
+
+    def work(i):
+        cfg = _config(adapters, out, distributed=True, worker=f"w{i}", poll=0.01, plot=False, **kw)
+        results[i] = run_sweep(cfg, session=sessions[i], log=lambda m: None)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sessions, results
+
+
+@pytest.mark.parametrize("search", ["grid", "refine"])
+def test_distributed_workers_share_the_work_and_agree(adapters, tmp_path, search):
+    kw = dict(search=search, coarse=3, grid="0:1:0.05")
+    serial_session = FakeSession()
+    serial = run_sweep(_config(adapters, tmp_path / "serial", plot=False, **kw), session=serial_session,
+                       log=lambda m: None)
+    sessions, results = _run_workers(adapters, tmp_path / "shared", 3, **kw)
+    done = [c for s in sessions for c in s.calls]
+    assert len(done) == len(set(done)) == len(serial_session.evaluated)  # nothing twice, nothing left
+    assert sum(1 for s in sessions if s.evaluated) >= 2  # the work was shared
+    for r in results:
+        assert r.pick == serial.pick and r.validation == serial.validation and r.test == serial.test
+    files = sorted(p.name for p in (tmp_path / "shared").glob("records*.jsonl"))
+    assert files == ["records-w0.jsonl", "records-w1.jsonl", "records-w2.jsonl"]
+    assert not list((tmp_path / "shared" / "claims").iterdir())  # every claim released
+    # a later plain run reads every worker's records back and evaluates nothing
+    again = SlowSession()
+    run_sweep(_config(adapters, tmp_path / "shared", distributed=True, plot=False, **kw), session=again,
+              log=lambda m: None)
+    assert again.evaluated == []
+
+
+def test_a_dead_workers_claim_is_taken_over(adapters, tmp_path):
+    out = tmp_path / "s"
+    (out / "claims").mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)
+    stale = {"worker": "x", "host": socket.gethostname(), "pid": int(gone.stdout), "time": time.time()}
+    (out / "claims" / "value@validation@0.3").write_text(json.dumps(stale))
+    # a live claim (this process) that is older than the timeout is taken over too
+    old = {"worker": "y", "host": "elsewhere", "pid": os.getpid(), "time": time.time() - 100}
+    (out / "claims" / "value@validation@0.4").write_text(json.dumps(old))
+    session = FakeSession()
+    result = run_sweep(_config(adapters, out, distributed=True, worker="w", poll=0.01, claim_timeout=50),
+                       session=session, log=lambda m: None)
+    assert {round(e.get("a", -1), 6) for e in session.evaluated} >= {0.3, 0.4}
+    assert result.pick == 0.3
+
+
+def test_workers_option_is_checked(adapters, tmp_path):
+    with pytest.raises(PemarithError, match="--workers must be at least 1"):
+        _config(adapters, tmp_path / "x", workers=0)
+    with pytest.raises(PemarithError, match="cannot be combined with --workers"):
+        _config(adapters, tmp_path / "x", workers=2, restart=True)
+    with pytest.raises(PemarithError, match="needs the default session"):
+        run_sweep(_config(adapters, tmp_path / "x", workers=2), session=FakeSession(), log=lambda m: None)
+
+
+def test_cli_workers_on_a_tiny_bert(tiny_bert_dir, tmp_path):
+    """Two real worker processes (--workers 2) and a peer joining with --distributed give the
+    serial sweep's results, with no evaluation done twice."""
+    data = _data_dir()
+    if data is None:
+        pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
+    a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
+    b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
+    common = ["sweep", "l*a + (1-l)*b", "-m", f"a={a}", "-m", f"b={b}", "--model", str(tiny_bert_dir),
+              "--task", "sst2", "--grid", "0:1:0.125", "--limit", "16", "--data-dir", str(data), "--no-plot"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def cli(*extra):
+        return subprocess.Popen([sys.executable, "-m", "pemarith", *common, *extra], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    serial = cli("-o", str(tmp_path / "serial"))
+    pair = cli("-o", str(tmp_path / "shared"), "--workers", "2")
+    peer = cli("-o", str(tmp_path / "shared"), "--distributed")
+    for p in (serial, pair, peer):
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    want = json.loads((tmp_path / "serial" / "results.json").read_text())
+    got = json.loads((tmp_path / "shared" / "results.json").read_text())
+    assert got["pick"]["l"] == want["pick"]["l"]
+    assert [v["accuracy"] for v in got["validation"]] == pytest.approx([v["accuracy"] for v in want["validation"]])
+    records = [json.loads(line) for f in (tmp_path / "shared").glob("records-*.jsonl")
+               for line in f.read_text().splitlines()[1:]]
+    keys = [(r["what"], r["split"], r["value"]) for r in records]
+    assert len(keys) == len(set(keys)) == 9 + 2 + 1  # 9 values, 2 modules alone, the pick on test
+    assert len({r["worker"] for r in records}) >= 1 and len(list((tmp_path / "shared").glob("records-*.jsonl"))) == 3

@@ -329,7 +329,8 @@ class SearchResult:
 
 def search(objective: Objective, values: Sequence[float], rule: Rule, var: str,
            columns: Callable[[], Sequence[str]] | Sequence[str], base: Mapping[str, float] | None = None,
-           method: str = "grid", coarse: int = 5) -> SearchResult:
+           method: str = "grid", coarse: int = 5,
+           batch: Callable[[list[float]], list[Scores]] | None = None) -> SearchResult:
     """Evaluate ``objective`` over ``values`` (``method="grid"``) or a coarse-to-fine subset.
 
     ``refine``: evaluate every ``coarse``-th value (and the last), pick by ``rule``, then evaluate
@@ -338,6 +339,8 @@ def search(objective: Objective, values: Sequence[float], rule: Rule, var: str,
     result equals the grid's pick whenever the score is unimodal on the coarse scale (for a
     ``max l where ...`` rule: when the condition holds on an interval).
     ``columns`` is the tracked metric list (or a callable giving it after the first evaluation).
+    ``batch``, if given, evaluates a whole stage at once (the values of a grid, the coarse values,
+    then the fine ones), in any order: a distributed sweep shares each stage among its workers.
     """
     if method not in SEARCHES:
         raise PemarithError(f"unknown search {method!r}{did_you_mean(method, SEARCHES)}; "
@@ -349,10 +352,11 @@ def search(objective: Objective, values: Sequence[float], rule: Rule, var: str,
     order: list[int] = []
 
     def run(indices: Sequence[int]) -> None:
-        for i in indices:
-            if i not in done:
-                done[i] = objective(values[i])
-                order.append(i)
+        todo = [i for i in indices if i not in done]
+        scores = batch([values[i] for i in todo]) if batch else [objective(values[i]) for i in todo]
+        for i, s in zip(todo, scores):
+            done[i] = s
+            order.append(i)
 
     def pick() -> float:
         cols = columns() if callable(columns) else columns

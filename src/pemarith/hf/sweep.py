@@ -22,10 +22,12 @@ tasks, mode, ...); resuming a different sweep into the same directory is an erro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,43 +88,71 @@ class RecordCache:
     A record is ``{"what": "value" | "base" | "module:NAME", "split": ..., "value": float|None,
     "scores": {...}, "seconds": ...}``. Each line is flushed and fsynced when written, and a
     torn last line (a crash mid-write) is ignored on reading.
+
+    With ``worker`` (a distributed sweep, :mod:`pemarith.hf.distributed`) this worker appends to
+    its own ``records-WORKER.jsonl``, reads every ``records*.jsonl`` of the directory, and
+    :meth:`evaluate_many` shares a stage with the other workers through claims.
     """
 
     def __init__(self, out: str | os.PathLike[str], fingerprint: Mapping[str, Any],
-                 restart: bool = False):
+                 restart: bool = False, worker: str | None = None, claim_timeout: float = 3600.0,
+                 poll: float = 2.0, log: Callable[[str], None] | None = None):
         self.dir = Path(out).expanduser()
-        self.path = self.dir / RECORDS
+        self.worker = worker
+        self.path = self.dir / (f"records-{worker}.jsonl" if worker else RECORDS)
         self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # normalised JSON types
         self.records: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.reused = 0
+        self.poll, self.log = poll, log
         if self.dir.exists() and not self.dir.is_dir():
             raise PemarithError(f"-o {self.dir} exists and is not a directory")
+        if restart and worker:
+            raise PemarithError("--restart cannot join a distributed sweep (the other workers' records "
+                                "would stay); run it once without workers, then start the workers")
         if restart and self.path.exists():
             self.path.unlink()
-        if self.path.exists():
-            self._read()
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.refresh()
+        if not self.path.exists():
             self._append({"fingerprint": self.fingerprint})
+        self.claims = None
+        if worker:
+            from .distributed import Claims
 
-    def _read(self) -> None:
-        raw = self.path.read_bytes()
+            self.claims = Claims(self.dir, worker, claim_timeout)
+
+    def files(self) -> list[Path]:
+        """This sweep's record files: ``records.jsonl`` and the workers' ``records-*.jsonl``."""
+        found = sorted(self.dir.glob("records-*.jsonl")) if self.worker else []
+        return [p for p in [self.dir / RECORDS, *found] if p.is_file()]
+
+    def refresh(self) -> None:
+        """(Re)read every record file of the directory."""
+        for path in self.files():
+            self._read(path)
+
+    def _read(self, path: Path) -> None:
+        raw = path.read_bytes()
         if raw and not raw.endswith(b"\n"):
-            # A write torn by a crash: drop the partial line so that appends start clean.
             raw = raw[: raw.rfind(b"\n") + 1]
-            with open(self.path, "r+b") as f:
-                f.truncate(len(raw))
+            if path == self.path:
+                # A write torn by a crash: drop the partial line so that appends start clean.
+                # (Another worker's file may just be mid-write: its last line is skipped.)
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(raw))
         lines = raw.decode("utf-8").splitlines()
         try:
             head = json.loads(lines[0])["fingerprint"] if lines else None
         except (json.JSONDecodeError, KeyError, TypeError):
             head = None
+        if head is None and not lines and path != self.path:
+            return  # another worker's file, created a moment ago
         if head != self.fingerprint:
             diff = sorted(k for k in {*(head or {}), *self.fingerprint}
                           if (head or {}).get(k) != self.fingerprint.get(k))
             raise PemarithError(
-                f"{self.dir} holds another sweep (differs in: {', '.join(diff) or 'header'}); "
-                "use another -o DIR, or --restart to discard its records")
+                f"{self.dir} holds another sweep (differs in: {', '.join(diff) or 'header'}; "
+                f"{path.name}); use another -o DIR, or --restart to discard its records")
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
@@ -142,17 +172,56 @@ class RecordCache:
     def evaluate(self, what: str, split: str, value: float | None,
                  compute: Callable[[], Scores]) -> Scores:
         """The cached scores, or ``compute()`` recorded before it is returned."""
-        rec = self.get(what, split, value)
-        if rec is not None:
-            self.reused += 1
-            return dict(rec["scores"])
+        return self.evaluate_many([(what, split, value, compute)])[0]
+
+    def _compute(self, what: str, split: str, value: float | None, compute: Callable[[], Scores]) -> None:
         t0 = time.perf_counter()
         scores = compute()
         rec = {"what": what, "split": split, "value": value, "scores": scores,
                "seconds": round(time.perf_counter() - t0, 4)}
+        if self.worker:
+            rec["worker"] = self.worker
         self._append(rec)
         self.records[(what, split, key_of(value))] = rec
-        return dict(scores)
+
+    def evaluate_many(self, items: Sequence[tuple[str, str, float | None, Callable[[], Scores]]]
+                      ) -> list[Scores]:
+        """The scores of every ``(what, split, value, compute)``: cached ones read back, the others
+        computed. In a distributed sweep this worker computes the items it can claim and waits
+        for the others' records (polling every ``poll`` seconds)."""
+        keys = [(what, split, key_of(value)) for what, split, value, _ in items]
+        cached = sum(k in self.records for k in keys)
+        if self.claims is None:
+            for (what, split, value, compute), key in zip(items, keys):
+                if key not in self.records:
+                    self._compute(what, split, value, compute)
+        else:
+            waited = 0.0
+            while True:
+                missing = [(item, key) for item, key in zip(items, keys) if key not in self.records]
+                if not missing:
+                    break
+                progressed = False
+                for (what, split, value, compute), key in missing:
+                    name = f"{what}@{split}@{key[2]}"
+                    if not self.claims.take(name):
+                        continue
+                    try:
+                        self.refresh()  # another worker may have finished it just before the claim
+                        if key not in self.records:
+                            self._compute(what, split, value, compute)
+                    finally:
+                        self.claims.release(name)
+                    progressed = True
+                    break  # re-read: the others may have finished more meanwhile
+                if not progressed:
+                    if self.log and waited == 0.0:
+                        self.log(f"waiting for {len(missing)} evaluation(s) other workers hold")
+                    time.sleep(self.poll)
+                    waited += self.poll
+                    self.refresh()
+        self.reused += cached
+        return [dict(self.records[k]["scores"]) for k in keys]
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -188,6 +257,11 @@ class SweepConfig:
     max_tokens: int | None = None  # text tasks: score only this many tokens for perplexity
     samples: int | None = None  # text tasks: generations scored for toxicity
     plot: bool = True
+    distributed: bool = False  # join the workers sharing ``out`` (pemarith.hf.distributed)
+    worker: str | None = None  # this worker's name (default HOST-PID)
+    claim_timeout: float = 3600.0  # a claim older than this is taken over
+    poll: float = 2.0  # seconds between looks at the other workers' records
+    workers: int = 1  # > 1: start workers - 1 peers on this machine, and be the last one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -207,6 +281,10 @@ class SweepConfig:
             raise PemarithError(f"--limit must be at least 1, got {self.limit}")
         if self.rank is not None and self.mode != "exact":
             raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
+        if self.workers < 1:
+            raise PemarithError(f"--workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.restart:
+            raise PemarithError("--restart cannot be combined with --workers: restart once, then add workers")
         parse_grid(self.grid)
         parse_rule(self.select)
 
@@ -249,7 +327,25 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
     ``session`` evaluates compositions (default: a :class:`~pemarith.hf.inplace.Session` that
     loads ``config.model`` once, lazily, so a sweep whose records are all cached loads no model).
     ``wrap`` wraps that default session (e.g. 4.3's mean-of-tasks column).
+
+    ``config.workers > 1`` starts that many workers in all on this machine, this process being
+    one; ``config.distributed`` joins workers that share ``config.out`` (see
+    :mod:`pemarith.hf.distributed`). Either way every worker returns the same result.
     """
+    if config.workers > 1:
+        if session is not None or wrap is not None:
+            raise PemarithError("workers > 1 needs the default session (each worker loads the model)")
+        from .distributed import finish_local_workers, start_local_workers
+
+        procs, spec = start_local_workers(config, log)
+        ok = False
+        try:
+            result = run_sweep(dataclasses.replace(config, workers=1, distributed=True), log=log)
+            ok = True
+        finally:
+            finish_local_workers(procs, spec, log, stop=not ok)
+        return result
+
     import pemarith
     from pemarith.expr import Expression, format_terms
 
@@ -286,7 +382,17 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
 
         session = Session(config, probe=lambda: compose(_generic_value(expression, used, config.var)))
         session = wrap(session) if wrap else session
-    cache = RecordCache(config.out, fingerprint, restart=config.restart)
+    worker = None
+    if config.distributed:
+        from .distributed import default_worker
+
+        worker = config.worker or default_worker()
+        log_plain = log
+
+        def log(message: str) -> None:
+            log_plain(f"[{worker}] {message}")
+    cache = RecordCache(config.out, fingerprint, restart=config.restart, worker=worker,
+                        claim_timeout=config.claim_timeout, poll=config.poll, log=log)
 
     columns: list[str] = []
 
@@ -300,7 +406,7 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
                                      for m in [*wanted, *rule.metric_names(config.var)]))
         rule.check(config.var, columns)
 
-    def evaluate_value(value: float, split: str) -> Scores:
+    def value_item(value: float, split: str) -> tuple[str, str, float, Callable[[], Scores]]:
         def compute() -> Scores:
             pem = compose(value)
             t = time.perf_counter()
@@ -311,9 +417,16 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
                 f"  (write {t_load:.2f} s, {time.perf_counter() - t:.1f} s)")
             return scores
 
-        scores = cache.evaluate("value", split, value, compute)
-        track(scores)
-        return scores
+        return ("value", split, value, compute)
+
+    def evaluate_values(values: list[float], split: str) -> list[Scores]:
+        found = cache.evaluate_many([value_item(v, split) for v in values])
+        for scores in found:
+            track(scores)
+        return found
+
+    def evaluate_value(value: float, split: str) -> Scores:
+        return evaluate_values([value], split)[0]
 
     val, test = config.val_split, config.test_split
     result = SweepResult(config.var, math.nan, columns, [], None, grid_size=len(values))
@@ -324,22 +437,29 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
         log(f"base model  {val:<10} {_fmt_scores(result.base[val], columns)}")
 
     found = search(lambda v: evaluate_value(v, val), values, rule, config.var, lambda: columns,
-                   result.base.get(val), config.search, config.coarse)
+                   result.base.get(val), config.search, config.coarse,
+                   batch=lambda vs: evaluate_values(vs, val))
     result.pick, result.validation = found.pick, sorted(found.evaluated)
     log(f"pick {config.var}={found.pick:g} by {rule.text!r}; {len(found.evaluated)} of "
         f"{len(values)} grid values evaluated ({found.method})")
 
     if config.refs:
+        refs = []
         for name in used:
             def compute_ref(name: str = name) -> Scores:
-                session.load(pemarith.compose(name, {name: used[name]}), config.mode, None, None)
-                return session.evaluate(val)
+                try:
+                    session.load(pemarith.compose(name, {name: used[name]}), config.mode, None, None)
+                    return session.evaluate(val)
+                except PemarithError as exc:  # e.g. a module with no classifier head of its own
+                    return {"error": str(exc)}
 
-            try:
-                result.modules[name] = cache.evaluate(f"module:{name}", val, None, compute_ref)
-            except PemarithError as exc:  # e.g. a module with no classifier head of its own
-                result.notes.append(f"no reference line for {name!r}: {exc}")
+            refs.append((f"module:{name}", val, None, compute_ref))
+        for name, scores in zip(used, cache.evaluate_many(refs)):
+            if "error" in scores:
+                result.notes.append(f"no reference line for {name!r}: {scores['error']}")
                 log(f"note: {result.notes[-1]}")
+            else:
+                result.modules[name] = scores
     if test:
         result.test = evaluate_value(found.pick, test)
         if want_base:
@@ -364,7 +484,8 @@ def _generic_value(expression: Any, pems: Mapping[str, Any], var: str) -> float:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of its own per process and thread: the workers of a distributed sweep all write.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

@@ -102,6 +102,15 @@ def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
                    help="evaluate the base model (default: when the rule uses `base` or every "
                    "task is a text task)")
     p.add_argument("--restart", action="store_true", help="discard DIR's records and start afresh")
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="evaluate with N processes on this machine, each loading the model once "
+                   "(default 1)")
+    p.add_argument("--distributed", action="store_true",
+                   help="join the other workers of a sweep in the shared -o DIR: start the same "
+                   "command on every machine that mounts it (see docs/sweep.md)")
+    p.add_argument("--claim-timeout", type=float, default=3600.0, metavar="S",
+                   help="with workers: take over an evaluation another worker claimed S seconds ago "
+                   "and has not recorded (default 3600; a dead process on this machine at once)")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
     p.set_defaults(func=cmd_sweep)
@@ -126,6 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         val_split=args.val_split, test_split=None if args.test_split == "none" else args.test_split,
         refs=not args.no_refs, base=args.base, restart=args.restart, batch_size=args.batch_size,
         samples=args.samples, max_tokens=args.max_tokens, plot=not args.no_plot,
+        workers=args.workers, distributed=args.distributed, claim_timeout=args.claim_timeout,
     )
     result = run_sweep(config)
     if args.json:
@@ -143,8 +153,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for name, scores in result.modules.items():
         print(f"{name:<9} alone: " + ", ".join(f"{c} {scores[c]:.4g}" for c in result.columns
                                                if c in scores))
+    records = "records*.jsonl" if config.workers > 1 or config.distributed else "records.jsonl"
     print(f"evaluated {result.evaluations} of {result.grid_size} grid values ({config.search}); "
-          f"{result.reused} read back from {config.out}/records.jsonl; {result.seconds:.1f} s")
+          f"{result.reused} read back from {config.out}/{records}; {result.seconds:.1f} s")
     print("wrote     " + ", ".join(result.files.values()))
     return 0
 
