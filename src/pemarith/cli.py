@@ -524,6 +524,8 @@ def cmd_bake(args: argparse.Namespace) -> int:
                            **variables)
     report = bake(pem, args.base, args.out, mode=args.mode, rank=args.rank, keep=args.keep,
                   force=args.force)
+    for name in (n for n in modules if n not in terms):
+        print(f"{PROG}: note: -m {name} is not used in the expression", file=sys.stderr)
     summary = {"expression": str(pem), "mode": args.mode, "base": str(args.base),
                "path": str(report.path), "shards": report.shards, "merged": report.merged,
                "replaced": report.replaced, "added": report.added, "skipped": report.skipped,
