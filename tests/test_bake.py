@@ -173,3 +173,32 @@ def test_cli(base, tmp_path):
                            "-m", f"a={a}", "-o", str(tmp_path / "o2"), "a"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no model.safetensors" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_real_minilm_checkpoint(tmp_path):
+    """The packaged all-MiniLM-L6-v2 (a sentence-transformers BertModel directory: keys without
+    the ``bert.`` prefix, a pooling folder) and a PEFT LoRA classifier trained on it: the baked
+    directory loads with plain transformers and gives PEFT's logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pemarith.hf.models import resolve_model
+
+    base = Path(resolve_model("minilm"))
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(base, num_labels=2),
+                           LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"],
+                                      init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    report = bake(pemarith.load(tmp_path / "adapter", "a"), base, tmp_path / "out")
+    assert len(report.merged) == 12 and set(report.added) == {"classifier.weight", "classifier.bias"}
+    assert (tmp_path / "out" / "1_Pooling").is_dir() and (tmp_path / "out" / "tokenizer.json").is_file()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    x = tok(["a wonderful, moving film", "dull and far too long"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=2),
+                                         tmp_path / "adapter").eval()(**x).logits
+        got = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", num_labels=2).eval()(**x).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
