@@ -173,6 +173,16 @@ def _var_arg(text: str) -> tuple[str, float]:
     return name, number
 
 
+def module_map(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The ``-m NAME=PATH`` options as ``{NAME: PATH}``; one name for two paths is an error."""
+    modules: dict[str, str] = {}
+    for name, path in pairs:
+        if name in modules and modules[name] != path:
+            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
+        modules[name] = path
+    return modules
+
+
 def _rank_arg(text: str) -> int:
     try:
         rank = int(text)
@@ -194,14 +204,21 @@ def _add_compose(subparsers: Any) -> None:
         epilog=COMPOSE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _composition_args(p, "output adapter directory (must not exist unless --force)")
+    p.add_argument("--dtype", choices=DTYPES,
+                   help="dtype of the written weights (default: that of the inputs)")
+    p.set_defaults(func=cmd_compose)
+
+
+def _composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The options of a command that composes and writes (``compose``, ``bake``)."""
     p.add_argument(
         "-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
         type=_module_arg, default=[],
         help="an adapter directory and the name the expression calls it (repeat for each "
         "module); a bare PATH is named after its directory",
     )
-    p.add_argument("-o", "--out", required=True, metavar="OUT",
-                   help="output adapter directory (must not exist unless --force)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help=out_help)
     p.add_argument("--mode", choices=("factorwise", "exact"), default="factorwise",
                    help="LoRA arithmetic on the factors (paper, default) or on Delta W")
     p.add_argument("--rank", type=_rank_arg, metavar="R",
@@ -211,13 +228,10 @@ def _add_compose(subparsers: Any) -> None:
     p.add_argument("--keep", metavar="NAME",
                    help="module whose modules_to_save tensors (e.g. a classifier head) to keep "
                    "when the coefficients do not sum to 1")
-    p.add_argument("--dtype", choices=DTYPES,
-                   help="dtype of the written weights (default: that of the inputs)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.add_argument("expr", nargs="+", metavar="EXPR",
                    help="the expression, first or last; after '--' it may start with '-'")
-    p.set_defaults(func=cmd_compose)
 
 
 # Numbers first, so that the exponent of ``1e5`` is not read as a name.
@@ -242,16 +256,13 @@ def _bind_modules(text: str, modules: dict[str, str], variables: dict[str, float
     return normal_form(text, list(modules), **variables)
 
 
-def cmd_compose(args: argparse.Namespace) -> int:
+def _composition(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict[str, float]]:
+    """The PEM that a command's ``-m``, ``--set``, ``--mode``, ``--rank``, ``--keep`` and EXPR
+    describe, with the modules given and the normal form's terms."""
     import pemarith
-    from pemarith.expr import format_terms
 
     text = " ".join(args.expr)
-    modules: dict[str, str] = {}
-    for name, path in args.modules:
-        if name in modules and modules[name] != path:
-            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
-        modules[name] = path
+    modules = module_map(args.modules)
     variables: dict[str, float] = {}
     for name, value in args.vars:
         if name in modules:
@@ -259,19 +270,27 @@ def cmd_compose(args: argparse.Namespace) -> int:
         variables[name] = value
     if args.rank is not None and args.mode != "exact":
         raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
-
     terms = _bind_modules(text, modules, variables)
     used = {n: modules[n] for n in terms}
     if args.keep is not None and args.keep not in used:
         raise PemarithError(
             f"--keep {args.keep!r} is not a module of the expression{did_you_mean(args.keep, used)}"
         )
+    return pemarith.compose(text, used, mode=args.mode, rank=args.rank, **variables), modules, terms
 
-    pem = pemarith.compose(text, used, mode=args.mode, rank=args.rank, **variables)
-    report = pem.save(args.out, mode=args.mode, rank=args.rank, force=args.force,
-                      keep=args.keep, dtype=args.dtype)
+
+def _note_unused(modules: dict[str, str], terms: dict[str, float]) -> None:
     for name in (n for n in modules if n not in terms):
         print(f"{PROG}: note: -m {name} is not used in the expression", file=sys.stderr)
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from pemarith.expr import format_terms
+
+    pem, modules, terms = _composition(args)
+    report = pem.save(args.out, mode=args.mode, rank=args.rank, force=args.force,
+                      keep=args.keep, dtype=args.dtype)
+    _note_unused(modules, terms)
     (c,) = terms.values() if len(terms) == 1 else (1.0,)
     kind = str(getattr(getattr(pem, "kind", None), "name", "")).lower()
     if args.mode == "factorwise" and kind == "lora" and abs(c) not in (0.0, 1.0):
@@ -405,11 +424,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from pemarith.diagnostics import diagnose
     from pemarith.expr import format_terms
 
-    modules: dict[str, str] = {}
-    for name, path in args.modules:
-        if name in modules and modules[name] != path:
-            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
-        modules[name] = path
+    modules = module_map(args.modules)
     if not modules:
         raise PemarithError("no modules: give each adapter directory with -m NAME=PATH")
     variables = dict(args.vars)
@@ -486,46 +501,17 @@ def _add_bake(subparsers: Any) -> None:
     )
     p.add_argument("--base", required=True, metavar="DIR",
                    help="the base model's checkpoint directory (safetensors)")
-    p.add_argument("-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
-                   type=_module_arg, default=[], help="an adapter directory and its name (repeat)")
-    p.add_argument("-o", "--out", required=True, metavar="OUT",
-                   help="output checkpoint directory (must not exist unless --force)")
-    p.add_argument("--mode", choices=("factorwise", "exact"), default="factorwise",
-                   help="LoRA arithmetic on the factors (paper, default) or on Delta W")
-    p.add_argument("--rank", type=_rank_arg, metavar="R",
-                   help="with --mode exact: recompress to rank R by a truncated SVD")
-    p.add_argument("--set", dest="vars", metavar="NAME=VALUE", action="append",
-                   type=_var_arg, default=[], help="bind a free variable, e.g. --set l=0.3")
-    p.add_argument("--keep", metavar="NAME",
-                   help="module whose modules_to_save tensors to keep when the coefficients do "
-                   "not sum to 1")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--json", action="store_true", help="print a JSON report")
-    p.add_argument("expr", nargs="+", metavar="EXPR",
-                   help="the expression (a single module: its name); after '--' it may start with '-'")
+    _composition_args(p, "output checkpoint directory (must not exist unless --force)")
     p.set_defaults(func=cmd_bake)
 
 
 def cmd_bake(args: argparse.Namespace) -> int:
-    import pemarith
     from pemarith.bake import bake
 
-    text = " ".join(args.expr)
-    modules: dict[str, str] = {}
-    for name, path in args.modules:
-        if name in modules and modules[name] != path:
-            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
-        modules[name] = path
-    variables = dict(args.vars)
-    if args.rank is not None and args.mode != "exact":
-        raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
-    terms = _bind_modules(text, modules, variables)
-    pem = pemarith.compose(text, {n: modules[n] for n in terms}, mode=args.mode, rank=args.rank,
-                           **variables)
+    pem, modules, terms = _composition(args)
     report = bake(pem, args.base, args.out, mode=args.mode, rank=args.rank, keep=args.keep,
                   force=args.force)
-    for name in (n for n in modules if n not in terms):
-        print(f"{PROG}: note: -m {name} is not used in the expression", file=sys.stderr)
+    _note_unused(modules, terms)
     summary = {"expression": str(pem), "mode": args.mode, "base": str(args.base),
                "path": str(report.path), "shards": report.shards, "merged": report.merged,
                "replaced": report.replaced, "added": report.added, "skipped": report.skipped,

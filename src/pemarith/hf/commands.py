@@ -267,11 +267,7 @@ def _compose(args: argparse.Namespace) -> Any:
 
     from .. import cli
 
-    modules: dict[str, str] = {}
-    for name, path in args.modules:
-        if name in modules and modules[name] != path:
-            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
-        modules[name] = path
+    modules = cli.module_map(args.modules)
     variables = dict(args.vars)
     if args.rank is not None and args.mode != "exact":
         raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")

@@ -118,15 +118,11 @@ def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pemarith.errors import PemarithError
+    from pemarith.cli import module_map
 
     from .sweep import SweepConfig, run_sweep
 
-    modules: dict[str, str] = {}
-    for name, path in args.modules:
-        if name in modules and modules[name] != path:
-            raise PemarithError(f"-m {name} is given twice ({modules[name]!r} and {path!r})")
-        modules[name] = path
+    modules = module_map(args.modules)
     config = SweepConfig(
         expr=" ".join(args.expr), modules=modules, model=args.model, tasks=tuple(args.tasks),
         out=args.out, var=args.var, grid=args.grid, search=args.search, select=args.select,
