@@ -150,6 +150,14 @@ def test_errors_leave_nothing_on_disk(base, tmp_path):
     with pytest.raises(OutputError, match="already exists"):
         bake(pemarith.load(wide, "w"), base, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    # a name that several base weights end with is ambiguous, and said to be
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    state = {k: v.numpy() for k, v in TinyModel().state_dict().items()}
+    np_save({**{f"enc.{k}": v for k, v in state.items()}, **{f"dec.{k}": v for k, v in state.items()}},
+             str(twice / "model.safetensors"))
+    with pytest.raises(CompatibilityError, match="matches several base weights"):
+        bake(pemarith.load(wide, "w"), twice, tmp_path / "out3")
     with pytest.raises(AdapterError, match="no model.safetensors"):
         bake(pemarith.load(wide, "w"), tmp_path / "wide", tmp_path / "out2")
 

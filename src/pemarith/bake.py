@@ -76,12 +76,16 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
 def _locate(name: str, keys: Mapping[str, str]) -> str | None:
     """The base key for ``name`` (a PEFT key without its prefix), e.g. ``"bert.encoder...weight"``
     for a base saved with or without the ``bert.`` prefix: exact, then the unique key that ends
-    with it, then ``name`` without its leading components."""
+    with it, then ``name`` without its leading components. Several keys ending with it is an
+    error that names them."""
     if name in keys:
         return name
     ends = [k for k in keys if k.endswith("." + name)]
     if len(ends) == 1:
         return ends[0]
+    if len(ends) > 1:
+        raise CompatibilityError(f"{name!r} matches several base weights ({', '.join(sorted(ends)[:3])}); "
+                                 "the adapter's module names do not say which one")
     parts = name.split(".")
     for i in range(1, len(parts) - 1):
         if ".".join(parts[i:]) in keys:
