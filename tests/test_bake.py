@@ -210,3 +210,33 @@ def test_real_minilm_checkpoint(tmp_path):
                                          tmp_path / "adapter").eval()(**x).logits
         got = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", num_labels=2).eval()(**x).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lora", "ia3"])
+def test_gpt2_conv1d_fan_in_fan_out(tmp_path, kind):
+    """GPT-2 stores Conv1D weights as in x out (fan_in_fan_out): the update is applied transposed."""
+    from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "base")
+    if kind == "lora":
+        peft_cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                              init_lora_weights=False)
+    else:
+        peft_cfg = IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                             fan_in_fan_out=True)
+    model = get_peft_model(GPT2LMHeadModel.from_pretrained(tmp_path / "base"), peft_cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ia3_l" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape))
+    model.save_pretrained(tmp_path / "adapter")
+    bake(pemarith.load(tmp_path / "adapter", "a"), tmp_path / "base", tmp_path / "out")
+    x = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tmp_path / "base"),
+                                         tmp_path / "adapter").eval()(x).logits
+        got = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()(x).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
