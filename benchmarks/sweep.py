@@ -12,6 +12,10 @@ LoRA modules ``a`` and ``b``:
 - naive, one process per value (``--per-process``, on by default): the same, but each value in
   its own Python process, as the paper's shell loops over lambda do (interpreter start-up and the
   torch/transformers imports are paid per value).
+- in place, N workers (``--workers N``, default 2; 1 to skip): ``run_sweep`` with
+  ``workers=N``, N peer processes sharing the grid through claims (``pemarith sweep --workers``);
+  each loads MiniLM once. Its speed-up over "in place" says what a second core buys; on a
+  machine whose cores are busy with other work it says nothing.
 
 Each method runs ``--repeat`` times (default 3), interleaved round robin so that drift in the
 machine's load reaches every method alike; the trial with the median wall time is reported.
@@ -76,9 +80,10 @@ def child_inplace(args: argparse.Namespace) -> dict:
     spent = _timed_evaluations()
     cfg = SweepConfig(expr=EXPR, modules={"a": args.a, "b": args.b}, model="minilm", tasks=("sst2",),
                       out=args.out, grid=GRID, limit=args.limit, refs=False, test_split=None,
-                      plot=False, data_dir=args.data_dir)
+                      plot=False, data_dir=args.data_dir, workers=args.child_workers, poll=0.2)
     lines: list[str] = []
     result = run_sweep(cfg, log=lines.append)
+    # with workers, eval_s is this process's share only: the peers evaluate the rest
     return {"eval_s": sum(spent), "evals": len(spent),
             "accuracy": {format(v, "g"): s["accuracy"] for v, s in result.validation}, "log": lines}
 
@@ -166,12 +171,15 @@ def main() -> None:
     ap.add_argument("--no-per-process", action="store_true", help="skip the one-process-per-value loop")
     ap.add_argument("--repeat", type=int, default=3, help="trials per method; the median is reported")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="also time the in-place sweep with this many worker processes (1: skip)")
     # internal: child processes
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--a", help=argparse.SUPPRESS)
     ap.add_argument("--b", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--value", action="append", help=argparse.SUPPRESS)
+    ap.add_argument("--child-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
@@ -194,6 +202,10 @@ def main() -> None:
     print(f"load average before: {load_average()} (nproc {os.cpu_count()})")
     methods = {"in place": lambda i: [spawn("inplace", common, ["--out", str(workdir / f"inplace-{i}-{time.time_ns()}")])],
                "naive, one process": lambda i: [spawn("naive", common)]}
+    if args.workers > 1:
+        methods[f"in place, {args.workers} workers"] = lambda i: [spawn(
+            "inplace", common, ["--out", str(workdir / f"workers-{i}-{time.time_ns()}"),
+                                "--child-workers", str(args.workers)])]
     if not args.no_per_process:
         methods["naive, process per value"] = lambda i: [spawn("naive", common, ["--value", str(v)])
                                                          for v in _values()]
@@ -226,6 +238,8 @@ def main() -> None:
         r["other_s"] = r["wall_s"] - r["eval_s"]
         print(f"{name:<26}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['eval_s']:>14.1f}{r['other_s']:>9.1f}"
               f"{r['wall_s'] / base['wall_s']:>11.2f}x{r['other_s'] / base['other_s']:>12.1f}x")
+    if args.workers > 1:
+        print(f"(in place, {args.workers} workers: 'evaluating' is the first worker's share only)")
     naive = runs["naive, one process"]
     if "load_s" in naive:
         print(f"\nnaive, one process, per value: compose + save {naive['compose_save_s'] / n:.2f} s, "
