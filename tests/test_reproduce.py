@@ -258,6 +258,14 @@ def _cell(task: str, method: str, seed: int, mode: str = "factorwise", init: str
             "sweep_seconds": 5.0, "modules": {"s0": f"/m/{task}/{method}/{seed}"}}
 
 
+def _mt_cell() -> dict:
+    return {"method": "lora", "seed": 0, "mode": "factorwise", "lambda": 0.3,
+            "metrics": ["mean", "mnli.accuracy", "rte.accuracy"], "task": "mnli+rte",
+            "rows": {k: {s: {"mnli.accuracy": 0.5, "rte.accuracy": 0.6, "mean": 0.55}
+                         for s in ("validation", "test")} for k in ("mnli", "rte", "merged")},
+            "curve": [[0.0, {"mean": 0.5}]], "train_seconds": {}, "sweep_seconds": 1.0, "modules": {}}
+
+
 def _results(recipe_name: str, cells: list, quick: bool = False) -> dict:
     r = load_recipe(recipe_name, quick=quick)
     return {"cells": cells, "recipe": r.to_json(), "skew": {"sst2": {
@@ -297,13 +305,46 @@ def test_init_table_and_multitask_table() -> None:
     sec = get_scenario("init-analysis").sections(_results("init-analysis", cells))
     assert "| RTE | same | 0.100 | 0.750 | 0.900 | 0.800 | 1 |" in sec["diagnostics"]
     assert "| RTE | diff | 0.100 | 0.750 | 0.700 | 0.800 | 1 |" in sec["diagnostics"]
-    mt = {"method": "lora", "seed": 0, "mode": "factorwise", "lambda": 0.3,
-          "metrics": ["mean", "mnli.accuracy", "rte.accuracy"], "task": "mnli+rte",
-          "rows": {k: {s: {"mnli.accuracy": 0.5, "rte.accuracy": 0.6, "mean": 0.55}
-                       for s in ("validation", "test")} for k in ("mnli", "rte", "merged")},
-          "curve": [[0.0, {"mean": 0.5}]], "train_seconds": {}, "sweep_seconds": 1.0, "modules": {}}
-    sec = get_scenario("multitask").sections(_results("multitask", [mt]))
+    sec = get_scenario("multitask").sections(_results("multitask", [_mt_cell()]))
     assert "| LoRA | Merge | 50.0 | 86.3 | 60.0 | 78.7 | 55.0 | 82.5 |" in sec["table-test"]
+    assert sec["paired"].startswith("(not measured")
+
+
+def test_multitask_paired_tests() -> None:
+    """The merge against each module, per task and pooled; a merge that is one module alone
+    (lambda 1 or 0) reuses that module's predictions."""
+    from types import SimpleNamespace
+
+    from pemarith.scenarios.multitask import paired_tests
+
+    labels = {"mnli": [0, 1, 2, 0], "rte": [0, 1, 1]}
+    made = {"mnli": {"mnli": [0, 1, 2, 1], "rte": [0, 0, 1]},   # 3/4 and 2/3 right
+            "rte": {"mnli": [1, 1, 0, 1], "rte": [0, 1, 1]},    # 1/4 and 3/3
+            "merged": {"mnli": [0, 1, 2, 0], "rte": [1, 0, 1]}}  # 4/4 and 1/3
+
+    class Bench:
+        ctx = SimpleNamespace(recipe=SimpleNamespace(sweep=SimpleNamespace(var="l")))
+
+        def __init__(self):
+            self.asked: list = []
+
+        def predictions(self, name, expr, lam, split):
+            self.asked.append((name, lam))
+            return {t: {"predictions": made[name][t], "labels": labels[t]} for t in labels}
+
+    bench = Bench()
+    out = paired_tests(bench, "l*mnli + (1-l)*rte", ["mnli", "rte"], 0.4)
+    assert out["vs mnli"]["mnli"] == {"b": 0, "c": 1, "n": 1, "p": 1.0}
+    assert out["vs mnli"]["rte"]["b"] == 1 and out["vs mnli"]["rte"]["c"] == 0
+    assert out["vs rte"]["pooled"]["b"] == 2 and out["vs rte"]["pooled"]["c"] == 3  # 7 rows pooled
+    assert ("merged", 0.4) in bench.asked
+    bench.asked.clear()
+    out = paired_tests(bench, "l*mnli + (1-l)*rte", ["mnli", "rte"], 1.0)
+    assert ("merged", 1.0) not in bench.asked and out["vs mnli"]["pooled"]["n"] == 0
+    cell = {"method": "ia3", "seed": 1, "lambda": 0.4, "paired": paired_tests(bench, "l*mnli + (1-l)*rte",
+                                                                                ["mnli", "rte"], 0.4)}
+    text = get_scenario("multitask").sections(_results("multitask", [{**_mt_cell(), **cell}]))["paired"]
+    assert "| (IA)3 | 1 | 0.4 | merge vs rte | both (pooled) | 2 | 3 | 1 |" in text
 
 
 def test_generated_blocks_roundtrip() -> None:

@@ -160,10 +160,11 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
                     batch_size: int = 32, max_length: int | None = None,
                     max_tokens: int | None = None, stride: int = 512, samples: int = 1000,
                     max_new_tokens: int = 32, seed: int = 0,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, predictions: bool = False) -> dict[str, Any]:
     """The task's metrics for a loaded (possibly PEFT-wrapped) model, ``{name: value}``.
 
-    Labelled tasks score ``rows``. Text tasks compute ``perplexity`` on ``text`` (or the rows'
+    Labelled tasks score ``rows``; with ``predictions`` the result also holds the per-row
+    ``predictions`` and ``labels`` (lists, for paired tests). Text tasks compute ``perplexity`` on ``text`` (or the rows'
     texts joined by newlines), cut to ``max_tokens`` tokens, and ``toxicity`` from ``samples``
     generations (see the module docstring). ``metrics`` restricts or reorders the task's list.
     """
@@ -189,6 +190,8 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
                                       progress).argmax(-1)
             out: dict[str, Any] = M.compute([n for n in names if n not in M.SPECIAL], preds, refs)
             out["n"] = len(rows)
+            if predictions:
+                out["predictions"], out["labels"] = np.asarray(preds).tolist(), refs.tolist()
             return out
         if is_encoder(model):
             raise PemarithError(f"task {task.name} is a text task: it needs a causal LM")

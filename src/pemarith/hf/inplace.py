@@ -366,6 +366,22 @@ class Session:
             out.update(numeric_scores(task, self.tasks, scores))
         return out
 
+    def predict(self, split: str) -> dict[str, dict[str, list]]:
+        """The live model's per-row ``predictions`` and ``labels`` on ``split`` of every labelled
+        task, ``{task: {"predictions": [...], "labels": [...]}}`` (for paired tests)."""
+        from .evaluate import evaluate_loaded
+
+        out = {}
+        for task in self.tasks:
+            if task.kind == "text":
+                continue
+            rows, text = self._data(task, split)
+            scores = evaluate_loaded(self.live.model, self._tok, task, rows, text=text,
+                                     batch_size=self.config.batch_size, seed=self.config.seed,
+                                     predictions=True)
+            out[task.name] = {"predictions": scores["predictions"], "labels": scores["labels"]}
+        return out
+
     def primary_metrics(self, keys: Sequence[str]) -> list[str]:
         """Each task's first metric that the scores hold (``task.metric`` with several tasks)."""
         return primary_metrics(self.tasks, keys)

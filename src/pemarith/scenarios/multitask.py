@@ -86,12 +86,35 @@ def multitask_cell(ctx: Context, method: str, seed: int) -> dict[str, Any]:
     return {
         "method": method, "seed": seed, "mode": "factorwise", "lambda": sweep["pick"][var],
         "metrics": keys, "rows": rows,
+        "paired": paired_tests(bench, r.options.expr, list(paths), sweep["pick"][var]),
         "curve": [[p[var], {k: p.get(k) for k in keys}] for p in sweep["validation"]],
         "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in paths.items()},
         "train_cpu_seconds": {n: ctx.cpu_seconds.get(str(p)) for n, p in paths.items()},
         "sweep_seconds": sweep.get("seconds"), "sweep_dir": str(bench.sweep_dir),
         "modules": {n: str(p) for n, p in paths.items()}, "task": "+".join(r.tasks),
     }
+
+
+def paired_tests(bench: Any, expr: str, names: list[str], lam: float) -> dict[str, Any]:
+    """Exact McNemar tests of the merge against each module alone on the test half: per task
+    and on both tasks' rows pooled (the rows behind the Avg. column). The merge at lambda 1 or
+    0 is one module, whose predictions are reused."""
+    from ..expr import normal_form
+    from ..hf.stats import mcnemar_exact
+
+    preds = {n: bench.predictions(n, n, None, "test") for n in names}
+    var = bench.ctx.recipe.sweep.var
+    terms = {n: c for n, c in normal_form(expr, names, **{var: lam}).items() if c != 0}
+    alone = next(iter(terms)) if len(terms) == 1 and next(iter(terms.values())) == 1 else None
+    merged = preds[alone] if alone else bench.predictions("merged", expr, lam, "test")
+
+    def correct(p: Mapping[str, Any]) -> dict[str, list[bool]]:
+        out = {t: [a == b for a, b in zip(v["predictions"], v["labels"])] for t, v in p.items()}
+        out["pooled"] = [x for t in p for x in out[t]]
+        return out
+
+    m = correct(merged)
+    return {f"vs {n}": {t: mcnemar_exact(correct(preds[n])[t], m[t]) for t in m} for n in names}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -143,6 +166,23 @@ def lambda_table(results: Mapping[str, Any]) -> str:
     return table(["method", "lambda (by seed)", "seeds"], rows, "lll")
 
 
+def paired_table(results: Mapping[str, Any]) -> str:
+    """Each cell's merge against each module alone on test (exact McNemar): b = rows the module
+    gets right and the merge wrong, c = the reverse."""
+    cells = [c for c in results["cells"] if c.get("paired")]
+    if not cells:
+        return "(not measured: these results predate the paired tests)"
+    rows = []
+    for c in cells:
+        for versus, tests in c["paired"].items():
+            for task, t in tests.items():
+                rows.append([LABELS[c["method"]], str(c["seed"]), f"{c['lambda']:g}", f"merge {versus}",
+                             "both (pooled)" if task == "pooled" else task_label(task),
+                             str(t["b"]), str(t["c"]), f"{t['p']:.3g}" + ("*" if t["p"] < 0.05 else "")])
+    return table(["method", "seed", "lambda", "comparison", "test rows of", "b (module right, merge wrong)",
+                  "c (merge right, module wrong)", "McNemar exact p"], rows, "lrrllrrr")
+
+
 def sections(results: Mapping[str, Any]) -> dict[str, str]:
     if not results.get("cells"):
         return {"settings": settings_text(results), "table-test": "(no finished cells yet)"}
@@ -151,6 +191,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
         "table-test": main_table(results, "test"),
         "table-validation": main_table(results, "validation"),
         "lambdas": lambda_table(results),
+        "paired": paired_table(results),
         "timing": timing_table(results),
     }
 

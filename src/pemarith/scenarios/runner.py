@@ -323,6 +323,29 @@ class Bench:
 
         return self.ctx.store.cached_json(file, compute)["scores"]
 
+    def predictions(self, name: str, expr: str, lam: float | None, split: str) -> dict[str, Any]:
+        """Per-row predictions of ``expr`` (a module's name, or the bench's expression at
+        ``lam``) on ``split`` of every task: ``{task: {"predictions", "labels"}}`` (cached)."""
+        var = self.ctx.recipe.sweep.var
+        key = {**self._score_key(next(iter(self.modules.values())), split), "weights": self._sha,
+               "expr": expr, var: lam, "mode": self.mode, "what": "predictions"}
+        file = self.ctx.store.eval_file(self.ctx.recipe.model, self.tasks_key,
+                                        f"{name}-{split}-predictions", key)
+
+        def compute() -> dict[str, Any]:
+            import pemarith
+            from pemarith.expr import Expression
+
+            self.ctx.log(f"eval  {name} on {self.tasks_key} {split} (per-row predictions)")
+            names = Expression(expr).identifiers()
+            used = {n: pemarith.load(p, n) for n, p in self.modules.items() if n in names}
+            pem = pemarith.compose(expr, used, mode=self.mode, **({var: lam} if lam is not None else {}))
+            self.session.load(pem, self.mode, None, None)
+            inner = getattr(self.session, "inner", self.session)  # a wrapper's own session
+            return inner.predict(split)
+
+        return self.ctx.store.cached_json(file, compute)
+
 
 class FullBench(Bench):
     """:class:`Bench` for fully fine-tuned checkpoints: weighted sums of all their weights."""
