@@ -39,6 +39,10 @@ def base(tmp_path_factory) -> Path:
     (root / "config.json").write_text('{"model_type": "tiny"}')
     (root / "tokenizer").mkdir()
     (root / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (root / "2_Dense").mkdir()  # a sentence-transformers layer with weights of its own: kept
+    save_file({"linear.weight": torch.ones(2, 2)}, str(root / "2_Dense" / "model.safetensors"))
+    (root / "onnx").mkdir()  # an export of the unmerged model: left out
+    (root / "onnx" / "model.onnx").write_bytes(b"unmerged")
     (root / "pytorch_model.bin").write_bytes(b"unmerged")
     return root
 
@@ -85,7 +89,9 @@ def test_directory_layout(base, tmp_path):
     assert index["metadata"]["total_size"] == sum((out / s).stat().st_size for s in SHARDS)
     assert (out / "config.json").read_text() == '{"model_type": "tiny"}'
     assert (out / "tokenizer" / "vocab.txt").is_file()
-    assert not (out / "pytorch_model.bin").exists() and report.skipped == ["pytorch_model.bin"]
+    assert (out / "2_Dense" / "model.safetensors").is_file()
+    assert not (out / "pytorch_model.bin").exists() and not (out / "onnx").exists()
+    assert report.skipped == ["onnx", "pytorch_model.bin"]
     # (IA)3 on lin0 scales its output, bias included; on lin1 (feedforward) the input only
     assert {k: sorted(v) for k, v in report.merged.items()} == {"lin0": ["lin0.bias", "lin0.weight"],
                                                                "lin1": ["lin1.weight"]}
@@ -171,7 +177,7 @@ def test_cli(base, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY [] 0" in proc.stdout and "merged    3 layers (3 tensors)" in proc.stdout
-    assert "not copied (other weight formats, unmerged): pytorch_model.bin" in proc.stdout
+    assert "not copied (other weight formats, unmerged): onnx, pytorch_model.bin" in proc.stdout
     pem = pemarith.compose("0.3*a + 0.7*b", {"a": a, "b": b})
     pem.save(tmp_path / "composed")
     x = tokens(seed=2)

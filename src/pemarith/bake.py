@@ -6,7 +6,9 @@ Face checkpoint directory (``model.safetensors``, or shards listed by
 (LoRA: ``W + s B A``; (IA)3: PEFT's rescaling, see each kind's ``merge_into``) and every
 ``modules_to_save`` tensor replaces, or is added beside, the base's. Nothing else changes: the
 other tensors are copied byte for byte, in their dtypes (integer buffers included), and the
-other files of the directory (config, tokenizer) are copied as they are.
+other files and folders of the directory (config, tokenizer, a sentence-transformers pooling or
+Dense folder) are copied as they are; other weight files at the top (``*.bin``, ``*.gguf``, ...)
+and ``onnx/``/``openvino/`` exports, which would hold the unmerged weights, are left out.
 
 Memory stays near one base tensor: the composed module (small) is held whole, and each shard is
 streamed tensor by tensor into its copy. Like ``compose``, it needs no torch and no model code.
@@ -32,8 +34,11 @@ from .module import PEM
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# Other weight formats are not copied: they would hold the unmerged weights.
+# Other copies of the base's weights are not copied: they would hold the unmerged weights.
+# Sub-folders are copied whole (a sentence-transformers Dense layer keeps its own weights there)
+# except those that hold exported copies of the model.
 SKIPPED_SUFFIXES = (".bin", ".h5", ".msgpack", ".onnx", ".gguf", ".pt", ".pth", ".ckpt", ".safetensors")
+SKIPPED_DIRS = ("onnx", "openvino")
 
 
 @dataclass(frozen=True)
@@ -204,10 +209,9 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
         for item in sorted(base.iterdir()):
             if item.name in shards or item.name == INDEX_NAME:
                 continue
-            if item.is_dir():
-                shutil.copytree(item, tmp / item.name, ignore=shutil.ignore_patterns(
-                    *(f"*{s}" for s in SKIPPED_SUFFIXES)))
-            elif item.suffix in SKIPPED_SUFFIXES:
+            if item.is_dir() and item.name not in SKIPPED_DIRS:
+                shutil.copytree(item, tmp / item.name)
+            elif item.is_dir() or item.suffix in SKIPPED_SUFFIXES:
                 skipped.append(item.name)
             else:
                 shutil.copy2(item, tmp / item.name)

@@ -114,7 +114,8 @@ model.safetensors.index.json. It is read and written one shard, and one tensor, 
 torch is not needed. Adapted layers get W + s B A (LoRA) or PEFT's (IA)3 rescaling; the
 modules_to_save tensors (e.g. a classifier head) replace the base's, or are added; every other
 tensor is copied byte for byte and the other files (config, tokenizer) are copied as they are.
-Other weight files (*.bin, *.gguf, ...) are left out: they would hold unmerged weights.
+Other weight files (*.bin, *.gguf, ...) and onnx/ or openvino/ exports are left out: they
+would hold unmerged weights. Other folders (e.g. a sentence-transformers Dense layer) are kept.
 The expression and its options (--mode, --rank, --set, --keep) are those of `compose`."""
 
 BAKE_EPILOG = """\
