@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .errors import AdapterError, CompatibilityError
-from .io import DTYPES, SafetensorsWriter, TensorInfo, output_dir, read_safetensors_header
+from .io import DTYPES, SafetensorsWriter, TensorInfo, output_dir, read_bytes, read_safetensors_header
 from .module import PEM
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -98,15 +98,6 @@ def _locate(name: str, keys: Mapping[str, str]) -> str | None:
     return None
 
 
-def _read(path: Path, info: TensorInfo) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(info.start)
-        raw = f.read(info.end - info.start)
-    if len(raw) != info.end - info.start:
-        raise AdapterError(f"{path}: truncated while reading")
-    return raw
-
-
 def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mode: str | None = None,
          rank: int | None = None, keep: str | None = None, force: bool = False) -> BakeReport:
     """Write ``base`` with ``pem`` merged into its weights to ``out`` (atomically; see the module
@@ -150,8 +141,11 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                                          f"the base's {target} has {infos[owner[target]][target].shape}")
             replace[target] = key
 
-    def layer_parts(layer: str) -> dict[str, np.ndarray]:
-        return {k[len(layer) + 1:]: v for k, v in module.items() if k.startswith(layer + ".")}
+    parts: dict[str, dict[str, np.ndarray]] = {}  # layer -> {part: array} of the composed module
+    for key, array in module.items():
+        split = kind.split_key(key)
+        if split is not None:
+            parts.setdefault(split[0], {})[split[1]] = array
 
     shards = list(infos)
     last = shards[-1]
@@ -165,7 +159,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
             src = base / shard
             keys = list(infos[shard])
             specs = [(k, infos[shard][k].dtype, infos[shard][k].shape) for k in keys]
-            extra = [k for k in added] if shard == last else []
+            extra = list(added) if shard == last else []
             specs += [(k, first.dtypes[replace[k]], tuple(module[replace[k]].shape)) for k in extra]
             meta = {**metas[shard], "pemarith": provenance}
             meta.setdefault("format", "pt")
@@ -177,20 +171,21 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     if key in replace:
                         writer.write(key, module[replace[key]].astype(DTYPES[info.dtype]))
                         continue
+                    raw = read_bytes(src, info, key)
                     if key not in updates:
-                        writer.write_bytes(key, _read(src, info))
+                        writer.write_bytes(key, raw)
                         continue
                     layer, what = updates[key]
                     if info.dtype not in DTYPES:
                         raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
+                    base_array = np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape).astype(np.float64)
                     if what == "weight":
-                        new = kind.merge_into(layer_parts(layer), config, _array(src, info), key)
+                        new = kind.merge_into(parts[layer], config, base_array, key)
                     else:
                         wkey = key.removesuffix(".bias") + ".weight"
-                        new = kind.merge_bias(layer_parts(layer), config, _array(src, info),
-                                              infos[owner[wkey]][wkey].shape, key)
+                        new = kind.merge_bias(parts[layer], config, base_array, infos[owner[wkey]][wkey].shape, key)
                     if new is None:
-                        writer.write_bytes(key, _read(src, info))
+                        writer.write_bytes(key, raw)
                     else:
                         writer.write(key, new.astype(DTYPES[info.dtype]))
                         merged[layer.removeprefix(PEFT_PREFIX)].append(key)
@@ -219,8 +214,3 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                       sorted(k for k in replace if k not in added), added, skipped,
                       time.perf_counter() - t0)
 
-
-def _array(path: Path, info: TensorInfo) -> np.ndarray:
-    """One base tensor as float64."""
-    raw = _read(path, info)
-    return np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape).astype(np.float64)

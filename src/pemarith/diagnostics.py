@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import CompatibilityError
-from .module import PEM, load
+from .module import PEM, layer_tensors, load
 
 
 def _cosine(G: np.ndarray) -> np.ndarray:
@@ -134,12 +134,6 @@ class Diagnosis:
         }
 
 
-def _layers(pem: PEM) -> Iterator[tuple[str, list[dict[str, np.ndarray]]]]:
-    ads = list(pem.adapters.values())
-    for layer, parts in ads[0].layers.items():
-        yield layer, [{p: a.tensor(a.layers[layer][p]).astype(np.float64) for p in parts} for a in ads]
-
-
 def diagnose(modules: PEM | Mapping[str, str | os.PathLike[str]]) -> Diagnosis:
     """Measure a composition (a PEM, whose coefficients the interference measures use) or a
     set of modules ``{name: path}`` (coefficients 1), from the adapter files alone.
@@ -158,7 +152,8 @@ def diagnose(modules: PEM | Mapping[str, str | os.PathLike[str]]) -> Diagnosis:
     kind = pem.kind
     gram: dict[str, np.ndarray] = {}
     factorwise: dict[str, dict[str, float]] = {}
-    for layer, tensors in _layers(pem):
+    for layer in ads[0].layers:
+        tensors = layer_tensors(ads, layer)
         gram[layer] = kind.gram(tensors, ads)
         terms = kind.factorwise_terms(tensors, coefs, ads)
         if terms is not None:

@@ -124,6 +124,19 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
     return infos, metadata
 
 
+def read_bytes(path: Path, info: TensorInfo, key: str) -> bytes:
+    """One tensor's stored bytes (one ``seek`` and ``read``); errors name the file and tensor."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(info.start)
+            raw = f.read(info.end - info.start)
+    except OSError as e:
+        raise AdapterError(f"{path}: cannot read ({e})") from None
+    if len(raw) != info.end - info.start:
+        raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
+    return raw
+
+
 def _check_finite(array: np.ndarray, key: str, layer: str, where: Path) -> None:
     if not np.isfinite(array).all():
         what = "NaN" if np.isnan(array).any() else "Inf"
@@ -209,14 +222,7 @@ class Adapter:
         else:
             assert self._infos is not None
             info = self._infos[key]
-            try:
-                with open(self.weights_path, "rb") as f:
-                    f.seek(info.start)
-                    raw = f.read(info.end - info.start)
-            except OSError as e:
-                raise AdapterError(f"{self.weights_path}: cannot read ({e})") from None
-            if len(raw) != info.end - info.start:
-                raise AdapterError(f"{self.weights_path}: truncated while reading tensor {key!r}")
+            raw = read_bytes(self.weights_path, info, key)
             array = np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape)
         split = self.kind.split_key(key)
         _check_finite(array, key, split[0] if split else key.rsplit(".", 1)[0], self.weights_path)

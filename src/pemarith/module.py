@@ -250,8 +250,8 @@ class PEM:
         coefs = [self._terms[n] for n in names]
         kind = self.kind
         codes = {k: c for k, c, _ in self._plan(mode, rank, dtype)}
-        for layer, parts in ads[0].layers.items():
-            tensors = [{p: a.tensor(a.layers[layer][p]).astype(np.float64) for p in parts} for a in ads]
+        for layer in ads[0].layers:
+            tensors = layer_tensors(ads, layer)
             out, err = kind.combine(tensors, coefs, ads, mode, rank)
             yield layer, {f"{layer}.{p}": v.astype(DTYPES[codes[f"{layer}.{p}"]]) for p, v in out.items()}, err
         for key in ads[0].extra:
@@ -323,6 +323,11 @@ class PEM:
             "inputs": [{"name": n, "path": str(a.path), "weights_file": a.weights_path.name,
                         "sha256": a.sha256()} for n, a in self._adapters.items()],
         }
+
+
+def layer_tensors(adapters: list[Adapter], layer: str) -> list[dict[str, np.ndarray]]:
+    """One layer's parts (``{part: float64 array}``) of each adapter, in order."""
+    return [{p: a.tensor(key).astype(np.float64) for p, key in a.layers[layer].items()} for a in adapters]
 
 
 def _targets(a: Adapter) -> Any:
