@@ -294,6 +294,18 @@ def test_distribution_tables_have_the_paper_shape() -> None:
     assert "| SST-2 | 1 | - | 200 / 800 | 800 / 200 | 691 / 309 | 178 / 822 |" in sec["subsets"]
 
 
+def test_composition_table_compares_with_the_module_validation_would_pick() -> None:
+    """An endpoint lambda is not a composition, and the merge is judged against the better
+    module by validation (s1 here), on test: one seed beats it, one ties it (lambda 0)."""
+    a, b = _cell("sst2", "lora", 0), _cell("sst2", "lora", 1)
+    b["lambda"] = 0.0
+    b["scores"]["test"] = {**b["scores"]["test"], "s0": 0.9, "s1": 0.74, "merged": 0.74}
+    sec = get_scenario("distribution-generalisation").sections(
+        _results("distribution-generalisation", [a, b]))
+    assert "| SST-2 | LoRA | factorwise | same | 2 | 1 of 2 | +1.0 ± 1.4 | 1 of 2 |" in sec["composition"]
+    assert "composition" in get_scenario("init-analysis").sections(_results("init-analysis", [a]))
+
+
 def test_init_table_and_multitask_table() -> None:
     cells = [_cell("rte", "lora", 0, init=i, shift=0.01 * (i == "diff")) for i in ("same", "diff")]
     sec = get_scenario("init-analysis").sections(_results("init-analysis", cells))

@@ -237,6 +237,32 @@ def main_table(results: Mapping[str, Any], split: str) -> str:
     return table(header, rows, align)
 
 
+def composition_table(results: Mapping[str, Any]) -> str:
+    """Where a merge is a composition, seed by seed: the paper's claim in its strong form.
+
+    ``m - avg`` is positive whenever lambda lands on an end of the grid (the merge is then one
+    module alone) and that module beats the average, so it cannot tell composing from picking.
+    Per (task, kind, mode, init): the seeds whose lambda is inside (0, 1), and the merge minus
+    the *better module* (the one of s0, s1 with the higher validation score, chosen without
+    test labels like lambda) on the test half, with the seeds where it is positive.
+    """
+    rows = []
+    for (task, method, mode, init), cs in group(results["cells"], "task", "method", "mode",
+                                                 "init").items():
+        metric = cs[0]["metric"]
+        diffs = []
+        for c in cs:
+            val, test = c["scores"]["validation"], c["scores"]["test"]
+            best = "s0" if val["s0"] >= val["s1"] else "s1"
+            diffs.append(test["merged"] - test[best])
+        inside = sum(0 < c["lambda"] < 1 for c in cs)
+        rows.append([task_label(task), LABELS[method], mode, init, len(cs),
+                     f"{inside} of {len(cs)}", fmt(metric, diffs, signed=True),
+                     f"{sum(d > 0 for d in diffs)} of {len(cs)}"])
+    return table(["task", "method", "mode", "init", "seeds", "lambda inside (0, 1)",
+                  "m - better module (test)", "seeds m > better module"], rows, "llllrrrr")
+
+
 def lambda_table(results: Mapping[str, Any]) -> str:
     cells = results["cells"]
     by = group(cells, "task", "method", "mode", "init")
@@ -311,6 +337,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
         "table-test": main_table(results, "test"),
         "table-validation": main_table(results, "validation"),
         "lambdas": lambda_table(results),
+        "composition": composition_table(results),
         "subsets": class_table(results),
         "timing": timing_table(results),
     }
