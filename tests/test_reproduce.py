@@ -469,5 +469,13 @@ def test_quick_multitask_end_to_end(tmp_path: Path) -> None:
         for row in ("mnli", "rte", "merged"):
             s = c["rows"][row]["test"]
             assert s["mean"] == pytest.approx((s["mnli.accuracy"] + s["rte.accuracy"]) / 2)
+        # the paired tests count the same test rows as the accuracies: merge minus module
+        for module in ("mnli", "rte"):
+            for task in ("mnli", "rte"):
+                t = c["paired"][f"vs {module}"][task]
+                assert t["n"] == t["b"] + t["c"] and 0 < t["p"] <= 1
+                rows = c["rows"]
+                gap = rows["merged"]["test"][f"{task}.accuracy"] - rows[module]["test"][f"{task}.accuracy"]
+                assert (t["c"] - t["b"] > 0) == (gap > 1e-9) and (t["c"] == t["b"]) == (abs(gap) < 1e-9)
     assert "| LoRA | Merge |" in (tmp_path / "mt" / "report.md").read_text()
     _check_png(tmp_path / "mt" / "multitask.png")
