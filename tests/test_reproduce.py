@@ -292,6 +292,8 @@ def test_distribution_tables_have_the_paper_shape() -> None:
     assert "| LoRA exact | m |" in test and "| FFT | fullset | 80.0" in test
     assert "(IA)3 | avg(s0, s1) | 73.0 ± 1.0 | 91.0" in test
     assert "| SST-2 | 1 | - | 200 / 800 | 800 / 200 | 691 / 309 | 178 / 822 |" in sec["subsets"]
+    # 18 modules of 10 s (exact mode reuses the LoRA ones), 21 sweeps of 5 s
+    assert sec["timing"].splitlines()[-1] == "| all | sum over the run | 18 | 3.0 min | - | 105 s |"
 
 
 def test_composition_table_compares_with_the_module_validation_would_pick() -> None:

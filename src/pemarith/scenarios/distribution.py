@@ -290,6 +290,7 @@ def class_table(results: Mapping[str, Any]) -> str:
 def timing_table(results: Mapping[str, Any]) -> str:
     by = group(results["cells"], "task", "method")
     rows = []
+    totals = {"train": {}, "cpu": {}, "sweeps": 0.0}
     for (task, method), cs in by.items():
         # a module serves several cells (exact mode, 4.7's same init): count it once
         per_module = {c["modules"][n]: s for c in cs for n, s in c["train_seconds"].items() if s}
@@ -297,10 +298,19 @@ def timing_table(results: Mapping[str, Any]) -> str:
                     for n, s in c.get("train_cpu_seconds", {}).items() if s}.values())
         train = list(per_module.values())
         sweeps = [c["sweep_seconds"] for c in cs if c.get("sweep_seconds")]
+        totals["train"].update(per_module)
+        totals["cpu"].update({c["modules"][n]: s for c in cs
+                              for n, s in c.get("train_cpu_seconds", {}).items() if s})
+        totals["sweeps"] += sum(sweeps)
         rows.append([task_label(task), LABELS[method], len(train),
                      seconds(sum(train) / len(train)) if train else "-",
                      seconds(sum(cpu) / len(cpu)) if cpu else "-",
                      seconds(sum(sweeps) / len(sweeps)) if sweeps else "-"])
+    if len(by) > 1:  # the whole run: every module once, every sweep
+        cpu_total = sum(totals["cpu"].values())
+        rows.append(["all", "sum over the run", len(totals["train"]),
+                     seconds(sum(totals["train"].values())), seconds(cpu_total) if cpu_total else "-",
+                     seconds(totals["sweeps"])])
     return table(["task", "method", "modules", "training per module (wall)", "(CPU)",
                   "sweep per merge (wall)"], rows, "llrrrr")
 
