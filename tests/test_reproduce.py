@@ -304,7 +304,9 @@ def test_composition_table_compares_with_the_module_validation_would_pick() -> N
     b["scores"]["test"] = {**b["scores"]["test"], "s0": 0.9, "s1": 0.74, "merged": 0.74}
     sec = get_scenario("distribution-generalisation").sections(
         _results("distribution-generalisation", [a, b]))
-    assert "| SST-2 | LoRA | factorwise | same | 2 | 1 of 2 | +1.0 ± 1.4 | 1 of 2 |" in sec["composition"]
+    # the curve's midpoint (0.76) against s1's validation 0.74, in both seeds
+    assert ("| SST-2 | LoRA | factorwise | same | 2 | 1 of 2 | +1.0 ± 1.4 | 1 of 2 | +2.0 ± 0.0 |"
+            in sec["composition"])
     assert "composition" in get_scenario("init-analysis").sections(_results("init-analysis", [a]))
 
 

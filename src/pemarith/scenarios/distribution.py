@@ -244,23 +244,30 @@ def composition_table(results: Mapping[str, Any]) -> str:
     module alone) and that module beats the average, so it cannot tell composing from picking.
     Per (task, kind, mode, init): the seeds whose lambda is inside (0, 1), and the merge minus
     the *better module* (the one of s0, s1 with the higher validation score, chosen without
-    test labels like lambda) on the test half, with the seeds where it is positive.
+    test labels like lambda) on the test half, with the seeds where it is positive; and the
+    untuned midpoint merge ``0.5*s0 + 0.5*s1`` against that module on validation (a merge that
+    collapses shows there even when the sweep escapes to an end of the grid).
     """
     rows = []
     for (task, method, mode, init), cs in group(results["cells"], "task", "method", "mode",
                                                  "init").items():
         metric = cs[0]["metric"]
-        diffs = []
+        diffs, halves = [], []
         for c in cs:
             val, test = c["scores"]["validation"], c["scores"]["test"]
             best = "s0" if val["s0"] >= val["s1"] else "s1"
             diffs.append(test["merged"] - test[best])
+            half = [v for lam, v in c.get("curve", []) if abs(lam - 0.5) < 1e-9]
+            if half:
+                halves.append(half[0] - val[best])
         inside = sum(0 < c["lambda"] < 1 for c in cs)
         rows.append([task_label(task), LABELS[method], mode, init, len(cs),
                      f"{inside} of {len(cs)}", fmt(metric, diffs, signed=True),
-                     f"{sum(d > 0 for d in diffs)} of {len(cs)}"])
+                     f"{sum(d > 0 for d in diffs)} of {len(cs)}",
+                     fmt(metric, halves, signed=True) if halves else "-"])
     return table(["task", "method", "mode", "init", "seeds", "lambda inside (0, 1)",
-                  "m - better module (test)", "seeds m > better module"], rows, "llllrrrr")
+                  "m - better module (test)", "seeds m > better module",
+                  "m at l = 0.5 - better module (validation)"], rows, "llllrrrrr")
 
 
 def lambda_table(results: Mapping[str, Any]) -> str:
