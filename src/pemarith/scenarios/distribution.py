@@ -301,13 +301,12 @@ def timing_table(results: Mapping[str, Any]) -> str:
     for (task, method), cs in by.items():
         # a module serves several cells (exact mode, 4.7's same init): count it once
         per_module = {c["modules"][n]: s for c in cs for n, s in c["train_seconds"].items() if s}
-        cpu = list({c["modules"][n]: s for c in cs
-                    for n, s in c.get("train_cpu_seconds", {}).items() if s}.values())
-        train = list(per_module.values())
+        cpu_per_module = {c["modules"][n]: s for c in cs
+                          for n, s in c.get("train_cpu_seconds", {}).items() if s}
+        train, cpu = list(per_module.values()), list(cpu_per_module.values())
         sweeps = [c["sweep_seconds"] for c in cs if c.get("sweep_seconds")]
         totals["train"].update(per_module)
-        totals["cpu"].update({c["modules"][n]: s for c in cs
-                              for n, s in c.get("train_cpu_seconds", {}).items() if s})
+        totals["cpu"].update(cpu_per_module)
         totals["sweeps"] += sum(sweeps)
         rows.append([task_label(task), LABELS[method], len(train),
                      seconds(sum(train) / len(train)) if train else "-",
