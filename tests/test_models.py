@@ -32,6 +32,7 @@ def test_unknown_name_did_you_mean():
 
 def test_local_dir_and_hub_id(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
     assert resolve_model(str(tmp_path)) == str(tmp_path.resolve())
     assert resolve_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
     empty = tmp_path / "empty"
@@ -40,6 +41,33 @@ def test_local_dir_and_hub_id(tmp_path):
         resolve_model(str(empty))
     with pytest.raises(PemarithError, match="is a file"):
         resolve_model(str(tmp_path / "config.json"))
+
+
+class _Planted:
+    """A pickle that, if it were ever unpickled, would create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_weights_are_refused_never_loaded(tmp_path):
+    import pickle
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    marker = tmp_path / "unpickled"
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(PemarithError, match=r"weights only as a pickle \(pytorch_model.bin\)") as e:
+        resolve_model(str(model))
+    assert "\n" not in str(e.value) and "safe_serialization=True" in str(e.value)
+    assert not marker.exists()
+    (model / "pytorch_model.bin").unlink()
+    with pytest.raises(PemarithError, match=r"no \*.safetensors weights"):
+        resolve_model(str(model))
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):

@@ -304,3 +304,36 @@ def test_hub_path_with_a_fake_datasets(monkeypatch):
     assert ("nyu-mll/glue", "rte", "validation") in asked
     with pytest.raises(PemarithError, match="no hub source"):
         load_split("yelp", "train", source="hub")
+
+
+def test_glue_tsv_with_a_byte_order_mark(tmp_path):
+    # MRPC's train.tsv and dev.tsv, as the GLUE download script writes them, begin with a BOM.
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    rows = "".join(f"{i % 2}\t{i}\t{i}\tleft {i}\tright {i}\n" for i in range(6))
+    _write(tmp_path / "glue/MRPC/train.tsv", header + rows)
+    assert (tmp_path / "glue/MRPC/train.tsv").read_bytes()[:3] == b"\xef\xbb\xbf"
+    train = load_split("mrpc", "train", data_dir=tmp_path)
+    assert [r["label"] for r in train] == [0, 1, 0, 1, 0, 1]
+    assert train[0]["text_a"] == "left 0"
+
+
+def test_empty_label_names_file_and_row(tmp_path):
+    _write(tmp_path / "glue/RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\t\n")
+    with pytest.raises(PemarithError, match=r"train.tsv:3: empty label \(task rte\)") as e:
+        load_split("rte", "train", data_dir=tmp_path)
+    assert "\n" not in str(e.value)
+    _write(tmp_path / "glue/STS-B/train.tsv", "sentence1\tsentence2\tscore\na\tb\t \n")
+    with pytest.raises(PemarithError, match=r"train.tsv:2: empty label \(task stsb\)"):
+        load_split("stsb", "train", data_dir=tmp_path)
+
+
+def test_data_dir_is_not_found_relative_to_the_package(tmp_path, monkeypatch):
+    # An installed package must behave as a checkout: only the flag, the variable and the
+    # working directory count, never the location of the source files.
+    from pemarith.hf.data import candidate_data_dirs
+
+    monkeypatch.delenv("PEMARITH_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert candidate_data_dirs() == [tmp_path.parent / "shared" / "data", tmp_path / "data"]
+    with pytest.raises(PemarithError, match="no data directory found"):
+        resolve_data_dir()

@@ -3,8 +3,10 @@
 Rows are dicts ``{"text_a": str, "text_b": str | None, "label": int | float | None}``: an int
 class index for classification, a float for regression (STS-B), None for text tasks.
 
-The data directory is, in order: the ``data_dir`` argument; ``$PEMARITH_DATA_DIR``;
-``../shared/data`` relative to the working directory or to the repository; ``./data``. It is laid
+The data directory is, in order: the ``data_dir`` argument (``--data-dir``);
+``$PEMARITH_DATA_DIR``; ``../shared/data`` or ``./data`` relative to the working directory. It is
+never looked up relative to the installed package, so an installed (non-editable) pemarith finds
+the same directory as a source checkout. It is laid
 out like the project's ``shared/data`` (``glue/<TASK>/{train,dev}.tsv``, ``mnli/``,
 ``sentiment/``, ``toxic/``, ``wikitext/``); see each task's ``source`` in
 :mod:`pemarith.hf.tasks`. With ``source="hub"``, or when the local files are missing and
@@ -38,13 +40,11 @@ _HOW = f"pass data_dir (--data-dir) or set PEMARITH_DATA_DIR to {_LAYOUT}"
 
 def candidate_data_dirs() -> list[Path]:
     """Where a data directory is looked for when none is given, in order."""
-    repo = Path(__file__).resolve().parents[3]
     dirs = []
     env = os.environ.get("PEMARITH_DATA_DIR")
     if env:
         dirs.append(Path(env).expanduser())
-    dirs += [Path.cwd().parent / "shared" / "data", repo.parent / "shared" / "data"]
-    dirs.append(Path.cwd() / "data")
+    dirs += [Path.cwd().parent / "shared" / "data", Path.cwd() / "data"]
     return dirs
 
 
@@ -79,8 +79,10 @@ def _columns_error(path: Path, task: Task, found: list[str]) -> PemarithError:
 def _iter_table(path: Path, task: Task) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, row dict)`` of a tsv/csv/jsonl file."""
     fmt = task.source.format
+    # utf-8-sig: MRPC's train.tsv and dev.tsv, as the GLUE download script writes them, start with
+    # a UTF-8 byte-order mark, which plain utf-8 would glue to the first column's name.
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -92,7 +94,7 @@ def _iter_table(path: Path, task: Task) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise PemarithError(f"{path}:{n}: expected a JSON object per line")
                 yield n, row
         return
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         if fmt == "tsv":  # GLUE TSVs are not quoted: quotes are part of the text
             reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
@@ -114,11 +116,17 @@ def _label(task: Task, value: Any, where: str) -> int | float | None:
     if task.kind == "text":
         return None
     if task.kind == "regression":
+        if not str(value).strip():
+            raise PemarithError(f"{where}: empty label (task {task.name}); fill it in or remove the row")
         try:
             return float(value)
         except (TypeError, ValueError):
             raise PemarithError(f"{where}: label {value!r} is not a number") from None
     raw = str(value).strip()
+    if not raw:
+        raise PemarithError(
+            f"{where}: empty label (task {task.name}); fill it in or remove the row"
+        )
     if raw not in task.label_values:
         raise PemarithError(
             f"{where}: label {raw!r} is not one of {', '.join(task.label_values)}"

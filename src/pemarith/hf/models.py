@@ -264,6 +264,7 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PemarithError(f"{path} is not a Hugging Face model directory (no config.json)")
+        _require_safetensors(path)
         return str(path.resolve())
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
         return name
@@ -273,6 +274,23 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
         f"unknown model {name!r}{did_you_mean(name, PACKAGED)}; use one of"
         f" {', '.join(PACKAGED)}, a local model directory, or a hub id owner/name"
     )
+
+
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _require_safetensors(path: Path) -> None:
+    """A model directory must hold its weights as safetensors: a pickle is never unpickled."""
+    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
+        return
+    pickles = sorted(p.name for pattern in _PICKLES for p in path.glob(pattern))
+    if pickles:
+        raise PemarithError(
+            f"{path} has weights only as a pickle ({', '.join(pickles[:3])}), which pemarith never"
+            " loads; convert it once: AutoModel.from_pretrained(dir).save_pretrained(dir,"
+            " safe_serialization=True), in a Python you trust with that file"
+        )
+    raise PemarithError(f"{path} has no *.safetensors weights; a model directory needs them")
 
 
 def _from_pretrained_kwargs(path: str) -> dict[str, Any]:
@@ -347,6 +365,7 @@ def load_encoder(
             path,
             num_labels=num_labels,
             problem_type=problem_type,
+            use_safetensors=True,
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -374,7 +393,7 @@ def load_causal_lm(
             raise PemarithError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     path = resolve_model(name, cache_dir)
-    model = _pretrained(AutoModelForCausalLM, path, dtype=dtype)
+    model = _pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
     model.eval()
     tok = load_tokenizer(path)
     _ensure_pad_token(tok, model)
