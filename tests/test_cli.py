@@ -137,10 +137,15 @@ def test_exact_rank_reports_svd_error(adapters, tmp_path):
     assert "max" in text.stdout and "mean" in text.stdout
 
 
-def test_force_replaces_existing_output(adapters, tmp_path):
+def test_force_replaces_an_earlier_output_only(adapters, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    proc = run("compose", "-m", f"a={adapters['a']}", "-o", str(out), "--force", "a")
+    assert proc.returncode == 2 and "pemarith did not write" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    (out / "pemarith.json").write_text("{}")  # now it is an earlier output
     proc = run("compose", "-m", f"a={adapters['a']}", "-o", str(out), "--force", "a")
     assert proc.returncode == 0, proc.stderr
     assert (out / WEIGHTS).is_file() and not (out / "old.txt").exists()

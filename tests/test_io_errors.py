@@ -193,12 +193,20 @@ def test_existing_output_needs_force_and_is_replaced_safely(adapters, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious").write_text("keep me")
-    with pytest.raises(OutputError, match="already exists; pass force=True"):
+    with pytest.raises(OutputError, match="already exists; pass --force"):
         a.save(out)
     assert [x.name for x in out.iterdir()] == ["precious"]
     assert {x.name for x in tmp_path.iterdir()} == {"out"}
-    a.save(out, force=True)
+    # force replaces only an empty directory or an earlier output, never someone else's files
+    with pytest.raises(OutputError, match="pemarith did not write"):
+        a.save(out, force=True)
+    assert [x.name for x in out.iterdir()] == ["precious"]
+    (out / "precious").unlink()
+    a.save(out, force=True)  # empty
     assert sorted(x.name for x in out.iterdir()) == ["adapter_config.json", ST, "pemarith.json"]
+    (2 * a).save(out, force=True)  # an earlier output
+    assert sorted(x.name for x in out.iterdir()) == ["adapter_config.json", ST, "pemarith.json"]
+    assert "2*a" in (out / "pemarith.json").read_text()
     assert {x.name for x in tmp_path.iterdir()} == {"out"}
 
 
@@ -210,6 +218,7 @@ def test_failed_forced_save_keeps_the_old_output(copy_adapter, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious").write_text("keep me")
+    (out / "pemarith.json").write_text("{}")  # an earlier output, which force may replace
     before = {x.name for x in tmp_path.iterdir()}
     with pytest.raises(AdapterError, match="NaN"):
         pemarith.load(p).save(out, force=True)
@@ -228,7 +237,7 @@ def test_never_writes_over_an_input(copy_adapter, tmp_path):
     before = sorted(x.name for x in p.iterdir())
     pem = pemarith.load(p, "a")
     for target in (p, p / "sub", tmp_path):  # the input, inside it, a parent of it
-        with pytest.raises(OutputError, match="would overwrite the input adapter"):
+        with pytest.raises(OutputError, match="would overwrite the input"):
             pem.save(target, force=True)
     assert sorted(x.name for x in p.iterdir()) == before
 
@@ -298,7 +307,7 @@ def test_sigterm_removes_the_half_written_output(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pemarith.cli import unwind_on_sigterm
-        from pemarith.io import output_dir
+        from pemarith.fs import output_dir
         unwind_on_sigterm()
         with output_dir({str(target)!r}, []) as tmp:
             (tmp / "part.safetensors").write_bytes(b"half")

@@ -28,7 +28,9 @@ import numpy as np
 
 from . import __version__
 from .errors import AdapterError, CompatibilityError
-from .io import DTYPES, SafetensorsWriter, TensorInfo, output_dir, read_bytes, read_safetensors_header
+from .fs import output_dir
+from .io import (DTYPES, PROVENANCE_NAME, SafetensorsWriter, TensorInfo, is_adapter_output, read_bytes,
+                 read_safetensors_header, write_json)
 from .module import PEM
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -72,10 +74,20 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
                               " (not a Hugging Face checkpoint directory?)"))
     infos, metas = {}, {}
     for name in files:
+        if not _plain_file_name(name):
+            raise AdapterError(f"{base / INDEX_NAME}: the shard name {str(name)[:200]!r} is not a plain file "
+                               "name in the checkpoint directory; fix the index's weight_map")
         if not (base / name).is_file():
             raise AdapterError(f"{base}: the index lists {name}, which is missing")
         infos[name], metas[name] = read_safetensors_header(base / name, any_dtype=True)
     return infos, metas, index
+
+
+def _plain_file_name(name: object) -> bool:
+    """Whether an index's shard name is a bare file name: no directory part, not absolute, not
+    ``.``/``..`` (bake writes a file of each name in the output, so anything else escapes it)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and name == os.path.basename(name))
 
 
 def _locate(name: str, keys: Mapping[str, str]) -> str | None:
@@ -99,7 +111,8 @@ def _locate(name: str, keys: Mapping[str, str]) -> str | None:
 
 
 def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mode: str | None = None,
-         rank: int | None = None, keep: str | None = None, force: bool = False) -> BakeReport:
+         rank: int | None = None, keep: str | None = None, force: bool = False,
+         protect: tuple[str | os.PathLike[str], ...] = ()) -> BakeReport:
     """Write ``base`` with ``pem`` merged into its weights to ``out`` (atomically; see the module
     docstring). ``mode``/``rank``/``keep`` are those of :meth:`PEM.save`."""
     t0 = time.perf_counter()
@@ -151,10 +164,11 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     last = shards[-1]
     provenance = json.dumps({"pemarith_version": __version__, "expression": str(pem),
                              "mode": mode or "factorwise", "rank": rank, "base": str(base)})
-    inputs = [base, *(a.path for a in pem.adapters.values())]
+    inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
     skipped: list[str] = []
     weight_map: dict[str, str] = {}
-    with output_dir(out, inputs, force=force) as tmp:
+    with output_dir(out, inputs, force=force, is_previous=is_adapter_output,
+                    what="bake output (a directory with pemarith.json)") as tmp:
         for shard in shards:
             src = base / shard
             keys = list(infos[shard])
@@ -202,7 +216,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                          "weight_map": weight_map}
             (tmp / INDEX_NAME).write_text(json.dumps(new_index, indent=2) + "\n", encoding="utf-8")
         for item in sorted(base.iterdir()):
-            if item.name in shards or item.name == INDEX_NAME:
+            if item.name in shards or item.name in (INDEX_NAME, PROVENANCE_NAME):
                 continue
             if item.is_dir() and item.name not in SKIPPED_DIRS:
                 shutil.copytree(item, tmp / item.name)
@@ -210,6 +224,8 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                 skipped.append(item.name)
             else:
                 shutil.copy2(item, tmp / item.name)
+        write_json(tmp / PROVENANCE_NAME, {**json.loads(provenance), "shards": shards,
+                                           "inputs": {n: str(a.path) for n, a in pem.adapters.items()}})
     return BakeReport(Path(out).expanduser().resolve(), shards, merged,
                       sorted(k for k in replace if k not in added), added, skipped,
                       time.perf_counter() - t0)

@@ -229,7 +229,8 @@ def _composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--keep", metavar="NAME",
                    help="module whose modules_to_save tensors (e.g. a classifier head) to keep "
                    "when the coefficients do not sum to 1")
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an earlier pemarith output or an empty directory "
+                   "(anything else is refused)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.add_argument("expr", nargs="+", metavar="EXPR",
                    help="the expression, first or last; after '--' it may start with '-'")
@@ -290,7 +291,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
     pem, modules, terms = _composition(args)
     report = pem.save(args.out, mode=args.mode, rank=args.rank, force=args.force,
-                      keep=args.keep, dtype=args.dtype)
+                      keep=args.keep, dtype=args.dtype, protect=tuple(modules.values()))
     _note_unused(modules, terms)
     (c,) = terms.values() if len(terms) == 1 else (1.0,)
     kind = str(getattr(getattr(pem, "kind", None), "name", "")).lower()
@@ -511,7 +512,7 @@ def cmd_bake(args: argparse.Namespace) -> int:
 
     pem, modules, terms = _composition(args)
     report = bake(pem, args.base, args.out, mode=args.mode, rank=args.rank, keep=args.keep,
-                  force=args.force)
+                  force=args.force, protect=tuple(modules.values()))
     _note_unused(modules, terms)
     summary = {"expression": str(pem), "mode": args.mode, "base": str(args.base),
                "path": str(report.path), "shards": report.shards, "merged": report.merged,

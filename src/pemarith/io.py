@@ -6,8 +6,8 @@
   ``torch.load(weights_only=True)``, imported only in that branch.
 - ``SafetensorsWriter``: streams a safetensors file whose header is written first, from the
   list of ``(key, dtype, shape)``, so peak memory stays near one layer.
-- ``output_dir``: atomic output (a temporary directory beside the target, renamed at the end;
-  nothing left on disk on error).
+- ``output_dir`` (from :mod:`pemarith.fs`, the one atomic writer): reserved, atomic, fsynced
+  output that never replaces an input or anything pemarith did not write.
 - ``inspect_adapter``: a summary of one adapter (kind, base model, targets, rank, norms).
 """
 
@@ -18,10 +18,8 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import struct
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .errors import AdapterError, OutputError
+from .errors import AdapterError
 from .kinds import KINDS, Kind
 
 CONFIG_NAME = "adapter_config.json"
@@ -324,74 +322,14 @@ class SafetensorsWriter:
         self._f.close()
 
 
-def _inside(a: Path, b: Path) -> bool:
-    """Whether ``a`` is ``b`` or inside it."""
-    return a == b or b in a.parents
-
-
-@contextlib.contextmanager
-def output_dir(target: str | os.PathLike[str], inputs: list[Path], force: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; on success rename it to ``target``.
-
-    Refuses ``target`` if it is (or contains, or lies inside) an input directory, or exists
-    and ``force`` is false. With ``force`` an existing target is moved aside, replaced, and
-    only then deleted. On any error the temporary directory is removed and nothing is left.
-    """
-    out = Path(target).expanduser().resolve()
-    for p in inputs:
-        if _inside(out, p) or _inside(p, out):
-            raise OutputError(f"output {out} would overwrite the input adapter {p}; choose another directory")
-    if out.exists() and not force:
-        raise OutputError(f"output {out} already exists; pass force=True (--force) to replace it")
-    created: list[Path] = []
-    parent = out.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    try:
-        for d in reversed(created):
-            d.mkdir()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pemarith-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
-    except OSError as e:
-        _remove_created(created)
-        raise OutputError(f"cannot create output {out}: {e}") from None
-    try:
-        yield tmp
-        if out.exists() or out.is_symlink():
-            # Move the old target aside first: rename() cannot replace a non-empty directory,
-            # and the old copy must survive until the new one is in place.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.pemarith-old-", dir=out.parent))
-            try:
-                os.rename(out, old / "x")
-            except BaseException:
-                old.rmdir()
-                raise
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old / "x", out)
-                old.rmdir()
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_created(created)
-        raise
-
-
-def _remove_created(created: list[Path]) -> None:
-    for d in created:  # innermost first
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def is_adapter_output(path: Path) -> bool:
+    """Whether ``path`` holds an earlier output of ``compose`` or ``bake`` (what ``force`` may
+    replace): it has pemarith's provenance file."""
+    return (path / PROVENANCE_NAME).is_file()
 
 
 def inspect_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:

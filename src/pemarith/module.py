@@ -26,7 +26,8 @@ import numpy as np
 from . import __version__
 from .errors import CompatibilityError, PemarithError, did_you_mean
 from .expr import format_terms, normal_form
-from .io import DTYPES, PROVENANCE_NAME, Adapter, SafetensorsWriter, dtype_code, output_dir, write_json
+from .fs import output_dir
+from .io import DTYPES, PROVENANCE_NAME, Adapter, SafetensorsWriter, dtype_code, is_adapter_output, write_json
 from .kinds import Kind
 
 AFFINE_TOL = 1e-6
@@ -271,13 +272,16 @@ class PEM:
             yield from tensors.items()
 
     def save(self, out: str | os.PathLike[str], mode: str | None = None, rank: int | None = None,
-             force: bool = False, keep: str | None = None, dtype: Any = None) -> SaveReport:
+             force: bool = False, keep: str | None = None, dtype: Any = None,
+             protect: tuple[str | os.PathLike[str], ...] = ()) -> SaveReport:
         """Stream the composition to a PEFT adapter directory ``out``, atomically.
 
         ``mode``/``rank`` default to those given to ``compose`` (else ``"factorwise"``).
         ``keep`` names the module whose ``modules_to_save`` tensors to keep; ``dtype`` overrides
         the output dtype (default: the first input's dtype, tensor by tensor). Refuses an
-        existing ``out`` unless ``force``, and never writes over an input.
+        existing ``out`` unless ``force`` (which replaces only an empty directory or an earlier
+        output), and never writes over an input or a path in ``protect`` (e.g. modules given but
+        unused): see :mod:`pemarith.fs`.
         """
         t0 = time.perf_counter()
         mode, rank = self._resolve(mode, rank)
@@ -288,8 +292,9 @@ class PEM:
         layers = list(next(iter(self._adapters.values())).layers)
         reserve = 2 * len(json.dumps({layer: "9.999999e-100" for layer in layers})) + 64 if rank is not None else 0
         errors: dict[str, float] = {}
-        inputs = [a.path for a in self._adapters.values()]
-        with output_dir(out, inputs, force=force) as tmp:
+        inputs = [a.path for a in self._adapters.values()] + [Path(p) for p in protect]
+        with output_dir(out, inputs, force=force, is_previous=is_adapter_output,
+                        what="pemarith output (a directory with pemarith.json)") as tmp:
             writer = SafetensorsWriter(tmp / "adapter_model.safetensors", specs,
                                        {"format": "pt", "pemarith": json.dumps(provenance)}, reserve)
             try:

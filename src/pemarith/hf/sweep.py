@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from ..fs import check_records_dir
 from .select import SEARCHES, parse_rule, resolve_metric, search
 
 Scores = dict[str, float]
@@ -104,8 +105,8 @@ class RecordCache:
         self.records: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.reused = 0
         self.poll, self.log = poll, log
-        if self.dir.exists() and not self.dir.is_dir():
-            raise PemarithError(f"-o {self.dir} exists and is not a directory")
+        check_records_dir(self.dir, lambda d: any(d.glob("records*.jsonl")) or (d / "claims").is_dir(),
+                          "sweep directory (one with records.jsonl)")
         if restart and worker:
             raise PemarithError("--restart cannot join a distributed sweep (the other workers' records "
                                 "would stay); run it once without workers, then start the workers")

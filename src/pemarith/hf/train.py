@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
-from ..io import output_dir
+from ..fs import holds, output_dir
 from . import features as F
 
 PEFT_TYPES = ("lora", "ia3", "full")
@@ -324,7 +324,9 @@ def train(cfg: TrainConfig) -> Path:
     kind = F.model_kind(cfg.model)
     rows, source = training_rows(cfg, task)
     out = Path(cfg.output_dir)
-    with output_dir(out, inputs=[], force=cfg.overwrite) as tmp:
+    protect = [Path(cfg.init_adapter)] if cfg.init_adapter is not None else []
+    with output_dir(out, protect, force=cfg.overwrite, is_previous=holds("training.json"),
+                    what="trained module (a directory with training.json)") as tmp:
         if kind == "encoder":
             if task.kind == "text":
                 raise PemarithError(f"task {task.name} is a text task: it needs a causal LM")
