@@ -34,6 +34,10 @@ CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
 PROVENANCE_NAME = "pemarith.json"
+# PEFT's save_embedding_layers ("auto" when an embedding is targeted) stores the frozen base
+# weight of each adapted embedding / lm_head under this suffix: a copy of the base model, not a
+# trained head, so it is carried through unchanged (and must be identical across inputs).
+FROZEN_SUFFIX = ".base_layer.weight"
 
 # safetensors dtype code <-> numpy dtype (little-endian, as the format prescribes)
 DTYPES: dict[str, np.dtype] = {
@@ -147,7 +151,8 @@ class Adapter:
     Attributes: ``path`` (resolved directory), ``config`` (the parsed adapter_config.json),
     ``kind`` (the ``Kind`` rules for its ``peft_type``), ``weights_path``, ``shapes``
     (key -> shape), ``dtypes`` (key -> safetensors dtype code), ``layers`` (layer -> {part: key},
-    in file order) and ``extra`` (the ``modules_to_save`` keys: full weights, not updates).
+    in file order), ``extra`` (the ``modules_to_save`` keys: full weights, not updates) and
+    ``frozen`` (copies of base weights that PEFT's ``save_embedding_layers`` adds: carried through).
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -196,9 +201,12 @@ class Adapter:
 
         self.layers: dict[str, dict[str, str]] = {}
         self.extra: list[str] = []
+        self.frozen: list[str] = []
         for key in self.shapes:
             split = self.kind.split_key(key)
-            if split is None:
+            if key.endswith(FROZEN_SUFFIX):
+                self.frozen.append(key)
+            elif split is None:
                 self.extra.append(key)
             else:
                 self.layers.setdefault(split[0], {})[split[1]] = key

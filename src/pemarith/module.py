@@ -205,13 +205,20 @@ class PEM:
                                 f"choose one of {', '.join(a0.kind.modes)}")
         for n in names[1:]:
             a = ads[n]
+            # The layers actually adapted are compared, not target_modules: PEFT writes
+            # "all-linear" as the list of full module paths it matched.
             for what, x, y in (("PEFT type", a0.peft_type, a.peft_type),
-                               ("base model", a0.base_model, a.base_model),
-                               ("target modules", _targets(a0), _targets(a))):
+                               ("base model", a0.base_model, a.base_model)):
                 if x != y:
                     raise CompatibilityError(f"{first!r} and {n!r} have different {what}: {x!r} vs {y!r}")
             _same_keys(first, set(a0.layers), n, set(a.layers), "adapts")
             _same_keys(first, set(a0.extra), n, set(a.extra), "saves (modules_to_save)")
+            _same_keys(first, set(a0.frozen), n, set(a.frozen), "saves base weights (save_embedding_layers)")
+            for key in a0.frozen:
+                if a0.dtypes[key] != a.dtypes[key] or not np.array_equal(a0.tensor(key), a.tensor(key)):
+                    raise CompatibilityError(
+                        f"{key!r}: {first!r} and {n!r} hold different copies of this frozen base weight "
+                        "(save_embedding_layers); they were not trained on the same base model")
         a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
         for n in names[1:]:
             a = ads[n]
@@ -241,6 +248,7 @@ class PEM:
                 src = a0.layers[layer].get(part) or next(iter(a0.layers[layer].values()))
                 specs.append((f"{layer}.{part}", forced or a0.dtypes[src], tuple(shape)))
         specs += [(k, forced or a0.dtypes[k], a0.shapes[k]) for k in a0.extra]
+        specs += [(k, a0.dtypes[k], a0.shapes[k]) for k in a0.frozen]  # a copy of the base: as it is
         return specs
 
     def _iter_layers(self, mode: str, rank: int | None, keep: str | None, dtype: Any
@@ -262,6 +270,8 @@ class PEM:
                 wide = np.float64 if any(a.dtypes[key] == "F64" for a in ads) else np.float32
                 w = sum(c * a.tensor(key).astype(wide) for c, a in zip(coefs, ads))
             yield key, {key: np.asarray(w).astype(DTYPES[codes[key]])}, None
+        for key in ads[0].frozen:
+            yield key, {key: ads[0].tensor(key)}, None
 
     def iter_tensors(self, mode: str | None = None, rank: int | None = None, keep: str | None = None,
                      dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
@@ -333,11 +343,6 @@ class PEM:
 def layer_tensors(adapters: list[Adapter], layer: str) -> list[dict[str, np.ndarray]]:
     """One layer's parts (``{part: float64 array}``) of each adapter, in order."""
     return [{p: a.tensor(key).astype(np.float64) for p, key in a.layers[layer].items()} for a in adapters]
-
-
-def _targets(a: Adapter) -> Any:
-    t = a.config.get("target_modules")
-    return sorted(t) if isinstance(t, (list, tuple, set)) else t
 
 
 def _same_keys(n0: str, k0: set[str], n: str, k: set[str], verb: str) -> None:

@@ -56,6 +56,28 @@ _VARIANTS = {
 }
 
 
+# init_lora_weights values that only choose the starting factors (the base is untouched, and
+# PEFT's load re-runs nothing that matters): plain LoRA. Every other init rewrites the base
+# weights (W - s B0 A0) when the adapter is created, and PEFT redoes that on load, so the
+# saved factors are not an update of the base: composing them as plain LoRA is wrong.
+_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga", "mica")
+
+
+def _check_init(config: Mapping[str, Any], path: Path) -> None:
+    init = config.get("init_lora_weights", True)
+    if any(init is v or (isinstance(init, str) and init == v) for v in _PLAIN_INITS):
+        return
+    name = init.lower() if isinstance(init, str) else None
+    if name is not None and (name.startswith(("pissa", "corda")) or name in _BASE_REWRITING_INITS):
+        raise AdapterError(
+            f"{path}: init_lora_weights={init!r} rewrites the base weights, so these factors are not an "
+            "update of the base model and cannot be composed; convert the adapter with PEFT's "
+            "save_pretrained(..., path_initial_model_for_weight_conversion=...) and compose the result")
+    raise AdapterError(f"{path}: unknown init_lora_weights={str(init)[:80]!r} (pemarith composes "
+                       "True, False, 'gaussian', 'eva', 'orthogonal'); is this a newer PEFT variant?")
+
+
 def split_key(key: str) -> tuple[str, str] | None:
     """``"m.q_proj.lora_A.weight"`` -> ``("m.q_proj", "lora_A.weight")``; None for other keys."""
     m = _KEY.match(key)
@@ -66,6 +88,7 @@ def validate_config(config: Mapping[str, Any], path: Path) -> None:
     for key, variant in _VARIANTS.items():
         if config.get(key):
             raise AdapterError(f"{path}: unsupported LoRA variant: {variant}")
+    _check_init(config, path)
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{path}: unsupported LoRA variant: trained biases (bias={config['bias']!r})")
     for key in ("r", "lora_alpha"):
@@ -113,9 +136,34 @@ def scaling(config: Mapping[str, Any]) -> float:
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
+def _tied_pair(adapter: Adapter) -> tuple[str, str] | None:
+    """An embedding LoRA and a linear LoRA whose update is its transpose (``lm_head`` tied to
+    ``embed_tokens``) in an adapter trained with ``ensure_weight_tying``; None otherwise."""
+    if not adapter.config.get("ensure_weight_tying"):
+        return None
+    for emb, parts in adapter.layers.items():
+        if "lora_embedding_A" not in parts:
+            continue
+        vocab, dim = adapter.shapes[parts["lora_embedding_A"]][1], adapter.shapes[parts["lora_embedding_B"]][0]
+        for lin, other in adapter.layers.items():
+            if "lora_A.weight" in other and (adapter.shapes[other["lora_B.weight"]][0],
+                                             adapter.shapes[other["lora_A.weight"]][1]) == (vocab, dim):
+                return emb, lin
+    return None
+
+
 def check(adapters: Mapping[str, Adapter], mode: str, rank: int | None) -> None:
-    """Kind-specific compatibility: equal ranks for ``factorwise``; ``rank`` only for ``exact``."""
+    """Kind-specific compatibility: equal ranks for ``factorwise``; ``rank`` only for ``exact``;
+    no tied embedding / lm_head pair (PEFT re-ties their factors on load, which the composed
+    factors, scaled differently on A and B, would not survive)."""
     names = list(adapters)
+    for n, a in adapters.items():
+        pair = _tied_pair(a)
+        if pair is not None:
+            raise CompatibilityError(
+                f"{n!r} adapts the tied {pair[0].rsplit('.', 1)[-1]} and {pair[1].rsplit('.', 1)[-1]} "
+                "(ensure_weight_tying): PEFT re-ties their factors on load, which would make the composed "
+                "update wrong; train without ensure_weight_tying or without the lm_head target")
     if mode == "factorwise":
         if rank is not None:
             raise CompatibilityError("rank= applies to mode 'exact' only (factorwise keeps the inputs' rank)")
