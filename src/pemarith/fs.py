@@ -17,6 +17,8 @@ target at the end. Its rules (docs/SPEC.md, "Outputs"):
   ``force``) and the checks are repeated just before the rename.
 - **Atomic and durable.** Every file and directory written is fsynced before the rename, and the
   parent directory after it: after a crash the target is either absent, the old one, or complete.
+- **One writer.** :func:`write_file` / :func:`write_with` replace a single file (a sweep's
+  results, a store unit, a report, a plot) the same way: temporary, fsync, ``os.replace``.
 - **Self-cleaning.** Temporary directories are named ``.NAME.pemarith-tmp-*`` (and
   ``.NAME.pemarith-old-*`` for a replaced target moved aside). They are only ever created by the
   holder of NAME's lock, so once a new run holds that lock, any left by a killed process (SIGKILL
@@ -34,6 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputError
 
@@ -291,3 +294,33 @@ def _remove_created(created: list[Path]) -> None:
 def holds(*names: str) -> Callable[[Path], bool]:
     """``is_previous`` for outputs recognised by a file they always contain."""
     return lambda path: any((path / n).is_file() for n in names)
+
+
+def write_file(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Replace the file ``path`` with ``data`` atomically and durably: a reader sees the old file
+    or the new one, never a part (a private temporary beside it, fsynced, then ``os.replace``)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    return write_with(path, lambda tmp: tmp.write_bytes(payload))
+
+
+def write_with(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """:func:`write_file` for a writer that takes a path (e.g. ``fig.savefig``): ``write(tmp)``
+    fills a temporary file of the same suffix, which then replaces ``path``."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
+        _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    return path

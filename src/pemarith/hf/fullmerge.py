@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError
+from ..fs import write_file
 
 
 def _state(path: Path) -> dict[str, Any]:
@@ -191,8 +192,6 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
         "reused_from_cache": cache.reused, "seconds": round(time.perf_counter() - t0, 3),
         "files": files,
     }
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, default=lambda o: None if isinstance(
+    write_file(out / "results.json", json.dumps(result, indent=2, default=lambda o: None if isinstance(
         o, float) and not math.isfinite(o) else str(o)) + "\n")
-    tmp.replace(out / "results.json")
     return result

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..fs import write_with
 
 
 def plot_sweep(path: str | os.PathLike[str], var: str,
@@ -64,11 +65,10 @@ def pyplot() -> Any:
 
 def save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` atomically (a temporary file, then a rename) and close it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.png")  # one per writer
-    fig.savefig(tmp, dpi=dpi, format="png")
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        pyplot().close(fig)
     return path
 
 

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
-from ..fs import check_records_dir
+from ..fs import check_records_dir, write_file
 from .select import SEARCHES, parse_rule, resolve_metric, search
 
 Scores = dict[str, float]
@@ -484,13 +483,6 @@ def _generic_value(expression: Any, pems: Mapping[str, Any], var: str) -> float:
 # ----------------------------------------------------------------------------- outputs
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # A name of its own per process and thread: the workers of a distributed sweep all write.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_results(config: SweepConfig, result: SweepResult, normal_form: str) -> dict[str, str]:
     """``results.csv`` (one row per validation value), ``results.json``, ``sweep.png``."""
     import csv
@@ -506,7 +498,7 @@ def write_results(config: SweepConfig, result: SweepResult, normal_form: str) ->
         writer.writerow([format(value, "g"), *(format(scores[k], ".6g") if k in scores else ""
                                                for k in keys), int(value == result.pick)])
     files = {"csv": str(out / "results.csv"), "json": str(out / "results.json")}
-    _atomic_write(out / "results.csv", buf.getvalue())
+    write_file(out / "results.csv", buf.getvalue())
     if config.plot:
         from .plot import plot_sweep
 
@@ -531,7 +523,7 @@ def write_results(config: SweepConfig, result: SweepResult, normal_form: str) ->
         "reused_from_cache": result.reused, "seconds": result.seconds, "notes": result.notes,
         "files": files,
     }
-    _atomic_write(out / "results.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_file(out / "results.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     return files
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError
+from ..fs import write_file
 from .recipe import Recipe, TrainSpec
 from .store import Store, digest, read_json, weights_sha256, write_json
 
@@ -225,9 +226,7 @@ def publish(results: Mapping[str, Any], out: Path, plots: bool = True) -> list[P
     if plots:
         written += scenario.plot(results, out)
     text = scenario.render(results)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out / "report.md")
+    write_file(out / "report.md", text)
     written.append(out / "report.md")
     return written
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..fs import write_file
+
 
 def digest(obj: Any, n: int = 12) -> str:
     """First ``n`` hex digits of the sha256 of ``obj`` as canonical JSON."""
@@ -33,9 +35,7 @@ def digest(obj: Any, n: int = 12) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (a reader sees the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_file(path, json.dumps(obj, indent=1, default=_default) + "\n")
 
 
 def _default(obj: Any) -> Any:
