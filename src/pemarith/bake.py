@@ -29,8 +29,17 @@ import numpy as np
 from . import __version__
 from .errors import AdapterError, CompatibilityError
 from .fs import output_dir
-from .io import (DTYPES, PROVENANCE_NAME, SafetensorsWriter, TensorInfo, is_adapter_output, read_bytes,
-                 read_safetensors_header, write_json)
+from .io import (
+    DTYPES,
+    PROVENANCE_NAME,
+    SafetensorsWriter,
+    TensorInfo,
+    cast,
+    is_adapter_output,
+    read_bytes,
+    read_safetensors_header,
+    write_json,
+)
 from .module import PEM
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -63,8 +72,10 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
         try:
             index = json.loads((base / INDEX_NAME).read_text(encoding="utf-8"))
             files = list(dict.fromkeys(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise AdapterError(f"{base / INDEX_NAME}: not a safetensors index ({e})") from None
+            if not isinstance(index["weight_map"], dict):
+                raise TypeError("weight_map is not an object")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise AdapterError(f"{base / INDEX_NAME}: not a safetensors index ({str(e)[:200]})") from None
     elif (base / SINGLE_NAME).is_file():
         index, files = None, [SINGLE_NAME]
     else:
@@ -80,6 +91,11 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
         if not (base / name).is_file():
             raise AdapterError(f"{base}: the index lists {name}, which is missing")
         infos[name], metas[name] = read_safetensors_header(base / name, any_dtype=True)
+    if index is not None:
+        for key, name in index["weight_map"].items():
+            if key not in infos[name]:
+                raise AdapterError(f"{base / INDEX_NAME}: the index puts {key[:100]!r} in {name}, which does "
+                                   "not hold it; fix the index's weight_map")
     return infos, metas, index
 
 
@@ -183,7 +199,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     info = infos[shard][key]
                     weight_map[key] = shard
                     if key in replace:
-                        writer.write(key, module[replace[key]].astype(DTYPES[info.dtype]))
+                        writer.write(key, cast(module[replace[key]], info.dtype))
                         continue
                     raw = read_bytes(src, info, key)
                     if key not in updates:
@@ -201,11 +217,11 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     if new is None:
                         writer.write_bytes(key, raw)
                     else:
-                        writer.write(key, new.astype(DTYPES[info.dtype]))
+                        writer.write(key, cast(new, info.dtype))
                         merged[layer.removeprefix(PEFT_PREFIX)].append(key)
                 for key in extra:
                     weight_map[key] = shard
-                    writer.write(key, module[replace[key]].astype(DTYPES[first.dtypes[replace[key]]]))
+                    writer.write(key, cast(module[replace[key]], first.dtypes[replace[key]]))
                 writer.close()
             except BaseException:
                 writer.abort()

@@ -250,12 +250,14 @@ def _bind_modules(text: str, modules: dict[str, str], variables: dict[str, float
         # A name close to a known one gets normal_form's own "did you mean"; the others are
         # most likely modules without their -m.
         if name and name not in known and not did_you_mean(name, known):
-            hint = f"add -m {name}=PATH"
+            shown = name if len(name) <= 60 else name[:60] + "..."
+            hint = f"bind it with --set {shown}=VALUE (a number) or -m {shown}=PATH (a module)"
             if os.path.isdir(name):
-                hint = f"a directory {name!r} exists here: add -m {name}={name}"
-            raise PemarithError(f"unknown name {name!r} at position {match.start() + 1} "
-                                f"in {text!r}; {hint}")
-    return normal_form(text, list(modules), **variables)
+                hint = f"a directory {shown!r} exists here: add -m {shown}={shown}"
+            where = text if len(text) <= 120 else text[:120] + "..."
+            raise PemarithError(f"unknown name {shown!r} at position {match.start() + 1} "
+                                f"in {where!r}; {hint}")
+    return normal_form(text, list(modules), variables)
 
 
 def _composition(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict[str, float]]:
@@ -278,7 +280,12 @@ def _composition(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict[st
         raise PemarithError(
             f"--keep {args.keep!r} is not a module of the expression{did_you_mean(args.keep, used)}"
         )
-    return pemarith.compose(text, used, mode=args.mode, rank=args.rank, **variables), modules, terms
+    from pemarith.expr import parse
+
+    present = set(parse(text).identifiers())
+    for name in (v for v in variables if v not in present):
+        print(f"{PROG}: note: --set {name[:60]} is not used in the expression", file=sys.stderr)
+    return pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables), modules, terms
 
 
 def _note_unused(modules: dict[str, str], terms: dict[str, float]) -> None:
@@ -433,7 +440,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     text = " ".join(args.expr)
     if text:
         terms = _bind_modules(text, modules, variables)
-        pem = pemarith.compose(text, {n: modules[n] for n in terms}, mode="exact", **variables)
+        pem = pemarith.compose(text, {n: modules[n] for n in terms}, mode="exact", variables=variables)
         shown = format_terms(dict(pem.terms))
         for name in (n for n in modules if n not in terms):  # compared, with coefficient 0
             pem = pem + 0 * pemarith.load(modules[name], name)
@@ -640,6 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside the try
+    except BrokenPipeError:
+        # `pemarith inspect X | head`: the reader has gone; exit quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except PemarithError as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     except OSError as exc:

@@ -1,6 +1,6 @@
 """Expressions over modules, reduced to the normal form ``sum_i c_i * theta_i``.
 
-Grammar (no ``eval``; a small recursive-descent parser)::
+Grammar (no ``eval``; an operator-precedence parser without recursion)::
 
     expr   := term (("+" | "-") term)*
     term   := unary (("*" | "/") unary)*
@@ -21,8 +21,9 @@ errors that carry the position of the offending operator.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import ExprError, did_you_mean
@@ -63,78 +64,81 @@ def _tokenize(text: str) -> list[_Tok]:
 Node = tuple
 
 
+_BINARY = {"+": (1, "left"), "-": (1, "left"), "*": (2, "left"), "/": (2, "left"), "**": (4, "right")}
+_UNARY_PREC = 3  # below "**" (``-a**2`` is ``-(a**2)``), above "*" and "+"
+
+
 class _Parser:
+    """Operator precedence (shunting-yard) with explicit stacks: no recursion, so an expression
+    of any depth or length parses (a generated sum of thousands of terms, 200 nested brackets).
+    It accepts exactly the grammar of the module docstring."""
+
     def __init__(self, text: str):
         self.text = text
         self.toks = _tokenize(text)
-        self.i = 0
-
-    def peek(self) -> _Tok:
-        return self.toks[self.i]
-
-    def take(self) -> _Tok:
-        tok = self.toks[self.i]
-        self.i += 1
-        return tok
 
     def fail(self, message: str, tok: _Tok) -> ExprError:
         return ExprError(message, self.text, tok.pos)
 
     def parse(self) -> Node:
-        if self.peek().kind == "end":
-            raise self.fail("empty expression", self.peek())
-        node = self.expr()
-        tok = self.peek()
-        if tok.kind != "end":
-            what = "')'" if tok.text == ")" else f"{tok.text!r}"
-            raise self.fail(f"unexpected {what} (missing operator?)", tok)
+        toks = self.toks
+        if toks[0].kind == "end":
+            raise self.fail("empty expression", toks[0])
+        out: list[Node] = []
+        ops: list[_Tok] = []  # operators, "(" and unary signs (text "u+" / "u-")
+        operand = True  # expecting an operand
+        for tok in toks:
+            if operand:
+                if tok.kind == "num":
+                    out.append(("num", float(tok.text), tok.pos))
+                    operand = False
+                elif tok.kind == "name":
+                    out.append(("name", tok.text, tok.pos))
+                    operand = False
+                elif tok.text in ("+", "-"):
+                    ops.append(_Tok("op", "u" + tok.text, tok.pos))
+                elif tok.text == "(":
+                    ops.append(tok)
+                elif tok.kind == "end":
+                    raise self.fail("unexpected end of expression", tok)
+                else:
+                    raise self.fail(f"unexpected {tok.text!r}", tok)
+                continue
+            if tok.kind == "op" and tok.text in _BINARY:
+                prec, assoc = _BINARY[tok.text]
+                while ops and ops[-1].text != "(":
+                    top = _UNARY_PREC if ops[-1].text in ("u+", "u-") else _BINARY[ops[-1].text][0]
+                    if top > prec or (top == prec and assoc == "left"):
+                        self._apply(ops.pop(), out)
+                    else:
+                        break
+                ops.append(tok)
+                operand = True
+            elif tok.text == ")":
+                while ops and ops[-1].text != "(":
+                    self._apply(ops.pop(), out)
+                if not ops:
+                    raise self.fail("unexpected ')' (missing operator?)", tok)
+                ops.pop()
+            elif tok.kind == "end":
+                while ops:
+                    if ops[-1].text == "(":
+                        raise self.fail("missing ')'", tok)
+                    self._apply(ops.pop(), out)
+            else:
+                inside = any(o.text == "(" for o in ops)
+                raise self.fail("missing ')'" if inside else f"unexpected {tok.text!r} (missing operator?)", tok)
+        (node,) = out
         return node
 
-    def expr(self) -> Node:
-        node = self.term()
-        while self.peek().text in ("+", "-") and self.peek().kind == "op":
-            op = self.take()
-            node = (op.text, node, self.term(), op.pos)
-        return node
-
-    def term(self) -> Node:
-        node = self.unary()
-        while self.peek().text in ("*", "/") and self.peek().kind == "op":
-            op = self.take()
-            node = (op.text, node, self.unary(), op.pos)
-        return node
-
-    def unary(self) -> Node:
-        tok = self.peek()
-        if tok.kind == "op" and tok.text in ("+", "-"):
-            self.take()
-            inner = self.unary()
-            return ("neg", inner, tok.pos) if tok.text == "-" else inner
-        return self.power()
-
-    def power(self) -> Node:
-        base = self.atom()
-        if self.peek().text == "**":
-            op = self.take()
-            return ("**", base, self.unary(), op.pos)
-        return base
-
-    def atom(self) -> Node:
-        tok = self.take()
-        if tok.kind == "num":
-            return ("num", float(tok.text), tok.pos)
-        if tok.kind == "name":
-            return ("name", tok.text, tok.pos)
-        if tok.text == "(":
-            node = self.expr()
-            close = self.peek()
-            if close.text != ")":
-                raise self.fail("missing ')'", close)
-            self.take()
-            return node
-        if tok.kind == "end":
-            raise self.fail("unexpected end of expression", tok)
-        raise self.fail(f"unexpected {tok.text!r}", tok)
+    @staticmethod
+    def _apply(op: _Tok, out: list[Node]) -> None:
+        if op.text in ("u+", "u-"):
+            inner = out.pop()
+            out.append(("neg", inner, op.pos) if op.text == "u-" else inner)
+        else:
+            right, left = out.pop(), out.pop()
+            out.append((op.text, left, right, op.pos))
 
 
 @dataclass(frozen=True)
@@ -154,10 +158,11 @@ def _scale(terms: dict[str, float], c: float) -> dict[str, float]:
 
 
 def _add(a: dict[str, float], b: dict[str, float], sign: float) -> dict[str, float]:
-    out = dict(a)
+    # In place: every intermediate form is made by one reduction step and used once, so a long
+    # generated sum costs linear, not quadratic, time.
     for k, v in b.items():
-        out[k] = out.get(k, 0.0) + sign * v
-    return out
+        a[k] = a.get(k, 0.0) + sign * v
+    return a
 
 
 class Expression:
@@ -172,54 +177,77 @@ class Expression:
 
     def identifiers(self) -> list[str]:
         """Every NAME in order of first appearance."""
-        seen: list[str] = []
-
-        def walk(node: Node) -> None:
+        seen: dict[str, None] = {}
+        stack = [self.tree]
+        while stack:
+            node = stack.pop()
             if node[0] == "name":
-                if node[1] not in seen:
-                    seen.append(node[1])
+                seen.setdefault(node[1])
             elif node[0] == "neg":
-                walk(node[1])
+                stack.append(node[1])
             elif node[0] != "num":
-                walk(node[1])
-                walk(node[2])
+                stack += (node[2], node[1])  # left first
+        return list(seen)
 
-        walk(self.tree)
-        return seen
-
-    def normal_form(self, names: Iterable[str] | None = None, **vars: float) -> dict[str, float]:
+    def normal_form(self, names: Iterable[str] | None = None, variables: Mapping[str, float] | None = None,
+                    **vars: float) -> dict[str, float]:
         """``{module: coefficient}`` in order of first appearance.
 
-        ``names`` are the modules; identifiers bound in ``vars`` are numbers. With
-        ``names=None`` every unbound identifier is a module.
+        ``names`` are the modules; identifiers bound in ``variables`` (or ``vars``) are numbers.
+        With ``names=None`` every unbound identifier is a module. ``variables`` is a namespace
+        of its own, so a variable may be called anything (``mode``, ``names``, ``text``).
         """
+        bound = {**(variables or {}), **vars}
         known = None if names is None else list(names)
-        for var in vars:
+        for var in bound:
             if known is not None and var in known:
-                raise ExprError(f"{var!r} is both a module and a variable; rename one", self.text)
-        result = self._reduce(self.tree, known, vars)
+                raise ExprError(f"{var[:100]!r} is both a module and a variable; rename one", self.text)
+        result = self._reduce(known, bound)
         if result.is_number:
             raise ExprError("the expression names no module", self.text)
-        return result.terms or {}
+        terms = result.terms or {}
+        for name, c in terms.items():
+            if not math.isfinite(c):
+                raise ExprError(f"the coefficient of {name[:100]!r} is {c} (an overflow); use smaller numbers",
+                                self.text)
+        return terms
 
-    def _reduce(self, node: Node, known: list[str] | None, vars: dict[str, float]) -> _Lin:
-        kind = node[0]
-        if kind == "num":
-            return _Lin(node[1])
-        if kind == "name":
-            ident, pos = node[1], node[2]
-            if ident in vars:
-                return _Lin(float(vars[ident]))
-            if known is None or ident in known:
-                return _Lin(terms={ident: 1.0})
-            hint = did_you_mean(ident, [*known, *vars])
-            raise ExprError(f"unknown name {ident!r}{hint}", self.text, pos)
-        if kind == "neg":
-            inner = self._reduce(node[1], known, vars)
-            return _Lin(-inner.value) if inner.is_number else _Lin(terms=_scale(inner.terms, -1.0))
-        op, pos = kind, node[3]
-        a = self._reduce(node[1], known, vars)
-        b = self._reduce(node[2], known, vars)
+    def _reduce(self, known: list[str] | None, vars: Mapping[str, float]) -> _Lin:
+        """Post-order reduction of the tree with an explicit stack (no recursion)."""
+        values: list[_Lin] = []
+        stack: list[tuple[Node, bool]] = [(self.tree, False)]
+        while stack:
+            node, ready = stack.pop()
+            kind = node[0]
+            if kind == "num":
+                values.append(_Lin(node[1]))
+            elif kind == "name":
+                values.append(self._name(node, known, vars))
+            elif not ready:
+                stack.append((node, True))
+                if kind == "neg":
+                    stack.append((node[1], False))
+                else:
+                    stack += ((node[2], False), (node[1], False))  # left reduced first
+            elif kind == "neg":
+                inner = values.pop()
+                values.append(_Lin(-inner.value) if inner.is_number else _Lin(terms=_scale(inner.terms, -1.0)))
+            else:
+                b, a = values.pop(), values.pop()
+                values.append(self._binary(kind, a, b, node[3]))
+        (result,) = values
+        return result
+
+    def _name(self, node: Node, known: list[str] | None, vars: Mapping[str, float]) -> _Lin:
+        ident, pos = node[1], node[2]
+        if ident in vars:
+            return _Lin(float(vars[ident]))
+        if known is None or ident in known:
+            return _Lin(terms={ident: 1.0})
+        hint = did_you_mean(ident, [*known, *vars])
+        raise ExprError(f"unknown name {ident[:100]!r}{hint}", self.text, pos)
+
+    def _binary(self, op: str, a: _Lin, b: _Lin, pos: int) -> _Lin:
         if op in ("+", "-"):
             sign = 1.0 if op == "+" else -1.0
             if a.is_number and b.is_number:
@@ -241,14 +269,15 @@ class Expression:
             if b.value == 0.0:
                 raise ExprError("division by zero", self.text, pos)
             return _Lin(a.value / b.value) if a.is_number else _Lin(terms=_scale(a.terms, 1.0 / b.value))
-        if op == "**":
-            if not (a.is_number and b.is_number):
-                raise ExprError("a power of a module is not linear", self.text, pos)
-            try:
-                return _Lin(float(a.value**b.value))
-            except (OverflowError, ZeroDivisionError) as exc:
-                raise ExprError(f"bad power ({exc})", self.text, pos) from None
-        raise AssertionError(f"unknown node {kind}")  # pragma: no cover - parser emits no other
+        if not (a.is_number and b.is_number):  # "**"
+            raise ExprError("a power of a module is not linear", self.text, pos)
+        try:
+            value = a.value**b.value
+        except (OverflowError, ZeroDivisionError) as exc:
+            raise ExprError(f"bad power ({exc})", self.text, pos) from None
+        if isinstance(value, complex):
+            raise ExprError(f"{a.value:g}**{b.value:g} is not a real number", self.text, pos)
+        return _Lin(float(value))
 
 
 def parse(text: str) -> Expression:
@@ -256,9 +285,10 @@ def parse(text: str) -> Expression:
     return Expression(text)
 
 
-def normal_form(text: str, names: Iterable[str] | None = None, **vars: float) -> dict[str, float]:
+def normal_form(text: str, names: Iterable[str] | None = None, variables: Mapping[str, float] | None = None,
+                **vars: float) -> dict[str, float]:
     """Reduce ``text`` to ``{module: coefficient}``; see :class:`Expression`."""
-    return Expression(text).normal_form(names, **vars)
+    return Expression(text).normal_form(names, variables, **vars)
 
 
 def _fmt(c: float) -> str:

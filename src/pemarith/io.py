@@ -4,6 +4,10 @@
   ``adapter_config.json`` and the safetensors header; each tensor is read on demand
   (one ``seek``/``read``) into numpy. ``adapter_model.bin`` is read with
   ``torch.load(weights_only=True)``, imported only in that branch.
+  The reader is our own, not the ``safetensors`` library's: it streams one tensor at a time with
+  a ``seek``/``read`` (the library's numpy API loads a whole file), needs no torch, and reports
+  errors that name the file and tensor; it validates headers at least as strictly as the library
+  (:func:`read_safetensors_header`).
 - ``SafetensorsWriter``: streams a safetensors file whose header is written first, from the
   list of ``(key, dtype, shape)``, so peak memory stays near one layer.
 - ``output_dir`` (from :mod:`pemarith.fs`, the one atomic writer): reserved, atomic, fsynced
@@ -27,7 +31,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .errors import AdapterError
+from .errors import AdapterError, OutputError
 from .kinds import KINDS, Kind
 
 CONFIG_NAME = "adapter_config.json"
@@ -52,6 +56,13 @@ _NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF1
 ITEMSIZES: dict[str, int] = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2,
                              "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                              "I64": 8, "U64": 8, "F64": 8}
+
+
+def cast(array: np.ndarray, code: str) -> np.ndarray:
+    """``array`` in the safetensors dtype ``code``; an overflow becomes inf without a numpy
+    warning (the writer refuses non-finite tensors with a message of its own)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(DTYPES[code])
 
 
 def dtype_code(dtype: Any) -> str:
@@ -83,8 +94,16 @@ class TensorInfo:
     end: int
 
 
+MAX_HEADER = 100_000_000  # bytes: the safetensors library's own limit
+
+
 def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it.
+    """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it at
+    least as strictly as the ``safetensors`` library: a header of at most 100 MB, a JSON object
+    whose ``__metadata__`` (if any) maps strings to strings, and entries of a string ``dtype``, a
+    ``shape`` of non-negative integers and integer ``data_offsets`` that, sorted, tile the data
+    section exactly (contiguous, no overlap, no gap, nothing after), each as long as its shape
+    and dtype say.
 
     Only the float dtypes of :data:`DTYPES` are accepted unless ``any_dtype`` (a base model's
     checkpoint, whose other tensors are copied through)."""
@@ -94,6 +113,9 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
         if len(head) < 8:
             raise AdapterError(f"{path}: truncated safetensors file ({size} bytes, no header)")
         (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise AdapterError(f"{path}: corrupt safetensors file (a header of {n} bytes; the format "
+                               f"allows {MAX_HEADER})")
         if n > size - 8:
             raise AdapterError(
                 f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})"
@@ -103,27 +125,45 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise AdapterError(f"{path}: corrupt safetensors header ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise AdapterError(f"{path}: corrupt safetensors header ({str(e)[:200] or 'nested too deeply'})") from None
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise AdapterError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
     base = 8 + n
     infos: dict[str, TensorInfo] = {}
     for key, entry in header.items():
-        try:
-            code, shape, (b, e) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise AdapterError(f"{path}: corrupt safetensors header entry for {key!r}") from None
+        shown = key if len(key) <= 100 else key[:100] + "..."
+        if not isinstance(entry, dict):
+            raise AdapterError(f"{path}: corrupt safetensors header entry for {shown!r}")
+        code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not (isinstance(code, str) and _int_list(shape) and _int_list(offsets) and len(offsets) == 2):
+            raise AdapterError(f"{path}: corrupt safetensors header entry for {shown!r} (dtype must be a "
+                               "string, shape and data_offsets lists of non-negative integers)")
         if code not in (ITEMSIZES if any_dtype else DTYPES):
-            raise AdapterError(f"{path}: tensor {key!r} has unsupported dtype {code}")
-        if not 0 <= b <= e or base + e > size:
+            raise AdapterError(f"{path}: tensor {shown!r} has unsupported dtype {code[:20]}")
+        b, e = offsets
+        if b > e or base + e > size:
             raise AdapterError(
-                f"{path}: truncated or corrupt safetensors file (tensor {key!r} at bytes {b}..{e} "
+                f"{path}: truncated or corrupt safetensors file (tensor {shown!r} at bytes {b}..{e} "
                 f"of a {size - base}-byte data section)"
             )
         if e - b != math.prod(shape) * ITEMSIZES[code]:
-            raise AdapterError(f"{path}: corrupt safetensors header: {key!r} size does not match its shape")
-        infos[key] = TensorInfo(code, shape, base + b, base + e)
+            raise AdapterError(f"{path}: corrupt safetensors header: {shown!r} size does not match its shape")
+        infos[key] = TensorInfo(code, tuple(shape), base + b, base + e)
+    at = base
+    for key, info in sorted(infos.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if info.start != at:
+            what = "overlaps the tensor before it" if info.start < at else "leaves a gap before it"
+            raise AdapterError(f"{path}: corrupt safetensors header: tensor {key[:100]!r} {what}")
+        at = info.end
+    if at != size:
+        raise AdapterError(f"{path}: corrupt safetensors file: {size - at} bytes after the last tensor")
     return infos, metadata
+
+
+def _int_list(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in x)
 
 
 def read_bytes(path: Path, info: TensorInfo, key: str) -> bytes:
@@ -171,8 +211,8 @@ class Adapter:
             self.config: dict[str, Any] = json.loads(cfg.read_text(encoding="utf-8"))
             if not isinstance(self.config, dict):
                 raise ValueError("not a JSON object")
-        except (UnicodeDecodeError, ValueError) as e:
-            raise AdapterError(f"{cfg}: corrupt {CONFIG_NAME} ({e})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise AdapterError(f"{cfg}: corrupt {CONFIG_NAME} ({str(e)[:200] or 'nested too deeply'})") from None
         peft_type = str(self.config.get("peft_type", "")).upper()
         if peft_type not in KINDS:
             raise AdapterError(
@@ -210,6 +250,10 @@ class Adapter:
                 self.extra.append(key)
             else:
                 self.layers.setdefault(split[0], {})[split[1]] = key
+        if not self.layers:
+            raise AdapterError(f"{self.weights_path}: no {self.kind.name} tensors (the file holds "
+                               f"{', '.join(list(self.shapes)[:3])[:200]}), but {CONFIG_NAME} says "
+                               f"peft_type {self.kind.name}: is the config of another adapter?")
         self.kind.validate_layout(self)
         self._sha256: str | None = None
 
@@ -260,14 +304,25 @@ def _load_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt pickle
-        raise AdapterError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+        raise AdapterError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(state, dict):
+        raise AdapterError(f"{path}: not a state dict (it holds a {type(state).__name__}); "
+                           "save the adapter with PEFT's save_pretrained")
     out: dict[str, np.ndarray] = {}
     for key, t in state.items():
+        if not isinstance(key, str) or not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+            what = type(t).__name__ if not isinstance(t, torch.Tensor) else f"a {t.layout} tensor"
+            raise AdapterError(f"{path}: entry {str(key)[:100]!r} is {what}, not a named dense tensor; "
+                               "save the adapter with PEFT's save_pretrained")
         if t.dtype == torch.bfloat16:
             out[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         else:
-            out[key] = t.numpy()
-        dtype_code(out[key].dtype)  # refuse unsupported dtypes early
+            try:
+                out[key] = t.numpy()
+                dtype_code(out[key].dtype)  # refuse unsupported dtypes early
+            except (TypeError, AdapterError):
+                raise AdapterError(f"{path}: tensor {key[:100]!r} has unsupported dtype {t.dtype}; "
+                                   "use float32, float16, bfloat16 or float64") from None
     return out
 
 
@@ -294,14 +349,17 @@ class SafetensorsWriter:
         # Pad with spaces so the data starts 8-byte aligned, as safetensors itself does.
         self._hlen = (len(text) + reserve + 7) // 8 * 8
         self._f = open(path, "wb")
-        self._f.write(struct.pack("<Q", self._hlen) + text.ljust(self._hlen, b" "))
+        self._put(struct.pack("<Q", self._hlen) + text.ljust(self._hlen, b" "))
         self._next = 0
 
     def write(self, key: str, array: np.ndarray) -> None:
         k, code, shape = self._specs[self._next]
         if key != k or tuple(array.shape) != tuple(shape) or array.dtype != DTYPES[code]:
             raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} {array.dtype} {array.shape}")
-        self._f.write(np.ascontiguousarray(array).tobytes())
+        if not np.isfinite(array).all():  # an overflow: 1e308*a, 1000*a in float16, a huge merge
+            raise OutputError(f"{key[:100]}: the result is not finite in {code} (the coefficients or the "
+                              "merged weights overflow it); use smaller coefficients or a wider --dtype")
+        self._put(np.ascontiguousarray(array).tobytes())
         self._next += 1
 
     def write_bytes(self, key: str, raw: bytes) -> None:
@@ -309,8 +367,14 @@ class SafetensorsWriter:
         k, code, shape = self._specs[self._next]
         if key != k or len(raw) != math.prod(shape) * ITEMSIZES[code]:
             raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} ({len(raw)} bytes)")
-        self._f.write(raw)
+        self._put(raw)
         self._next += 1
+
+    def _put(self, data: bytes) -> None:
+        try:
+            self._f.write(data)
+        except OSError as e:  # ENOSPC, EIO: name the file (the output's temporary copy)
+            raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def close(self, metadata: Mapping[str, str] | None = None) -> None:
         try:

@@ -27,7 +27,7 @@ from . import __version__
 from .errors import CompatibilityError, PemarithError, did_you_mean
 from .expr import format_terms, normal_form
 from .fs import output_dir
-from .io import DTYPES, PROVENANCE_NAME, Adapter, SafetensorsWriter, dtype_code, is_adapter_output, write_json
+from .io import PROVENANCE_NAME, Adapter, SafetensorsWriter, cast, dtype_code, is_adapter_output, write_json
 from .kinds import Kind
 
 AFFINE_TOL = 1e-6
@@ -74,6 +74,10 @@ class PEM:
                  mode: str | None = None, rank: int | None = None):
         if set(terms) != set(adapters):
             raise PemarithError("PEM terms and adapters must have the same names")
+        for n, c in terms.items():
+            if not math.isfinite(c):
+                raise ModuleAlgebraError(f"the coefficient of {n[:100]!r} is {c} (an overflow); "
+                                         "use smaller coefficients")
         object.__setattr__(self, "_terms", MappingProxyType({n: float(c) for n, c in terms.items()}))
         object.__setattr__(self, "_adapters", MappingProxyType(dict(adapters)))
         object.__setattr__(self, "_mode", mode)
@@ -262,14 +266,14 @@ class PEM:
         for layer in ads[0].layers:
             tensors = layer_tensors(ads, layer)
             out, err = kind.combine(tensors, coefs, ads, mode, rank)
-            yield layer, {f"{layer}.{p}": v.astype(DTYPES[codes[f"{layer}.{p}"]]) for p, v in out.items()}, err
+            yield layer, {f"{layer}.{p}": cast(v, codes[f"{layer}.{p}"]) for p, v in out.items()}, err
         for key in ads[0].extra:
             if keep is not None:
                 w = ads[names.index(keep)].tensor(key)
             else:  # an affine combination of full weights: sum_i c_i W_i with sum_i c_i = 1
                 wide = np.float64 if any(a.dtypes[key] == "F64" for a in ads) else np.float32
                 w = sum(c * a.tensor(key).astype(wide) for c, a in zip(coefs, ads))
-            yield key, {key: np.asarray(w).astype(DTYPES[codes[key]])}, None
+            yield key, {key: cast(np.asarray(w), codes[key])}, None
         for key in ads[0].frozen:
             yield key, {key: ads[0].tensor(key)}, None
 
@@ -364,14 +368,15 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> PEM:
 
 
 def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
-            rank: int | None = None, **vars: float) -> PEM:
+            rank: int | None = None, variables: Mapping[str, float] | None = None, **vars: float) -> PEM:
     """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``) over ``modules``.
 
     ``modules`` maps the expression's names to adapter paths or PEMs (a PEM is used with its
     own term names). ``mode``/``rank`` become the defaults of ``.save()``; compatibility is
-    checked now (except ``modules_to_save``, which depends on ``keep``).
+    checked now (except ``modules_to_save``, which depends on ``keep``). Variables are given as
+    keywords or, whatever their names (``mode``, ``rank``, ``expr``), in ``variables``.
     """
-    terms = normal_form(expr, names=list(modules), **vars)
+    terms = normal_form(expr, list(modules), variables, **vars)
     acc: PEM | None = None
     for name, c in terms.items():
         value = modules[name]

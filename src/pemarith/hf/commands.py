@@ -273,7 +273,7 @@ def _compose(args: argparse.Namespace) -> Any:
         raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
     terms = cli._bind_modules(args.expr, modules, variables)
     used = {n: modules[n] for n in terms}
-    return pemarith.compose(args.expr, used, mode=args.mode, rank=args.rank, **variables)
+    return pemarith.compose(args.expr, used, mode=args.mode, rank=args.rank, variables=variables)
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
 
     def evaluate_value(value: float, split: str) -> dict[str, float]:
         def compute() -> dict[str, float]:
-            terms = expression.normal_form(names, **{var: value})
+            terms = expression.normal_form(names, {var: value})
             session.load_terms(terms)
             scores = session.evaluate(split)
             shown = "  ".join(f"{k}={v:.4g}" for k, v in list(scores.items())[:3])
@@ -185,7 +185,7 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
         "expr": expr, "var": var, "kind": "full", "modules": {n: str(p) for n, p in session.paths.items()},
         "select": select, "search": search, "grid": grid, "metrics": columns,
         "pick": {var: found.pick, "normal_form": format_terms(expression.normal_form(
-            names, **{var: found.pick})), val_split: pick_val,
+            names, {var: found.pick})), val_split: pick_val,
             **({test_split: test} if test_split else {})},
         "validation": [{var: v, **s} for v, s in validation],
         "evaluations": len(found.evaluated), "grid_size": len(values),

@@ -353,12 +353,19 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
     values = parse_grid(config.grid)
     rule = parse_rule(config.select)
     expression = Expression(config.expr)
+    free = [n for n in expression.identifiers() if n not in config.modules]
     if config.var not in expression.identifiers():
-        raise PemarithError(f"--var {config.var!r} does not occur in {config.expr!r}"
-                            f"{did_you_mean(config.var, expression.identifiers())}")
+        hint = did_you_mean(config.var, free) or (f"; the expression's free name is --var {free[0]}"
+                                                   if len(free) == 1 else "")
+        raise PemarithError(f"--var {config.var!r} does not occur in {config.expr!r}{hint}")
+    unbound = [n for n in free if n != config.var]
+    if unbound:
+        raise PemarithError(f"unknown name {unbound[0][:60]!r} in {config.expr[:120]!r}: sweep varies one "
+                            f"variable (--var {config.var}); give {unbound[0][:60]!r} as a module with "
+                            f"-m {unbound[0][:60]}=PATH{did_you_mean(unbound[0], list(config.modules))}")
     pems = {n: pemarith.load(p, n) for n, p in config.modules.items()}
     # Unknown names fail here, before any model is loaded.
-    terms0 = expression.normal_form(list(pems), **{config.var: values[0]})
+    terms0 = expression.normal_form(list(pems), {config.var: values[0]})
     used = {n: pems[n] for n in terms0}
     for name in pems:
         if name not in used:
@@ -475,7 +482,7 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
 def _generic_value(expression: Any, pems: Mapping[str, Any], var: str) -> float:
     """A value of ``var`` at which no coefficient vanishes, so the probe has every term."""
     for v in (0.5, 0.37, 0.618, 0.123, 1.7):
-        if all(c != 0.0 for c in expression.normal_form(list(pems), **{var: v}).values()):
+        if all(c != 0.0 for c in expression.normal_form(list(pems), {var: v}).values()):
             return v
     return 0.5
 

@@ -93,7 +93,7 @@ def validate_config(config: Mapping[str, Any], path: Path) -> None:
         raise AdapterError(f"{path}: unsupported LoRA variant: trained biases (bias={config['bias']!r})")
     for key in ("r", "lora_alpha"):
         v = config.get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise AdapterError(f"{path}: adapter_config.json has an invalid {key}: {v!r}")
 
 

@@ -225,8 +225,8 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
         def compute() -> dict[str, Any]:
             ctx.log(f"eval  {label} {what} on test")
             if expr is not None:
-                session.load(pemarith.compose(expr, pems, **({s.var: value} if value is not None
-                                                             else {})), "factorwise", None, None)
+                session.load(pemarith.compose(expr, pems, variables={s.var: value} if value is not None
+                                                 else None), "factorwise", None, None)
             return session.measure("test", base=expr is None)
 
         return ctx.store.cached_json(file, compute)

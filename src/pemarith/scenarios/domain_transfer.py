@@ -229,7 +229,7 @@ def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Ma
         def compute() -> dict[str, Any]:
             ctx.log(f"eval  {label} {what} on {tgt} test")
             terms = {n: pemarith.load(p, n) for n, p in used.items()}
-            pem = pemarith.compose(expr, terms, mode=mode, **({var: lam} if lam is not None else {}))
+            pem = pemarith.compose(expr, terms, mode=mode, variables={var: lam} if lam is not None else None)
             session.load(pem, mode, None, None)
             preds, labels = session.predict(tgt, "test", o.test_limit)
             return {"preds": preds, "labels": labels,

@@ -104,7 +104,7 @@ def paired_tests(bench: Any, expr: str, names: list[str], lam: float) -> dict[st
 
     preds = {n: bench.predictions(n, n, None, "test") for n in names}
     var = bench.ctx.recipe.sweep.var
-    terms = {n: c for n, c in normal_form(expr, names, **{var: lam}).items() if c != 0}
+    terms = {n: c for n, c in normal_form(expr, names, {var: lam}).items() if c != 0}
     alone = next(iter(terms)) if len(terms) == 1 and next(iter(terms.values())) == 1 else None
     merged = preds[alone] if alone else bench.predictions("merged", expr, lam, "test")
 

@@ -338,7 +338,7 @@ class Bench:
             self.ctx.log(f"eval  {name} on {self.tasks_key} {split} (per-row predictions)")
             names = Expression(expr).identifiers()
             used = {n: pemarith.load(p, n) for n, p in self.modules.items() if n in names}
-            pem = pemarith.compose(expr, used, mode=self.mode, **({var: lam} if lam is not None else {}))
+            pem = pemarith.compose(expr, used, mode=self.mode, variables={var: lam} if lam is not None else None)
             self.session.load(pem, self.mode, None, None)
             inner = getattr(self.session, "inner", self.session)  # a wrapper's own session
             return inner.predict(split)
