@@ -55,6 +55,15 @@ def test_library_example_runs(workdir: Path):
         assert (workdir / out / "pemarith.json").is_file()
 
 
+def test_merge_method_examples_run(workdir: Path):
+    (block,) = blocks("bash", "Merge methods")
+    for cmd in commands(block):
+        proc = run_pemarith(cmd, workdir)
+        assert proc.returncode == 0, (cmd, proc.stderr)
+    for out in ("merged_ties", "merged_dare"):
+        assert (workdir / out / "pemarith.json").is_file()
+
+
 def test_cli_examples_run(workdir: Path):
     (block,) = blocks("bash", "Command line")
     cmds = commands(block)

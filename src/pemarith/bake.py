@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,9 +129,10 @@ def _locate(name: str, keys: Mapping[str, str]) -> str | None:
 
 def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mode: str | None = None,
          rank: int | None = None, keep: str | None = None, force: bool = False,
-         protect: tuple[str | os.PathLike[str], ...] = ()) -> BakeReport:
+         protect: tuple[str | os.PathLike[str], ...] = (), method: Any = None, density: float | None = None,
+         majority_sign: str | None = None, seed: int | None = None) -> BakeReport:
     """Write ``base`` with ``pem`` merged into its weights to ``out`` (atomically; see the module
-    docstring). ``mode``/``rank``/``keep`` are those of :meth:`PEM.save`."""
+    docstring). ``mode``/``rank``/``keep`` and the merge ``method`` options are those of :meth:`PEM.save`."""
     t0 = time.perf_counter()
     base = Path(base).expanduser().resolve()
     if not base.is_dir():
@@ -139,7 +141,8 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     owner = {k: shard for shard, keys in infos.items() for k in keys}
     config = pem.output_config(mode, rank)
     kind = pem.kind
-    module = dict(pem.iter_tensors(mode, rank, keep, dtype=np.float64))  # small: held whole
+    spec = pem.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed)
+    module = dict(pem.iter_tensors(mode, rank, keep, dtype=np.float64, method=spec))  # small: held whole
     first = next(iter(pem.adapters.values()))
 
     # plan: base key -> (layer, "weight" | "bias") for updates, or the module key that replaces it
@@ -179,7 +182,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     shards = list(infos)
     last = shards[-1]
     provenance = json.dumps({"pemarith_version": __version__, "expression": str(pem),
-                             "mode": mode or "factorwise", "rank": rank, "base": str(base)})
+                             "mode": mode or "factorwise", "rank": rank, "base": str(base), **spec.describe()})
     inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
     skipped: list[str] = []
     weight_map: dict[str, str] = {}

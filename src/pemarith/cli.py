@@ -229,6 +229,16 @@ def _composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--keep", metavar="NAME",
                    help="module whose modules_to_save tensors (e.g. a classifier head) to keep "
                    "when the coefficients do not sum to 1")
+    p.add_argument("--method", default="linear",
+                   choices=("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"),
+                   help="merge method: linear arithmetic (default), or PEFT's TIES, DARE and magnitude "
+                   "pruning on the signed task vectors of each layer (LoRA: needs --mode exact --rank R)")
+    p.add_argument("--density", type=float, metavar="D",
+                   help="with a method other than linear: the share of each task vector kept, in (0, 1]")
+    p.add_argument("--majority-sign", choices=("total", "frequency"), default="total",
+                   help="TIES' sign election: by summed value (total, default, as PEFT) or by count")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of DARE's random masks (default 0): the same seed gives the same output")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an earlier pemarith output or an empty directory "
                    "(anything else is refused)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
@@ -285,7 +295,11 @@ def _composition(args: argparse.Namespace) -> tuple[Any, dict[str, str], dict[st
     present = set(parse(text).identifiers())
     for name in (v for v in variables if v not in present):
         print(f"{PROG}: note: --set {name[:60]} is not used in the expression", file=sys.stderr)
-    return pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables), modules, terms
+    method = getattr(args, "method", "linear")
+    options = {"method": method, "density": getattr(args, "density", None),
+               "majority_sign": getattr(args, "majority_sign", "total"), "seed": getattr(args, "seed", 0)}
+    pem = pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables, **options)
+    return pem, modules, terms
 
 
 def _note_unused(modules: dict[str, str], terms: dict[str, float]) -> None:
@@ -313,6 +327,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
         "terms": dict(report.terms),
         "mode": report.mode,
         "rank": report.rank,
+        **pem.merge_spec(None).describe(),
         "path": str(report.path),
         "seconds": report.seconds,
     }
@@ -328,6 +343,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
     rank = f", rank {report.rank}" if report.rank is not None else ""
     svd = ", truncated SVD" if errors else ""
     print(f"mode      {report.mode}{rank}{svd}")
+    if summary["method"] != "linear":
+        options = ", ".join(f"{k} {v}" for k, v in summary.items() if k in ("density", "majority_sign", "seed"))
+        print(f"method    {summary['method']} ({options})")
     print(f"output    {report.path}")
     if errors:
         print(f"SVD error relative Frobenius per layer: max {summary['max_layer_error']:.3g}, "

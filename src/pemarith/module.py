@@ -29,6 +29,7 @@ from .expr import format_terms, normal_form
 from .fs import output_dir
 from .io import PROVENANCE_NAME, Adapter, SafetensorsWriter, cast, dtype_code, is_adapter_output, write_json
 from .kinds import Kind
+from .methods import MergeSpec, merge
 
 AFFINE_TOL = 1e-6
 
@@ -68,10 +69,10 @@ class PEM:
     refer to the same adapter directory).
     """
 
-    __slots__ = ("_terms", "_adapters", "_mode", "_rank")
+    __slots__ = ("_terms", "_adapters", "_mode", "_rank", "_method")
 
     def __init__(self, terms: Mapping[str, float], adapters: Mapping[str, Adapter],
-                 mode: str | None = None, rank: int | None = None):
+                 mode: str | None = None, rank: int | None = None, method: MergeSpec | None = None):
         if set(terms) != set(adapters):
             raise PemarithError("PEM terms and adapters must have the same names")
         for n, c in terms.items():
@@ -82,6 +83,7 @@ class PEM:
         object.__setattr__(self, "_adapters", MappingProxyType(dict(adapters)))
         object.__setattr__(self, "_mode", mode)
         object.__setattr__(self, "_rank", rank)
+        object.__setattr__(self, "_method", method)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("PEM is immutable")
@@ -112,10 +114,13 @@ class PEM:
         # save() defaults remembered from compose(): kept when the operands agree (or one has none)
         mine, theirs = (self._mode, self._rank), (other._mode, other._rank)
         mode, rank = mine if theirs in ((None, None), mine) else theirs if mine == (None, None) else (None, None)
-        return PEM(terms, adapters, mode, rank)
+        method = self._method if other._method in (None, self._method) else (
+            other._method if self._method is None else None)
+        return PEM(terms, adapters, mode, rank, method)
 
     def _scaled(self, c: float) -> PEM:
-        return PEM({n: c * v for n, v in self._terms.items()}, self._adapters, self._mode, self._rank)
+        return PEM({n: c * v for n, v in self._terms.items()}, self._adapters, self._mode, self._rank,
+                   self._method)
 
     def __add__(self, other: Any) -> PEM:
         if isinstance(other, PEM):
@@ -179,12 +184,22 @@ class PEM:
             return self._mode or "factorwise", self._rank if rank is None else rank
         return mode, rank
 
-    def check(self, mode: str | None = None, rank: int | None = None, keep: str | None = None) -> None:
+    def merge_spec(self, method: str | MergeSpec | None, **options: Any) -> MergeSpec:
+        """The merge method: ``method`` (a name with ``density``/``majority_sign``/``seed``
+        options, or a :class:`MergeSpec`), else the one given to ``compose``, else linear."""
+        if isinstance(method, MergeSpec):
+            return method
+        if method is None:
+            return self._method or MergeSpec()
+        return MergeSpec(method, **{k: v for k, v in options.items() if v is not None})
+
+    def check(self, mode: str | None = None, rank: int | None = None, keep: str | None = None,
+              method: MergeSpec | None = None) -> None:
         """Raise ``CompatibilityError`` (naming modules and the difference) unless the terms can
         be composed in ``mode``: same PEFT type, base model, target modules, layers and shapes,
         same ``modules_to_save`` (combinable only if the coefficients sum to 1, or ``keep``)."""
         mode, rank = self._resolve(mode, rank)
-        self._check_inputs(mode, rank)
+        self._check_inputs(mode, rank, self.merge_spec(method))
         names = list(self._terms)
         a0 = self._adapters[names[0]]
         if keep is not None and keep not in self._terms:
@@ -198,7 +213,7 @@ class PEM:
                 f"coefficients sum to 1 (here {total:g}); pass keep=<name> (--keep) to keep one module's copy"
             )
 
-    def _check_inputs(self, mode: str, rank: int | None) -> None:
+    def _check_inputs(self, mode: str, rank: int | None, method: MergeSpec | None = None) -> None:
         names = list(self._terms)
         ads = self._adapters
         if not names:
@@ -223,7 +238,10 @@ class PEM:
                     raise CompatibilityError(
                         f"{key!r}: {first!r} and {n!r} hold different copies of this frozen base weight "
                         "(save_embedding_layers); they were not trained on the same base model")
-        a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
+        if method is None or method.is_linear:
+            a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
+        else:
+            a0.kind.check_method(dict(ads), mode, rank, method.method)
         for n in names[1:]:
             a = ads[n]
             for layer in a0.layers:
@@ -255,9 +273,10 @@ class PEM:
         specs += [(k, a0.dtypes[k], a0.shapes[k]) for k in a0.frozen]  # a copy of the base: as it is
         return specs
 
-    def _iter_layers(self, mode: str, rank: int | None, keep: str | None, dtype: Any
-                     ) -> Iterator[tuple[str, dict[str, np.ndarray], float | None]]:
-        self.check(mode, rank, keep)
+    def _iter_layers(self, mode: str, rank: int | None, keep: str | None, dtype: Any,
+                     method: MergeSpec | None = None) -> Iterator[tuple[str, dict[str, np.ndarray], float | None]]:
+        spec = self.merge_spec(method)
+        self.check(mode, rank, keep, spec)
         names = list(self._terms)
         ads = [self._adapters[n] for n in names]
         coefs = [self._terms[n] for n in names]
@@ -265,7 +284,11 @@ class PEM:
         codes = {k: c for k, c, _ in self._plan(mode, rank, dtype)}
         for layer in ads[0].layers:
             tensors = layer_tensors(ads, layer)
-            out, err = kind.combine(tensors, coefs, ads, mode, rank)
+            if spec.is_linear:
+                out, err = kind.combine(tensors, coefs, ads, mode, rank)
+            else:  # methods.py: the signed task vectors, merged, back to the kind's parts
+                merged = merge(kind.task_vectors(tensors, coefs, ads), spec, layer)
+                out, err = kind.from_task_vector(merged, tensors, rank)
             yield layer, {f"{layer}.{p}": cast(v, codes[f"{layer}.{p}"]) for p, v in out.items()}, err
         for key in ads[0].extra:
             if keep is not None:
@@ -278,16 +301,19 @@ class PEM:
             yield key, {key: ads[0].tensor(key)}, None
 
     def iter_tensors(self, mode: str | None = None, rank: int | None = None, keep: str | None = None,
-                     dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
+                     dtype: Any = None, method: str | MergeSpec | None = None, **options: Any
+                     ) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(key, array)`` of the composed adapter in PEFT's saved-key format (adapter
         name stripped, e.g. ``base_model.model.q_proj.lora_A.weight``), one layer at a time."""
         mode, rank = self._resolve(mode, rank)
-        for _, tensors, _ in self._iter_layers(mode, rank, keep, dtype):
+        for _, tensors, _ in self._iter_layers(mode, rank, keep, dtype, self.merge_spec(method, **options)):
             yield from tensors.items()
 
     def save(self, out: str | os.PathLike[str], mode: str | None = None, rank: int | None = None,
              force: bool = False, keep: str | None = None, dtype: Any = None,
-             protect: tuple[str | os.PathLike[str], ...] = ()) -> SaveReport:
+             protect: tuple[str | os.PathLike[str], ...] = (), method: str | MergeSpec | None = None,
+             density: float | None = None, majority_sign: str | None = None, seed: int | None = None
+             ) -> SaveReport:
         """Stream the composition to a PEFT adapter directory ``out``, atomically.
 
         ``mode``/``rank`` default to those given to ``compose`` (else ``"factorwise"``).
@@ -295,14 +321,17 @@ class PEM:
         the output dtype (default: the first input's dtype, tensor by tensor). Refuses an
         existing ``out`` unless ``force`` (which replaces only an empty directory or an earlier
         output), and never writes over an input or a path in ``protect`` (e.g. modules given but
-        unused): see :mod:`pemarith.fs`.
+        unused): see :mod:`pemarith.fs`. ``method`` (``"ties"``, ``"dare_linear"``, ``"dare_ties"``,
+        ``"magnitude_prune"``, with ``density``, ``majority_sign``, ``seed``) merges by that method
+        instead of linear arithmetic (see :mod:`pemarith.methods`).
         """
         t0 = time.perf_counter()
         mode, rank = self._resolve(mode, rank)
-        self.check(mode, rank, keep)
+        spec = self.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed)
+        self.check(mode, rank, keep, spec)
         specs = self._plan(mode, rank, dtype)
         config = self.output_config(mode, rank)
-        provenance = self._provenance(mode, rank, keep, specs)
+        provenance = {**self._provenance(mode, rank, keep, specs), **spec.describe()}
         layers = list(next(iter(self._adapters.values())).layers)
         reserve = 2 * len(json.dumps({layer: "9.999999e-100" for layer in layers})) + 64 if rank is not None else 0
         errors: dict[str, float] = {}
@@ -312,7 +341,7 @@ class PEM:
             writer = SafetensorsWriter(tmp / "adapter_model.safetensors", specs,
                                        {"format": "pt", "pemarith": json.dumps(provenance)}, reserve)
             try:
-                for layer, tensors, err in self._iter_layers(mode, rank, keep, dtype):
+                for layer, tensors, err in self._iter_layers(mode, rank, keep, dtype, spec):
                     for key, array in tensors.items():
                         writer.write(key, array)
                     if err is not None:
@@ -368,14 +397,19 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> PEM:
 
 
 def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
-            rank: int | None = None, variables: Mapping[str, float] | None = None, **vars: float) -> PEM:
+            rank: int | None = None, variables: Mapping[str, float] | None = None,
+            method: str | MergeSpec = "linear", density: float | None = None, majority_sign: str = "total",
+            seed: int = 0, **vars: float) -> PEM:
     """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``) over ``modules``.
 
     ``modules`` maps the expression's names to adapter paths or PEMs (a PEM is used with its
     own term names). ``mode``/``rank`` become the defaults of ``.save()``; compatibility is
     checked now (except ``modules_to_save``, which depends on ``keep``). Variables are given as
     keywords or, whatever their names (``mode``, ``rank``, ``expr``), in ``variables``.
+    ``method``/``density``/``majority_sign``/``seed`` choose a merge method (see
+    :mod:`pemarith.methods`; default ``linear``), remembered for ``.save()``.
     """
+    spec = method if isinstance(method, MergeSpec) else MergeSpec(method, density, majority_sign, seed)
     terms = normal_form(expr, list(modules), variables, **vars)
     acc: PEM | None = None
     for name, c in terms.items():
@@ -384,6 +418,6 @@ def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode
         acc = c * p if acc is None else acc + c * p
     if acc is None:
         raise CompatibilityError(f"nothing to compose: {expr!r} has no modules")
-    result = PEM(acc.terms, acc.adapters, mode, rank)
-    result._check_inputs(mode, rank)  # the modules_to_save rule waits for save(keep=...)
+    result = PEM(acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec)
+    result._check_inputs(mode, rank, spec)  # the modules_to_save rule waits for save(keep=...)
     return result

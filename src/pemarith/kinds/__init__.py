@@ -34,6 +34,10 @@ class Kind:
     - ``merge_into(parts, config, weight, key) -> weight`` and
       ``merge_bias(parts, config, bias, weight_shape, key) -> bias | None`` (None: unchanged):
       one layer's update applied to the base model's weights (``bake``).
+    - ``check_method(adapters, mode, rank, method)``: compatibility for a merge method other than
+      linear (``pemarith.methods``), ``task_vectors(tensors, coefs, adapters) -> [tau_i]`` (the
+      signed dense update of one layer per module) and
+      ``from_task_vector(merged, tensors, rank) -> ({part: array}, error | None)``.
     """
 
     name: str
@@ -52,6 +56,9 @@ class Kind:
     factorwise_terms: Callable[..., Any]
     merge_into: Callable[..., Any]
     merge_bias: Callable[..., Any]
+    check_method: Callable[..., Any]
+    task_vectors: Callable[..., Any]
+    from_task_vector: Callable[..., Any]
 
     @classmethod
     def from_module(cls, mod: ModuleType) -> Kind:

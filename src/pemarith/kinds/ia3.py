@@ -80,6 +80,23 @@ def combine(
     return {_PART: 1.0 + delta}, None
 
 
+def check_method(adapters: Mapping[str, Adapter], mode: str, rank: int | None, method: str) -> None:
+    """Merge methods run on the vectors themselves: ``rank`` does not apply (``mode`` neither)."""
+    check(adapters, mode, rank)
+
+
+def task_vectors(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
+                 adapters: Sequence[Adapter]) -> list[np.ndarray]:
+    """``tau_i = c_i (l_i - 1)``."""
+    return [c * (t[_PART] - 1.0) for c, t in zip(coefs, tensors)]
+
+
+def from_task_vector(merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarray]],
+                     rank: int | None) -> tuple[dict[str, np.ndarray], None]:
+    """``l = 1 + merged``."""
+    return {_PART: 1.0 + merged}, None
+
+
 def output_config(
     config: Mapping[str, Any], adapters: Sequence[Adapter], mode: str, rank: int | None
 ) -> dict[str, Any]:

@@ -240,6 +240,51 @@ def combine(
     return {a_part: A, b_part: B}, err
 
 
+def check_method(adapters: Mapping[str, Adapter], mode: str, rank: int | None, method: str) -> None:
+    """A merge method other than linear works on each layer's dense update, which is generally
+    not low rank: it needs ``mode="exact"`` and a ``rank`` R <= min(d_out, d_in) of every layer
+    (R may exceed the inputs' summed rank; with R = min(d_out, d_in) the result is exact)."""
+    if mode != "exact" or rank is None:
+        raise CompatibilityError(f"method {method} writes a LoRA by a truncated SVD of each layer's merged "
+                                 "update: use --mode exact --rank R (mode='exact', rank=R)")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise CompatibilityError(f"rank must be a positive integer, got {rank!r}")
+    for n, a in adapters.items():
+        pair = _tied_pair(a)
+        if pair is not None:
+            raise CompatibilityError(f"{n!r} adapts a tied embedding and lm_head (ensure_weight_tying); "
+                                     "train without ensure_weight_tying or without the lm_head target")
+    first = next(iter(adapters.values()))
+    for layer, parts in first.layers.items():
+        d_out, d_in = first.shapes[_b_key(parts)][0], first.shapes[_a_key(parts)][1]
+        if rank > min(d_out, d_in):
+            raise CompatibilityError(f"rank={rank} is above min(d_out, d_in) = {min(d_out, d_in)} of layer "
+                                     f"{layer!r}; use rank <= {min(d_out, d_in)}")
+
+
+def task_vectors(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
+                 adapters: Sequence[Adapter]) -> list[np.ndarray]:
+    """``tau_i = c_i s_i B_i A_i`` of one layer (in the stored orientation ``B A``)."""
+    Bs, As = _factors(tensors)
+    return [c * scaling(a.config) * (B @ A) for c, a, B, A in zip(coefs, adapters, Bs, As)]
+
+
+def from_task_vector(merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarray]],
+                     rank: int) -> tuple[dict[str, np.ndarray], float]:
+    """The rank-``rank`` factors of ``merged`` by a truncated SVD, ``B = U_R S_R``, ``A = V_R^T``
+    (scaling 1, as exact mode writes), and the relative error ``||M - B A||_F / ||M||_F``; a
+    rank above that of ``merged`` is padded with zero factors."""
+    a_part = next(p for p in _A_PARTS if p in tensors[0])
+    U, S, Vt = np.linalg.svd(merged, full_matrices=False)
+    k = min(rank, S.size)
+    A = np.zeros((rank, merged.shape[1]))
+    B = np.zeros((merged.shape[0], rank))
+    A[:k], B[:, :k] = Vt[:k], U[:, :k] * S[:k]
+    total = float(np.sqrt(np.sum(S**2)))
+    err = float(np.sqrt(np.sum(S[k:] ** 2)) / total) if total > 0 else 0.0
+    return {a_part: A, _B_FOR_A[a_part]: B}, err
+
+
 def output_config(
     config: Mapping[str, Any], adapters: Sequence[Adapter], mode: str, rank: int | None
 ) -> dict[str, Any]:
