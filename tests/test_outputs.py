@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from helpers_adapters import TinyModel, make_lora, tensors
 from safetensors.torch import save_file
 
 import pemarith
 from pemarith.bake import bake
 from pemarith.errors import AdapterError, OutputError
-from pemarith.fs import LOCK_SUFFIX, rename_noreplace, output_dir
+from pemarith.fs import LOCK_SUFFIX, output_dir, rename_noreplace
 
 ST = "adapter_model.safetensors"
 
