@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .dtypes import cast, decode
 from .errors import AdapterError, CompatibilityError
 from .fs import output_dir
 from .io import (
@@ -35,7 +36,6 @@ from .io import (
     PROVENANCE_NAME,
     SafetensorsWriter,
     TensorInfo,
-    cast,
     is_adapter_output,
     read_bytes,
     read_safetensors_header,
@@ -211,7 +211,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     layer, what = updates[key]
                     if info.dtype not in DTYPES:
                         raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
-                    base_array = np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape).astype(np.float64)
+                    base_array = decode(raw, info.dtype, info.shape).astype(np.float64)
                     if what == "weight":
                         new = kind.merge_into(parts[layer], config, base_array, key)
                     else:

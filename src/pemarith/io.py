@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from .dtypes import HELD, bf16_bits_to_f32, decode, encode, finite_bytes
 from .errors import AdapterError, OutputError
 from .kinds import KINDS, Kind
 
@@ -43,26 +43,15 @@ PROVENANCE_NAME = "pemarith.json"
 # trained head, so it is carried through unchanged (and must be identical across inputs).
 FROZEN_SUFFIX = ".base_layer.weight"
 
-# safetensors dtype code <-> numpy dtype (little-endian, as the format prescribes)
-DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-}
+# safetensors dtype code -> the numpy dtype a tensor is held in (bfloat16 as float32, exactly:
+# see pemarith.dtypes; ml_dtypes is never imported)
+DTYPES: dict[str, np.dtype] = HELD
 _NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # Every safetensors dtype, by item size: what a base model may hold (integer buffers, booleans,
 # fp8) and is copied through byte for byte when merging into it.
 ITEMSIZES: dict[str, int] = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2,
                              "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                              "I64": 8, "U64": 8, "F64": 8}
-
-
-def cast(array: np.ndarray, code: str) -> np.ndarray:
-    """``array`` in the safetensors dtype ``code``; an overflow becomes inf without a numpy
-    warning (the writer refuses non-finite tensors with a message of its own)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return array.astype(DTYPES[code])
 
 
 def dtype_code(dtype: Any) -> str:
@@ -273,7 +262,7 @@ class Adapter:
             assert self._infos is not None
             info = self._infos[key]
             raw = read_bytes(self.weights_path, info, key)
-            array = np.frombuffer(raw, dtype=DTYPES[info.dtype]).reshape(info.shape)
+            array = decode(raw, info.dtype, info.shape)
         split = self.kind.split_key(key)
         _check_finite(array, key, split[0] if split else key.rsplit(".", 1)[0], self.weights_path)
         return array
@@ -315,7 +304,7 @@ def _load_bin(path: Path) -> dict[str, np.ndarray]:
             raise AdapterError(f"{path}: entry {str(key)[:100]!r} is {what}, not a named dense tensor; "
                                "save the adapter with PEFT's save_pretrained")
         if t.dtype == torch.bfloat16:
-            out[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            out[key] = bf16_bits_to_f32(t.view(torch.int16).numpy().view(np.uint16))
         else:
             try:
                 out[key] = t.numpy()
@@ -354,12 +343,13 @@ class SafetensorsWriter:
 
     def write(self, key: str, array: np.ndarray) -> None:
         k, code, shape = self._specs[self._next]
-        if key != k or tuple(array.shape) != tuple(shape) or array.dtype != DTYPES[code]:
+        if key != k or tuple(array.shape) != tuple(shape) or code not in DTYPES:
             raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} {array.dtype} {array.shape}")
-        if not np.isfinite(array).all():  # an overflow: 1e308*a, 1000*a in float16, a huge merge
+        raw = encode(array, code)
+        if not finite_bytes(raw, code):  # an overflow: 1e308*a, 1000*a in float16, a huge merge
             raise OutputError(f"{key[:100]}: the result is not finite in {code} (the coefficients or the "
                               "merged weights overflow it); use smaller coefficients or a wider --dtype")
-        self._put(np.ascontiguousarray(array).tobytes())
+        self._put(raw)
         self._next += 1
 
     def write_bytes(self, key: str, raw: bytes) -> None:

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .dtypes import cast
 from .errors import CompatibilityError, PemarithError, did_you_mean
 from .expr import format_terms, normal_form
 from .fs import output_dir
-from .io import PROVENANCE_NAME, Adapter, SafetensorsWriter, cast, dtype_code, is_adapter_output, write_json
+from .io import PROVENANCE_NAME, Adapter, SafetensorsWriter, dtype_code, is_adapter_output, write_json
 from .kinds import Kind
 from .methods import MergeSpec, merge
 

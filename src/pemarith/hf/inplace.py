@@ -100,7 +100,7 @@ def incompatibilities(live: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _as_float(arr: np.ndarray) -> np.ndarray:
-    # bfloat16 (ml_dtypes) has no torch.from_numpy path; float32 holds it exactly.
+    # pemarith holds bfloat16 as float32 (exactly); any other dtype goes through float32 too.
     if arr.dtype not in (np.float16, np.float32, np.float64):
         arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr)

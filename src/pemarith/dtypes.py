@@ -1,0 +1,95 @@
+"""The float dtypes of safetensors in plain numpy, bfloat16 included, at memory speed.
+
+numpy has no bfloat16; ``ml_dtypes`` adds one, but importing it costs more than a whole
+composition and its casts are slow. bfloat16 is the top half of a float32, so pemarith holds a
+bfloat16 tensor as the float32 of the same value (exact) and converts on the bits:
+
+- bfloat16 -> float32: ``f32_bits = u16 << 16`` (exact; NaN stays NaN).
+- float32 -> bfloat16: round to nearest, ties to even, on the bits:
+  ``u16 = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16``; NaN becomes a quiet NaN of the same sign
+  (``(bits >> 16) | 0x0040``), and a finite value past the largest bfloat16 rounds to infinity.
+- float64 -> bfloat16: one rounding, not two: the float64 is first rounded to float32 *to odd*
+  (truncate toward zero, set the last bit if anything was cut), which keeps enough bits for the
+  second rounding to be exact.
+
+These equal ml_dtypes' conversions bit for bit (tests/test_dtypes.py checks all 65,536
+bfloat16 patterns and the float32 edge cases).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# safetensors code -> the numpy dtype pemarith holds such a tensor in (bfloat16: float32)
+HELD: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<f4"),
+}
+# ... and the numpy dtype of its bytes in the file
+STORED: dict[str, np.dtype] = {**HELD, "BF16": np.dtype("<u2")}
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns (uint16): a 16-bit shift."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)
+    return rounded
+
+
+def f64_to_f32_odd(values: np.ndarray) -> np.ndarray:
+    """float64 -> float32 rounded to odd: the float32 next to ``values`` toward zero, with its
+    last mantissa bit set when the conversion was inexact (NaN and infinities kept)."""
+    x = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f = x.astype(np.float32)
+    finite = np.isfinite(x)
+    over = finite & (np.abs(f.astype(np.float64)) > np.abs(x))
+    f[over] = np.nextafter(f[over], np.float32(0))
+    inexact = finite & (f.astype(np.float64) != x)
+    bits = f.view(np.uint32)
+    bits[inexact] |= np.uint32(1)
+    return f
+
+
+def encode(array: np.ndarray, code: str) -> bytes:
+    """The little-endian bytes of ``array`` as a tensor of safetensors dtype ``code``."""
+    if code == "BF16":
+        if array.dtype.name == "bfloat16":  # an ml_dtypes array: its bits are already right
+            return np.ascontiguousarray(array).view(np.uint16).astype("<u2").tobytes()
+        values = f64_to_f32_odd(array) if array.dtype == np.float64 else np.asarray(array, dtype=np.float32)
+        return f32_to_bf16_bits(values).astype("<u2").tobytes()
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(array, dtype=STORED[code]).tobytes()
+
+
+def decode(raw: bytes, code: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor of ``raw`` bytes, held as :data:`HELD` says (read-only for native dtypes)."""
+    stored = np.frombuffer(raw, dtype=STORED[code]).reshape(shape)
+    return bf16_bits_to_f32(stored) if code == "BF16" else stored
+
+
+def cast(array: np.ndarray, code: str) -> np.ndarray:
+    """``array`` rounded to dtype ``code`` and held as :data:`HELD` says: exactly the values
+    that writing it as ``code`` stores (an overflow becomes inf, without a numpy warning)."""
+    if code == "BF16":
+        return bf16_bits_to_f32(np.frombuffer(encode(array, code), dtype="<u2").reshape(array.shape))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(array).astype(HELD[code])
+
+
+def finite_bytes(raw: bytes, code: str) -> bool:
+    """Whether every value stored in ``raw`` is finite (no NaN, no infinity)."""
+    stored = np.frombuffer(raw, dtype=STORED[code])
+    if code == "BF16":
+        return not bool(((stored & np.uint16(0x7F80)) == np.uint16(0x7F80)).any())
+    return bool(np.isfinite(stored).all())
