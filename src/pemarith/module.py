@@ -332,7 +332,9 @@ class PEM:
         self.check(mode, rank, keep, spec)
         specs = self._plan(mode, rank, dtype)
         config = self.output_config(mode, rank)
-        provenance = {**self._provenance(mode, rank, keep, specs), **spec.describe()}
+        # sha256 of the inputs are known once their bytes have been read: same-length placeholders
+        # size the header now, the real values are written at the end (io.Adapter.sha256)
+        provenance = {**self._provenance(mode, rank, keep, specs, hashes=False), **spec.describe()}
         layers = list(next(iter(self._adapters.values())).layers)
         reserve = 2 * len(json.dumps({layer: "9.999999e-100" for layer in layers})) + 64 if rank is not None else 0
         errors: dict[str, float] = {}
@@ -350,6 +352,7 @@ class PEM:
             except BaseException:
                 writer.abort()
                 raise
+            provenance = {**self._provenance(mode, rank, keep, specs), **spec.describe()}
             if rank is not None:
                 provenance["layer_errors"] = {k: float(f"{v:.6e}") for k, v in errors.items()}
             writer.close({"format": "pt", "pemarith": json.dumps(provenance)})
@@ -359,7 +362,7 @@ class PEM:
                           time.perf_counter() - t0)
 
     def _provenance(self, mode: str, rank: int | None, keep: str | None,
-                    specs: list[tuple[str, str, tuple[int, ...]]]) -> dict[str, Any]:
+                    specs: list[tuple[str, str, tuple[int, ...]]], hashes: bool = True) -> dict[str, Any]:
         return {
             "pemarith_version": __version__,
             "expression": str(self),
@@ -370,7 +373,7 @@ class PEM:
             "peft_type": self.kind.name,
             "dtypes": sorted({c for _, c, _ in specs}),
             "inputs": [{"name": n, "path": str(a.path), "weights_file": a.weights_path.name,
-                        "sha256": a.sha256()} for n, a in self._adapters.items()],
+                        "sha256": a.sha256() if hashes else "0" * 64} for n, a in self._adapters.items()],
         }
 
 
