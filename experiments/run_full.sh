@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-run() { echo "=== $(date +%H:%M:%S) reproduce $*"; python -m pemarith.hf.reproduce_cli "$@" --threads "${THREADS:-1}"; }
+run() { echo "=== $(date +%H:%M:%S) reproduce $*"; python -m pemarith reproduce "$@" --threads "${THREADS:-1}"; }
 done_marker=runs/reproduce/minilm.done
 
 lane=${1:-minilm}

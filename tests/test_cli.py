@@ -356,38 +356,36 @@ def test_top_level_help_imports_no_torch():
 
 
 class _Refuse:
-    """A meta-path finder that makes ``import pemarith.hf.commands`` fail like a missing dep."""
+    """A meta-path finder that makes ``import NAME`` fail like a package that is not installed."""
 
-    def __init__(self, name: str | None):
+    def __init__(self, name: str):
         self.name = name
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "pemarith.hf.commands":
-            missing = self.name or fullname
-            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        if fullname.split(".")[0] == self.name:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         return None
 
 
-@pytest.mark.parametrize("missing", [None, "torch"])
-def test_hf_import_failure(monkeypatch, capsys, missing):
-    import pemarith.hf
+@pytest.mark.parametrize("missing", ["torch", "transformers", "peft"])
+def test_a_missing_hf_extra_is_one_line_with_the_fix(monkeypatch, capsys, tmp_path, missing):
+    """Every subcommand is listed; one that needs the hf extra says how to install it."""
     from pemarith import cli
 
-    monkeypatch.delitem(sys.modules, "pemarith.hf.commands", raising=False)
-    monkeypatch.delattr(pemarith.hf, "commands", raising=False)
+    for name in list(sys.modules):
+        if name.split(".")[0] == missing or name.startswith(("pemarith.hf.train", "pemarith.hf.models",
+                                                            "pemarith.hf.demo", "pemarith.hf.evaluate")):
+            monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(sys, "meta_path", [_Refuse(missing), *sys.meta_path])
     parser = cli.build_parser([])
     choices = parser._subparsers._group_actions[0].choices  # the registered subcommands
-    assert {"compose", "inspect"} <= set(choices)
-    if missing is None:
-        assert "train" not in choices
-        return
-    assert "train" in choices
+    assert set(cli.COMMANDS) <= set(choices)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["train", "--anything"])
+        cli.main(["train", "--model", "minilm", "--task", "sst2", "-o", str(tmp_path / "out")])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pemarith[hf]" in err[0] and "torch" in err[0]
+    assert len(err) == 1 and "pip install 'pemarith[hf]'" in err[0] and missing in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_lone_scale_factorwise_note(adapters, tmp_path):

@@ -306,7 +306,7 @@ def test_sigterm_removes_the_half_written_output(tmp_path):
     target = tmp_path / "out"
     script = textwrap.dedent(f"""
         import time
-        from pemarith.cli import unwind_on_sigterm
+        from pemarith.errors import unwind_on_sigterm
         from pemarith.fs import output_dir
         unwind_on_sigterm()
         with output_dir({str(target)!r}, []) as tmp:

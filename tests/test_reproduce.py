@@ -388,8 +388,8 @@ def test_docs_tables_match_the_committed_results(page: Path) -> None:
 
 
 def test_cli_report_without_results(tmp_path: Path) -> None:
-    code = ("import sys; from pemarith.hf.reproduce_cli import main; "
-            f"sys.exit(main(['distribution-generalisation', '--report', '--out', r'{tmp_path}']))")
+    code = ("import sys; from pemarith.cli import main; "
+            f"sys.exit(main(['reproduce', 'distribution-generalisation', '--report', '--out', r'{tmp_path}']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "results.json does not exist" in proc.stderr
 

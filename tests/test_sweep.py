@@ -328,7 +328,7 @@ def test_cli_end_to_end_on_a_tiny_bert(tiny_bert_dir, tmp_path, capsys):
     data = _data_dir()
     if data is None:
         pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
-    from pemarith.hf.sweep_cli import register_sweep
+    from pemarith.cli.sweep import register as register_sweep
 
     a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
     b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)

@@ -1,6 +1,6 @@
 """pemarith: compose parameter-efficient modules (LoRA, (IA)3) with arithmetic.
 
-The core is model-free: it reads and writes PEFT adapter files with numpy and safetensors
+The core is model-free: it reads and writes PEFT adapter files with numpy alone
 and never imports torch, transformers or peft.
 
 >>> import pemarith
@@ -12,21 +12,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["PEM", "__version__", "compose", "diagnose", "load"]
 
 if TYPE_CHECKING:
+    from .construct import compose, load
     from .diagnostics import diagnose
-    from .module import PEM, compose, load
+    from .module import PEM
 
 
 def __getattr__(name: str) -> Any:
     # Lazy re-exports keep `import pemarith` (and `pemarith --help`) free of numpy until used.
-    if name in ("PEM", "compose", "load"):
-        from . import module
+    if name == "PEM":
+        from .module import PEM
 
-        return getattr(module, name)
+        return PEM
+    if name in ("compose", "load"):
+        from . import construct
+
+        return getattr(construct, name)
     if name == "diagnose":
         from .diagnostics import diagnose
 

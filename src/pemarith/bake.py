@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .dtypes import cast, decode
 from .errors import AdapterError, CompatibilityError
 from .fs import output_dir
@@ -42,6 +41,7 @@ from .io import (
     write_json,
 )
 from .module import PEM
+from .version import __version__
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .construct import load
 from .errors import CompatibilityError
-from .module import PEM, layer_tensors, load
+from .module import PEM, layer_tensors
 
 
 def _cosine(G: np.ndarray) -> np.ndarray:

@@ -105,7 +105,8 @@ class Claims:
 def start_local_workers(config: Any, log: Callable[[str], None]) -> tuple[list[subprocess.Popen], Path]:
     """Start ``config.workers - 1`` peer processes on this machine (the caller is the last one).
 
-    Each runs :func:`worker_main` on the same configuration with ``distributed=True``; torch
+    Each runs :func:`pemarith.hf.sweep_worker.worker_main` on the same configuration with
+    ``distributed=True``; torch
     threads are split between the workers (``OMP_NUM_THREADS``, unless set).
     """
     n = config.workers
@@ -116,7 +117,7 @@ def start_local_workers(config: Any, log: Callable[[str], None]) -> tuple[list[s
     threads = str(max(1, (os.cpu_count() or 1) // n))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     os.environ.setdefault("OMP_NUM_THREADS", threads)  # this process too, if torch is not loaded yet
-    procs = [subprocess.Popen([sys.executable, "-m", "pemarith.hf.distributed", str(spec)], env=env)
+    procs = [subprocess.Popen([sys.executable, "-m", "pemarith.hf.sweep_worker", str(spec)], env=env)
              for _ in range(n - 1)]
     log(f"started {n - 1} more worker(s) on this machine: pids {', '.join(str(p.pid) for p in procs)}")
     return procs, spec
@@ -132,25 +133,3 @@ def finish_local_workers(procs: list[subprocess.Popen], spec: Path, log: Callabl
         if code != 0 and not stop:
             log(f"note: worker pid {p.pid} exited with status {code} (its claims were taken over)")
     spec.unlink(missing_ok=True)
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    """``python -m pemarith.hf.distributed CONFIG.json``: one peer of a local distributed sweep."""
-    from ..errors import PemarithError
-    from .sweep import SweepConfig, run_sweep
-
-    path = (argv if argv is not None else sys.argv[1:])[0]
-    fields = json.loads(Path(path).read_text())
-    try:
-        run_sweep(SweepConfig(**fields))
-    except PemarithError as exc:
-        print(f"pemarith: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())
-

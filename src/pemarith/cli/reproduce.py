@@ -1,16 +1,11 @@
-"""``pemarith reproduce NAME``: run one of the paper's settings from its recipe, resumably.
-
-``register_reproduce(subparsers)`` adds the subcommand; nothing heavy is imported until it runs.
-"""
+"""``pemarith reproduce``: reproduce a setting of the paper."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import Terminated, unwind_on_sigterm
 from ..errors import PemarithError
 
 EPILOG = """\
@@ -47,7 +42,7 @@ def _tasks(text: str) -> list[str]:
     return items
 
 
-def register_reproduce(subparsers: Any) -> None:
+def register(subparsers: Any) -> None:
     """Add ``reproduce`` to the ``pemarith`` parser."""
     p = subparsers.add_parser(
         "reproduce", help="reproduce a setting of the paper (train, compose, tune lambda, report)",
@@ -74,10 +69,10 @@ def register_reproduce(subparsers: Any) -> None:
                    help="also publish the results to DIR (e.g. docs/results): data file, "
                    "figures and the page's generated tables")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=run)
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..scenarios import default_out, load_recipe, reproduce
     from ..scenarios.docs import publish_docs
     from ..scenarios.runner import publish
@@ -108,23 +103,3 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for f in written:
         print(f"wrote {f}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``reproduce`` alone (``python -m pemarith.hf.reproduce_cli NAME ...``)."""
-    parser = argparse.ArgumentParser(prog="pemarith")
-    register_reproduce(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["reproduce", *(sys.argv[1:] if argv is None else argv)])
-    unwind_on_sigterm()
-    try:
-        return args.func(args)
-    except PemarithError as exc:
-        print(f"pemarith: error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    except Terminated:
-        print("pemarith: terminated", file=sys.stderr)
-        return 143
-
-
-if __name__ == "__main__":
-    sys.exit(main())

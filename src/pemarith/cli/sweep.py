@@ -1,12 +1,11 @@
-"""``pemarith sweep``: tune a composition's free variable on validation, report on test.
-
-``register_sweep(subparsers)`` adds the subcommand; ``pemarith.hf.commands.register`` calls it.
-"""
+"""``pemarith sweep``: tune a composition's free variable on validation, report on test."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from .args import module_arg, module_map, positive_int, rank_arg, require_hf
 
 DESCRIPTION = """\
 Evaluate a composition for each value of its free variable on the validation split, pick
@@ -28,6 +27,7 @@ selection rules (--select):
   several conditions join with `and`; metric names may be shortened (ppl, acc, tox) and are
   `task.metric` when several --task are given."""
 
+
 EPILOG = """\
 examples:
   pemarith sweep "l*a + (1-l)*b" -m a=runs/a -m b=runs/b --model minilm --task sst2 -o sweeps/ab
@@ -38,33 +38,15 @@ examples:
       --metric toxicity --metric perplexity --select "max l where ppl <= base + 0.5" -o out"""
 
 
-def _rank(text: str) -> int:
-    from pemarith.cli import _rank_arg
-
-    return _rank_arg(text)
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
+def register(subparsers: Any) -> None:
     """Add the ``sweep`` subcommand to ``subparsers``; returns its parser."""
-    from pemarith.cli import _module_arg
-
     p = subparsers.add_parser("sweep", help="tune lambda: evaluate a composition over a grid",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("expr", nargs="+", metavar="EXPR",
                    help="the expression, e.g. \"l*a + (1-l)*b\"; after '--' it may start with '-'")
     p.add_argument("-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
-                   type=_module_arg, default=[], help="an adapter directory (repeat per module)")
+                   type=module_arg, default=[], help="an adapter directory (repeat per module)")
     p.add_argument("--model", required=True, help="base model: minilm, smollm2, a directory or hub id")
     p.add_argument("--task", dest="tasks", action="append", required=True, metavar="TASK",
                    help="task to evaluate (repeat to track several; see `pemarith tasks`)")
@@ -75,7 +57,7 @@ def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
                    help="START:STOP:STEP (stop included) or a comma list (default: 0:1:0.02)")
     p.add_argument("--search", choices=("grid", "refine"), default="grid",
                    help="every grid value, or coarse then refine around the best (default: grid)")
-    p.add_argument("--coarse", type=_positive, default=5, metavar="K",
+    p.add_argument("--coarse", type=positive_int, default=5, metavar="K",
                    help="refine: evaluate every K-th grid value first (default: 5)")
     p.add_argument("--select", default="max", metavar="RULE",
                    help="selection rule (see above; default: max)")
@@ -83,15 +65,15 @@ def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
                    help="metric to track and plot (repeat; default: each task's first metric)")
     p.add_argument("--mode", choices=("factorwise", "exact"), default="factorwise",
                    help="LoRA arithmetic on the factors (paper, default) or on Delta W")
-    p.add_argument("--rank", type=_rank, metavar="R", help="with --mode exact: truncated SVD to rank R")
+    p.add_argument("--rank", type=rank_arg, metavar="R", help="with --mode exact: truncated SVD to rank R")
     p.add_argument("--keep", metavar="NAME",
                    help="module whose modules_to_save (head) to keep when coefficients do not sum to 1")
-    p.add_argument("--limit", type=_positive, metavar="N",
+    p.add_argument("--limit", type=positive_int, metavar="N",
                    help="first N rows of each split (text tasks: N tokens for perplexity)")
-    p.add_argument("--samples", type=_positive, metavar="N", help="generations scored for toxicity")
-    p.add_argument("--max-tokens", type=_positive, metavar="N",
+    p.add_argument("--samples", type=positive_int, metavar="N", help="generations scored for toxicity")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N",
                    help="text tasks: tokens scored for perplexity (default: --limit, else all)")
-    p.add_argument("--batch-size", type=_positive, default=32, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
     p.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0, metavar="S",
                    help="seed of the split permutation (and of toxicity sampling; default 0)")
     p.add_argument("--data-dir", metavar="DIR", help="data directory (default: PEMARITH_DATA_DIR, ...)")
@@ -102,7 +84,7 @@ def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
                    help="evaluate the base model (default: when the rule uses `base` or every "
                    "task is a text task)")
     p.add_argument("--restart", action="store_true", help="discard DIR's records and start afresh")
-    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="evaluate with N processes on this machine, each loading the model once "
                    "(default 1)")
     p.add_argument("--distributed", action="store_true",
@@ -113,14 +95,12 @@ def register_sweep(subparsers: Any) -> argparse.ArgumentParser:
                    "and has not recorded (default 3600; a dead process on this machine at once)")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
-    p.set_defaults(func=cmd_sweep)
-    return p
+    p.set_defaults(func=run)
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from pemarith.cli import module_map
-
-    from .sweep import SweepConfig, run_sweep
+def run(args: argparse.Namespace) -> int:
+    require_hf()
+    from ..hf.sweep import SweepConfig, run_sweep
 
     modules = module_map(args.modules)
     config = SweepConfig(
@@ -154,4 +134,3 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"{result.reused} read back from {config.out}/{records}; {result.seconds:.1f} s")
     print("wrote     " + ", ".join(result.files.values()))
     return 0
-

@@ -1,0 +1,5 @@
+import sys
+
+from pemarith.cli import main
+
+sys.exit(main())
