@@ -35,7 +35,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from helpers_adapters import make_lora
 
     for seed, name in enumerate(NAMES):
-        make_lora(tmp_path / name, seed=seed, targets=("lin0", "lin1"))
+        # the demo's modules (s0, s1) are classifiers with a head, as the demo trains them
+        heads = ("head",) if name in ("s0", "s1") else ()
+        make_lora(tmp_path / name, seed=seed, targets=("lin0", "lin1"), heads=heads)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

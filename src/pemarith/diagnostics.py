@@ -66,6 +66,11 @@ class Diagnosis:
     gram: dict[str, np.ndarray]
     factorwise: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        fw = ", factorwise" if self.factorwise else ""
+        terms = ", ".join(f"{c:g}*{n}" for n, c in zip(self.names, self.coefs))
+        return f"Diagnosis({self.kind}, {len(self.gram)} layers, {terms}{fw})"
+
     @property
     def total_gram(self) -> np.ndarray:
         """``sum over layers of G``: the Gram matrix of the flattened whole-module updates."""

@@ -204,6 +204,12 @@ class Adapter:
     def __repr__(self) -> str:
         return f"Adapter({str(self.path)!r}, {self.peft_type})"
 
+    def summary(self) -> str:
+        """One line: kind, its main numbers, where, e.g. ``LORA r=8 lora_alpha=16 scaling=2 at runs/s0``."""
+        numbers = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in self.kind.describe(self).items() if not isinstance(v, bool) or v)
+        return f"{self.peft_type} {numbers} at {self.path}".replace("  ", " ")
+
 
 def _load_bin(path: Path) -> dict[str, np.ndarray]:
     # Legacy pickled weights: only here is torch imported, and only with weights_only=True.

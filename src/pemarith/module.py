@@ -80,7 +80,9 @@ class PEM:
             if not math.isfinite(c):
                 raise ModuleAlgebraError(f"the coefficient of {n[:100]!r} is {c} (an overflow); "
                                          "use smaller coefficients")
-        object.__setattr__(self, "_terms", MappingProxyType({n: float(c) for n, c in terms.items()}))
+        # 15 significant digits: 1 - 0.6 is 0.4 here, not 0.3999999999999999 (a relative change
+        # below 1e-15, far under any dtype's precision)
+        object.__setattr__(self, "_terms", MappingProxyType({n: float(f"{c:.15g}") for n, c in terms.items()}))
         object.__setattr__(self, "_adapters", MappingProxyType(dict(adapters)))
         object.__setattr__(self, "_mode", mode)
         object.__setattr__(self, "_rank", rank)
@@ -177,7 +179,8 @@ class PEM:
         return format_terms(dict(self._terms))
 
     def __repr__(self) -> str:
-        return f"PEM({str(self)!r})"
+        inputs = ", ".join(f"{n}={a.summary()}" for n, a in self._adapters.items())
+        return f"PEM({str(self)!r}, {inputs})"
 
     # ---- composition ---------------------------------------------------------------------
     def _resolve(self, mode: str | None, rank: int | None) -> tuple[str, int | None]:

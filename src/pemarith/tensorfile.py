@@ -157,7 +157,7 @@ class SafetensorsWriter:
         raw = encode(array, code)
         if not finite_bytes(raw, code):  # an overflow: 1e308*a, 1000*a in float16, a huge merge
             raise OutputError(f"{key[:100]}: the result is not finite in {code} (the coefficients or the "
-                              "merged weights overflow it); use smaller coefficients or a wider --dtype")
+                              "merged weights overflow it); use smaller coefficients or a wider --out-dtype")
         self._put(raw)
         self._next += 1
 

@@ -98,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if hasattr(args, "verbose"):  # a model-side command: third-party noise off unless --verbose
+        from ..hf.quiet import silence_third_party
+
+        silence_third_party(args.verbose, getattr(args, "quiet", False))
     status = exit_status(lambda: args.func(args), args.command)
     if status == 2:  # a user's error, reported: leave as argparse's usage errors do
         raise SystemExit(2)

@@ -211,3 +211,28 @@ def require_hf() -> None:
 
     for name in ("torch", "transformers", "peft"):
         importlib.import_module(name)
+
+
+def note(message: str) -> None:
+    """A note on stderr (never an error: the command goes on)."""
+    print(f"{PROG}: note: {message}", file=sys.stderr)
+
+
+class Deprecated(argparse.Action):
+    """An old spelling of an option: it still works, stores like the new one, and says the new
+    name on stderr (kept for one release; hidden from --help)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: Any):
+        self.new = new
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        note(f"{option_string} is now {self.new}; the old spelling goes in the next release")
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="show third-party warnings (PEFT's, transformers', torch's), hidden by default")

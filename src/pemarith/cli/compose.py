@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .args import DTYPES, PROG, composition, composition_args, note_unused
+from .args import DTYPES, PROG, Deprecated, composition, composition_args, note_unused
 
 COMPOSE_DESCRIPTION = """\
 Compose adapters by an arithmetic expression and write a PEFT adapter directory.
@@ -48,8 +48,9 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     composition_args(p, "output adapter directory (must not exist unless --force)")
-    p.add_argument("--dtype", choices=DTYPES,
+    p.add_argument("--out-dtype", dest="dtype", choices=DTYPES,
                    help="dtype of the written weights (default: that of the inputs)")
+    p.add_argument("--dtype", dest="dtype", choices=DTYPES, action=Deprecated, new="--out-dtype")
     p.set_defaults(func=run)
 
 

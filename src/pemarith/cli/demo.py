@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .args import add_data_args, positive_int, require_hf
+from .args import add_data_args, add_verbose, positive_int, require_hf
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +27,7 @@ def register(subparsers: Any) -> None:
                    help=f"rows per skewed subset (default {DEFAULTS['subset_size']})")
     p.add_argument("--limit", type=positive_int, help="evaluate on the first N rows only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
 from ..errors import PemarithError
-from .args import add_data_args, composition, module_arg, positive_int, rank_arg, require_hf, var_arg
+from .args import (
+    add_data_args,
+    add_verbose,
+    composition,
+    module_arg,
+    note,
+    positive_int,
+    rank_arg,
+    require_hf,
+    var_arg,
+)
 
 EVAL_EPILOG = """\
 examples:
@@ -15,7 +26,7 @@ examples:
   pemarith eval --model minilm --expr "0.5*a + 0.5*b" -m a=runs/s0 -m b=runs/s1 --task sst2
   pemarith eval --model smollm2 --task wikitext --split test --limit 4096
   pemarith eval --model smollm2 --adapter runs/detox --task civil_comments --split test \\
-      --metric toxicity --samples 200 --json runs/detox/toxicity.json
+      --metric toxicity --samples 200 -o runs/detox/toxicity.json
 
 --limit keeps the first N rows, or for perplexity the first N tokens of the text."""
 
@@ -59,7 +70,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32,
                    help="toxicity: tokens per generation (default 32)")
     p.add_argument("--seed", type=int, default=0, help="toxicity: sampling seed")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="also write the result here")
+    p.add_argument("--json", nargs="?", const=True, default=False, metavar="",
+                   help="print the result as JSON (the old `--json FILE` still writes FILE: use -o)")
+    p.add_argument("-o", "--out", metavar="FILE", help="also write the result to FILE (JSON)")
+    add_verbose(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -67,6 +81,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     require_hf()
     from ..hf.evaluate import evaluate
+
+    json_out = args.out
+    if isinstance(args.json, str):  # the old spelling, --json FILE
+        note("--json FILE is now -o FILE (--json alone prints JSON); the old spelling goes in the "
+             "next release")
+        json_out, args.json = json_out or args.json, False
 
     pem = None
     if args.expr is not None:
@@ -82,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
         options["metrics"] = args.metrics
     result = evaluate(args.model, args.task, args.split, adapter=args.adapter, pem=pem,
                       data_dir=args.data_dir, batch_size=args.batch_size, limit=args.limit,
-                      split_seed=args.split_seed, json_out=args.json_out,
+                      split_seed=args.split_seed, json_out=json_out,
                       save_options={"keep": args.keep} if args.keep else None, **options)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
     what = result["adapter"] or "(base model)"
     print(f"{result['task']} {result['split']}  {args.model} + {what}  n={result['n']}")
     for name, value in result["metrics"].items():
@@ -91,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:12s} {value:.4f}")
         elif not isinstance(value, list):
             print(f"  {name:12s} {value}")
-    if args.json_out:
-        print(f"wrote {args.json_out}", file=sys.stderr)
+    if json_out:
+        print(f"wrote {json_out}", file=sys.stderr)
     return 0

@@ -69,6 +69,8 @@ def register(subparsers: Any) -> None:
                    help="also publish the results to DIR (e.g. docs/results): data file, "
                    "figures and the page's generated tables")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
+    p.add_argument("--verbose", action="store_true",
+                   help="show third-party warnings (PEFT's, transformers', torch's), hidden by default")
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import module_arg, module_map, positive_int, rank_arg, require_hf
+from .args import Deprecated, add_verbose, module_arg, module_map, positive_int, rank_arg, require_hf
 
 DESCRIPTION = """\
 Evaluate a composition for each value of its free variable on the validation split, pick
@@ -74,7 +74,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-tokens", type=positive_int, metavar="N",
                    help="text tasks: tokens scored for perplexity (default: --limit, else all)")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N")
-    p.add_argument("--split-seed", "--seed", dest="seed", type=int, default=0, metavar="S",
+    p.add_argument("--seed", dest="seed", type=int, action=Deprecated, new="--split-seed")
+    p.add_argument("--split-seed", dest="seed", type=int, default=0, metavar="S",
                    help="seed of the split permutation (and of toxicity sampling; default 0)")
     p.add_argument("--data-dir", metavar="DIR", help="data directory (default: PEMARITH_DATA_DIR, ...)")
     p.add_argument("--val-split", default="validation", help="split to select on (default: validation)")
@@ -95,6 +96,7 @@ def register(subparsers: Any) -> None:
                    "and has not recorded (default 3600; a dead process on this machine at once)")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .args import add_data_args, csv, positive_int, require_hf
+from .args import Deprecated, add_data_args, add_verbose, csv, positive_int, require_hf
 
 TRAIN_EPILOG = """\
 examples:
@@ -69,7 +69,10 @@ def register(subparsers: Any) -> None:
     d.add_argument("--subset-seed", type=int, default=0, help="seed of the skewed split")
     d.add_argument("--subset-size", type=positive_int, default=1000,
                    help="rows per skewed subset (default 1000, as the paper)")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--force", dest="overwrite", action="store_true",
+                   help="replace DIR if it is an earlier trained module (it holds training.json) or empty")
+    p.add_argument("--overwrite", dest="overwrite", action=Deprecated, nargs=0, const=True, new="--force")
+    add_verbose(p)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
                    help="keep a resume point every M minutes (.DIR.resume.pt beside DIR): rerunning "
                         "the same command after an interruption continues where it stopped and "

@@ -60,6 +60,9 @@ class Kind:
     task_vectors: Callable[..., Any]
     from_task_vector: Callable[..., Any]
 
+    def __repr__(self) -> str:
+        return f"Kind({self.name!r}, modes={self.modes!r})"
+
     @classmethod
     def from_module(cls, mod: ModuleType) -> Kind:
         return cls(name=mod.NAME, modes=mod.MODES, **{
