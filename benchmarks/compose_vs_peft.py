@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from floors import busy, copy_cmd, cp_cmd, uptime
+
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = 2048, 5632, 22, 32, 4, 32000
 KV_OUT = HIDDEN // HEADS * KV_HEADS  # 256
 RANK, ALPHA = 16, 32
@@ -95,10 +98,12 @@ def adapter_config() -> dict:
     }
 
 
-def make_adapter(path: Path, seed: int) -> None:
-    """A TinyLlama-shaped LoRA adapter with random float32 factors."""
+def make_adapter(path: Path, seed: int, dtype: str = "float32") -> None:
+    """A TinyLlama-shaped LoRA adapter with random float32 (or bfloat16) factors."""
     from safetensors.numpy import save_file
 
+    if dtype == "bfloat16":
+        save_file = _save_bf16
     rng = np.random.default_rng(seed)
     tensors = {}
     for layer in range(LAYERS):
@@ -111,6 +116,17 @@ def make_adapter(path: Path, seed: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path / WEIGHTS), metadata={"format": "pt"})
     (path / "adapter_config.json").write_text(json.dumps(adapter_config(), indent=2))
+
+
+def _save_bf16(tensors: dict, filename: str, metadata: dict) -> None:
+    """Write float arrays as a bfloat16 safetensors file (pemarith's writer; rounded on the bits)."""
+    from pemarith.io import SafetensorsWriter
+
+    specs = [(k, "BF16", tuple(v.shape)) for k, v in tensors.items()]
+    writer = SafetensorsWriter(Path(filename), specs, metadata)
+    for k, v in tensors.items():
+        writer.write(k, v)
+    writer.close()
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -341,6 +357,20 @@ def phase_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def floor_table(runs: list[Run]) -> str:
+    """Median wall time of each floor and every pemarith mode's ratio to the fsynced copy."""
+    lines = ["| modules | numpy + fsynced copy s | cp -r s | "
+             + " | ".join(f"pemarith {p} / fsynced copy" for p in PAIRS) + " |",
+             "|---|---|---|" + "---|" * len(PAIRS)]
+    for n in sorted({r.modules for r in runs if r.pair == "floor"}):
+        copy = median([r.wall_s for r in runs if r.tool == "copy+fsync" and r.modules == n])
+        cp = median([r.wall_s for r in runs if r.tool == "cp -r" and r.modules == n])
+        ratios = [median([r.wall_s for r in runs if r.tool == "pemarith" and r.pair == p and r.modules == n])
+                  / copy for p in PAIRS]
+        lines.append(f"| {n} | {copy:.2f} | {cp:.2f} | " + " | ".join(f"{x:.1f}x" for x in ratios) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -349,7 +379,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modules", type=int, nargs="+", default=[2, 4, 8],
                    help="numbers of adapters to compose (default: 2 4 8)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
+    p.add_argument("--repeats", type=int, default=5, help="runs per configuration (median; default 5)")
     p.add_argument("--peft-svd-modules", type=int, nargs="*", default=[2],
                    help="module counts for which PEFT svd runs (slow: ~300 s, ~6 GB for 2)")
     p.add_argument("--peft-svd-repeats", type=int, default=1)
@@ -358,8 +388,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peft-timeout", type=float, default=1200.0,
                    help="kill a PEFT run after this many seconds and report lower bounds "
                    "(default 1200; PEFT svd needed > 3300 s on 2 loaded cores)")
-    p.add_argument("--peft-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="dtype of PEFT's random base model (default float32, like the adapters)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the adapters (default float32)")
+    p.add_argument("--peft-dtype", choices=["float32", "bfloat16"],
+                   help="dtype of PEFT's random base model (default: that of the adapters)")
+    p.add_argument("--skip-floors", action="store_true",
+                   help="do not measure the copy floors (numpy + fsynced copy, cp -r)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: --modules 2 --repeats 1 --skip-peft-svd")
     p.add_argument("--warm", action="store_true",
@@ -372,6 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.modules, args.repeats, args.skip_peft_svd = [2], 1, True
     if args.skip_peft_svd:
         args.peft_svd_modules = []
+    args.peft_dtype = args.peft_dtype or args.dtype
     return args
 
 
@@ -401,6 +436,15 @@ def measure_all(args: argparse.Namespace, adapters: list[Path], files: list[Path
     for rep in range(args.repeats):
         for n in args.modules:
             inputs = adapters[:n]
+            for floor, cmd in ([] if args.skip_floors else
+                               [("copy+fsync", copy_cmd(files[:n], out)), ("cp -r", cp_cmd(inputs, out))]):
+                shutil.rmtree(out, ignore_errors=True)
+                if not args.warm:
+                    evict(files[:n])
+                wall, rss, _, _ = measure(cmd)
+                runs.append(Run(floor, "floor", n, wall, rss))
+                print(f"  rep {rep + 1} n={n} {floor:27s} {wall:8.2f} s {rss:8.0f} MB  "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)
             for pair in PAIRS:
                 plan = [("pemarith", None)]
                 do_svd = n in args.peft_svd_modules and rep < args.peft_svd_repeats
@@ -429,13 +473,16 @@ def measure_all(args: argparse.Namespace, adapters: list[Path], files: list[Path
 def bench(args: argparse.Namespace, work: Path) -> None:
     n_max = max(args.modules)
     t = time.perf_counter()
-    adapters = [work / f"adapter{i}" for i in range(n_max)]
+    print(f"# uptime before: {uptime()}")
+    load_before = os.getloadavg()[0]
+    suffix = "" if args.dtype == "float32" else "-bf16"
+    adapters = [work / f"adapter{i}{suffix}" for i in range(n_max)]
     for i, path in enumerate(adapters):
         if not (path / WEIGHTS).is_file():
-            make_adapter(path, seed=i)
+            make_adapter(path, seed=i, dtype=args.dtype)
     files = [p / WEIGHTS for p in adapters]
     size = files[0].stat().st_size
-    print(f"# {n_max} TinyLlama-shaped LoRA adapters (r={RANK}, 7 targets x {LAYERS} layers, "
+    print(f"# {n_max} TinyLlama-shaped {args.dtype} LoRA adapters (r={RANK}, 7 targets x {LAYERS} layers, "
           f"{size / 1e6:.1f} MB each) in {work} ({time.perf_counter() - t:.1f} s)")
     cold_bw = read_bandwidth(files, cold=True)
     warm_bw = read_bandwidth(files, cold=False)
@@ -487,7 +534,12 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         print()
         print("# PEFT phases (median s)")
         print(phase_table(runs))
-    print(f"# load average at end {os.getloadavg()[0]:.2f}")
+    if any(r.pair == "floor" for r in runs):
+        print()
+        print(floor_table(runs))
+    print(f"# uptime after: {uptime()}")
+    if busy(load_before, os.getloadavg()[0]):
+        print("# LOADED: the load beyond this benchmark exceeded 1.0; do not publish these figures")
     if args.json:
         args.json.write_text(json.dumps({
             "cold_read_bytes_per_s": cold_bw, "warm_read_bytes_per_s": warm_bw,

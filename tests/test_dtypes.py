@@ -35,10 +35,10 @@ def test_f32_to_bf16_rounds_like_ml_dtypes():
     ours = f32_to_bf16_bits(values)
     with np.errstate(over="ignore", invalid="ignore"):
         theirs = values.astype(ml_dtypes.bfloat16).view(np.uint16)
+    np.testing.assert_array_equal(ours, theirs)  # bit for bit, NaNs included
     nan = np.isnan(values)
-    np.testing.assert_array_equal(ours[~nan], theirs[~nan])
-    assert np.isnan(bf16_bits_to_f32(ours[nan])).all()  # NaN stays a NaN
-    np.testing.assert_array_equal(ours[nan] >> 15, theirs[nan] >> 15)  # of the same sign
+    assert nan.sum() > 1000 and np.isnan(bf16_bits_to_f32(ours[nan])).all()  # NaN stays a (quiet) NaN
+    assert ((ours[nan] & 0x7FFF) == 0x7FC0).all()
 
 
 def test_f64_to_bf16_rounds_once_like_ml_dtypes():

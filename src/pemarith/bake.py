@@ -11,7 +11,10 @@ Dense folder) are copied as they are; other weight files at the top (``*.bin``, 
 and ``onnx/``/``openvino/`` exports, which would hold the unmerged weights, are left out.
 
 Memory stays near one base tensor: the composed module (small) is held whole, and each shard is
-streamed tensor by tensor into its copy. Like ``compose``, it needs no torch and no model code.
+streamed tensor by tensor into its copy. Each updated tensor is read into one buffer and merged
+there (float32 and float64 weights in place; bfloat16 and float16 ones in one float32 copy,
+encoded back into the buffer on the bits, :mod:`pemarith.dtypes`), ``s B A`` formed once, in
+blocks of rows, and the buffer written as it is. Like ``compose``, it needs no torch and no model code.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import cast, decode
-from .errors import AdapterError, CompatibilityError
+from .dtypes import STORED, bf16_bits_to_f32, cast, f32_to_bf16_bits, finite_bytes
+from .errors import AdapterError, CompatibilityError, OutputError
 from .fs import output_dir
 from .io import (
     DTYPES,
@@ -98,6 +101,20 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
                 raise AdapterError(f"{base / INDEX_NAME}: the index puts {key[:100]!r} in {name}, which does "
                                    "not hold it; fix the index's weight_map")
     return infos, metas, index
+
+
+def _read_writable(path: Path, info: TensorInfo, key: str) -> bytearray:
+    """One tensor's stored bytes in a buffer of its own (merged in place, then written)."""
+    buf = bytearray(info.end - info.start)
+    try:
+        with open(path, "rb") as f:
+            f.seek(info.start)
+            n = f.readinto(buf)
+    except OSError as e:
+        raise AdapterError(f"{path}: cannot read ({e})") from None
+    if n != len(buf):
+        raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
+    return buf
 
 
 def _plain_file_name(name: object) -> bool:
@@ -204,24 +221,34 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     if key in replace:
                         writer.write(key, cast(module[replace[key]], info.dtype))
                         continue
-                    raw = read_bytes(src, info, key)
                     if key not in updates:
-                        writer.write_bytes(key, raw)
+                        writer.write_bytes(key, read_bytes(src, info, key))
                         continue
                     layer, what = updates[key]
                     if info.dtype not in DTYPES:
                         raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
-                    base_array = decode(raw, info.dtype, info.shape).astype(np.float64)
+                    raw = _read_writable(src, info, key)
+                    stored = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
+                    work = {"F32": stored, "F64": stored, "BF16": None}.get(info.dtype)
+                    if work is None:  # one float32 copy: bfloat16 on the bits, float16 by numpy
+                        work = bf16_bits_to_f32(stored) if info.dtype == "BF16" else stored.astype(np.float32)
                     if what == "weight":
-                        new = kind.merge_into(parts[layer], config, base_array, key)
+                        new = kind.merge_into(parts[layer], config, work, key)
                     else:
                         wkey = key.removesuffix(".bias") + ".weight"
-                        new = kind.merge_bias(parts[layer], config, base_array, infos[owner[wkey]][wkey].shape, key)
-                    if new is None:
-                        writer.write_bytes(key, raw)
-                    else:
-                        writer.write(key, cast(new, info.dtype))
+                        new = kind.merge_bias(parts[layer], config, work, infos[owner[wkey]][wkey].shape, key)
+                    if new is not None:
+                        if new is not stored:  # encoded back into the buffer
+                            if info.dtype == "BF16":
+                                stored[...] = f32_to_bf16_bits(np.asarray(new, dtype=np.float32))
+                            else:
+                                with np.errstate(over="ignore", invalid="ignore"):
+                                    stored[...] = new
+                        if not finite_bytes(raw, info.dtype):
+                            raise OutputError(f"{key[:100]}: the merged weights are not finite in {info.dtype}; "
+                                              "use smaller coefficients")
                         merged[layer.removeprefix(PEFT_PREFIX)].append(key)
+                    writer.write_bytes(key, raw)
                 for key in extra:
                     weight_map[key] = shard
                     writer.write(key, cast(module[replace[key]], first.dtypes[replace[key]]))

@@ -6,8 +6,9 @@ bfloat16 tensor as the float32 of the same value (exact) and converts on the bit
 
 - bfloat16 -> float32: ``f32_bits = u16 << 16`` (exact; NaN stays NaN).
 - float32 -> bfloat16: round to nearest, ties to even, on the bits:
-  ``u16 = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16``; NaN becomes a quiet NaN of the same sign
-  (``(bits >> 16) | 0x0040``), and a finite value past the largest bfloat16 rounds to infinity.
+  ``u16 = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16``; NaN becomes the quiet NaN of the same
+  sign, payload dropped (``(bits >> 16) & 0x8000 | 0x7FC0``, as ml_dtypes/Eigen), and a finite
+  value past the largest bfloat16 rounds to infinity.
 - float64 -> bfloat16: one rounding, not two: the float64 is first rounded to float32 *to odd*
   (truncate toward zero, set the last bit if anything was cut), which keeps enough bits for the
   second rounding to be exact.
@@ -42,7 +43,7 @@ def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
     nan = np.isnan(values)
     if nan.any():
-        rounded[nan] = ((bits[nan] >> 16) | np.uint32(0x0040)).astype(np.uint16)
+        rounded[nan] = (((bits[nan] >> 16) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(np.uint16)
     return rounded
 
 

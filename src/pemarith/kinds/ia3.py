@@ -138,12 +138,15 @@ def _scales_output(vec: np.ndarray, config: Mapping[str, Any], shape: tuple[int,
 
 def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
                key: str) -> np.ndarray:
-    """PEFT's (IA)3 merge: an output scaling ``l`` (shape ``(out, 1)``) scales the rows,
-    ``W' = l W``; a feedforward layer's input scaling (``(1, in)``) the columns, ``W' = W l``.
+    """PEFT's (IA)3 merge, in place in ``weight`` (float32 or float64, owned by the caller), which
+    is returned: an output scaling ``l`` (shape ``(out, 1)``) scales the rows, ``W' = l W``; a
+    feedforward layer's input scaling (``(1, in)``) the columns, ``W' = W l``.
     ``fan_in_fan_out`` weights (``in x out``) are scaled the same way, transposed."""
     vec = parts[_PART]
     _scales_output(vec, config, weight.shape, key)
-    return (weight.T * vec).T if config.get("fan_in_fan_out") else weight * vec
+    view = weight.T if config.get("fan_in_fan_out") else weight
+    view *= vec.astype(weight.dtype)
+    return weight
 
 
 def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,

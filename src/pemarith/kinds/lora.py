@@ -36,6 +36,7 @@ MODES = ("factorwise", "exact")
 _KEY = re.compile(r"^(?P<layer>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$")
 _A_PARTS = ("lora_A.weight", "lora_embedding_A")
 _B_FOR_A = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
+_MERGE_BLOCK = 1 << 18  # elements of the update formed at a time by merge_into (1 MiB of float32)
 
 # Config keys that change what the stored factors mean: composing them as plain LoRA would be
 # silently wrong, so each is refused by name when set (non-empty, non-false).
@@ -355,19 +356,28 @@ def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequenc
 
 def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
                key: str) -> np.ndarray:
-    """``W' = W + s B A`` (float arrays in and out).
+    """``W += s B A``, in place in ``weight`` (a float32 or float64 array the caller owns), which
+    is returned.
 
     The update is transposed for embeddings (whose weight is ``num_embeddings x dim``) and for
-    ``fan_in_fan_out`` layers (GPT-2's Conv1D stores ``in x out``), as PEFT's own merge does.
+    ``fan_in_fan_out`` layers (GPT-2's Conv1D stores ``in x out``), as PEFT's own merge does:
+    ``W += (s A^T) B^T``. The product is formed once, in ``weight``'s dtype, a block of rows at a
+    time (``W[i:j] += (s B)[i:j] @ A``), so no full-size temporary is made.
     """
     a_part = next(p for p in _A_PARTS if p in parts)
-    delta = scaling(config) * (parts[_B_FOR_A[a_part]] @ parts[a_part])
-    if a_part == "lora_embedding_A" or config.get("fan_in_fan_out"):
-        delta = delta.T
-    if delta.shape != weight.shape:
-        raise CompatibilityError(f"{key}: the LoRA update has shape {delta.shape} but the base weight "
+    B, A = parts[_B_FOR_A[a_part]], parts[a_part]
+    transposed = a_part == "lora_embedding_A" or bool(config.get("fan_in_fan_out"))
+    left, right = (A.T, B.T) if transposed else (B, A)
+    shape = (left.shape[0], right.shape[1])
+    if shape != weight.shape:
+        raise CompatibilityError(f"{key}: the LoRA update has shape {shape} but the base weight "
                                  f"has {weight.shape}; is this the adapter's base model?")
-    return weight + delta
+    left = np.ascontiguousarray(scaling(config) * left, dtype=weight.dtype)
+    right = np.ascontiguousarray(right, dtype=weight.dtype)
+    rows = max(1, _MERGE_BLOCK // max(1, shape[1]))
+    for i in range(0, shape[0], rows):
+        weight[i:i + rows] += left[i:i + rows] @ right
+    return weight
 
 
 def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,
