@@ -25,7 +25,7 @@ from pemarith.errors import PemarithError, did_you_mean
 
 PROG = "pemarith"
 CORE_COMMANDS = ("compose", "inspect", "diagnose", "bake")
-HF_COMMANDS = ("tasks", "train", "eval", "sweep", "reproduce")
+HF_COMMANDS = ("tasks", "train", "eval", "sweep", "search", "reproduce")
 DTYPES = ("float32", "float16", "bfloat16")
 MINUS_HINT = (" (an expression that starts with '-' goes after '--', e.g. "
               "`pemarith compose -m t=DIR -o OUT -- -t`)")

@@ -64,12 +64,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     """Add ``tasks``, ``train``, ``eval``, ``sweep``, ``reproduce`` and ``demo`` to the ``pemarith`` parser."""
     from .reproduce_cli import register_reproduce
+    from .search_cli import register_search
     from .sweep_cli import register_sweep
 
     _add_tasks(subparsers)
     _add_train(subparsers)
     _add_eval(subparsers)
     register_sweep(subparsers)
+    register_search(subparsers)
     register_reproduce(subparsers)
     _add_demo(subparsers)
 

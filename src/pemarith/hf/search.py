@@ -1,0 +1,405 @@
+"""Search one coefficient per module with Optuna: ``pemarith search``.
+
+    pemarith search "a*x + b*y + c*z" -m x=X -m y=Y -m z=Z --model minilm --task qnli \\
+        --var a=0:1.5 --var b=0:1.5 --var c=0:1.5 --budget 40 -o search/xyz
+
+``sweep`` walks one variable over a grid; ``search`` gives every free variable of the expression
+a range (``--var NAME=LO:HI``, or ``LO:HI:STEP`` for a stepped range, which ``--sampler grid``
+needs) and lets an Optuna sampler (TPE by default, CMA-ES, random, grid) choose ``--budget``
+points by its ask/tell interface. The loop:
+
+1. the base model is loaded once (:class:`~pemarith.hf.inplace.Session`, as ``sweep``);
+2. ``study.ask()`` proposes the variables; the composition at those values is written into the
+   live adapter in place and evaluated on the validation split of every task;
+3. ``study.tell(trial, objective)`` with ``objective = metric -/+ W * mean_j |v_j|`` (``--l1 W``,
+   LoraHub's penalty: subtracted from a metric that is maximised, added to one minimised);
+   ``--objective loss`` minimises the validation loss (:mod:`pemarith.hf.search_loss`);
+4. after ``budget`` trials the best trial (best objective; the earliest on ties) is evaluated
+   on the test split.
+
+Every evaluation is appended to ``DIR/records.jsonl`` before it is told, keyed by the rounded
+values of the variables. A rerun replays the study from the start with the same seeded sampler:
+the sampler proposes the same points, which are read back from the records, so an interrupted
+search resumes where it stopped, evaluates nothing twice, and ends as an uninterrupted one would.
+The first line fingerprints the search (expression, modules' sha256, model, tasks, variables,
+sampler, seed, objective, ...); the budget is not in it, so a rerun may extend the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from ..errors import PemarithError, did_you_mean
+from .search_records import SearchRecords, params_key
+from .select import resolve_metric
+
+Scores = dict[str, float]
+SAMPLERS = ("tpe", "cmaes", "random", "grid")
+MAX_GRID = 10_000
+#: Metrics that are better when smaller (the direction of ``--objective``).
+MINIMISED = ("loss", "perplexity", "toxicity", "toxic_share", "mse", "mae", "rmse")
+
+
+@dataclass(frozen=True)
+class Var:
+    """A searched variable: ``lo <= value <= hi``, on ``lo + k*step`` when ``step`` is given."""
+
+    name: str
+    lo: float
+    hi: float
+    step: float | None = None
+
+    def grid(self) -> list[float]:
+        if self.step is None:
+            raise PemarithError(f"--sampler grid needs a step for --var {self.name}: "
+                                f"--var {self.name}={self.lo:g}:{self.hi:g}:STEP")
+        n = math.floor((self.hi - self.lo) / self.step + 1e-9) + 1
+        return [round(self.lo + i * self.step, 10) for i in range(n)]
+
+
+def parse_var(text: str) -> Var:
+    """``NAME=LO:HI`` or ``NAME=LO:HI:STEP`` -> :class:`Var` (finite, ``LO < HI``, ``STEP > 0``)."""
+    name, sep, spec = str(text).partition("=")
+    name = name.strip()
+    hint = "use NAME=LO:HI or NAME=LO:HI:STEP, e.g. --var a=0:1 or --var a=0:1:0.25"
+    if not sep or not name.isidentifier():
+        raise PemarithError(f"--var {text!r} must look like NAME=LO:HI; {hint}")
+    try:
+        parts = [float(p) for p in spec.split(":")]
+    except ValueError:
+        raise PemarithError(f"--var {text!r}: bounds must be numbers; {hint}") from None
+    if len(parts) not in (2, 3) or not all(math.isfinite(p) for p in parts):
+        raise PemarithError(f"--var {text!r}: {hint}")
+    lo, hi, step = parts[0], parts[1], (parts[2] if len(parts) == 3 else None)
+    if not lo < hi:
+        raise PemarithError(f"--var {text!r}: need LO < HI, got {lo:g} and {hi:g}")
+    if step is not None and not 0 < step <= hi - lo:
+        raise PemarithError(f"--var {text!r}: need 0 < STEP <= HI - LO")
+    return Var(name, lo, hi, step)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search. ``variables`` are :class:`Var` or ``NAME=LO:HI[:STEP]`` strings."""
+
+    expr: str
+    modules: Mapping[str, str]
+    model: str
+    tasks: tuple[str, ...]
+    out: str
+    variables: tuple[Any, ...]
+    budget: int = 40
+    sampler: str = "tpe"
+    seed: int = 0
+    objective: str | None = None  # a metric (default: the first task's first) or "loss"
+    l1: float = 0.0
+    mode: str = "factorwise"
+    rank: int | None = None
+    keep: str | None = None
+    limit: int | None = None
+    split_seed: int = 0
+    data_dir: str | None = None
+    val_split: str = "validation"
+    test_split: str | None = "test"
+    batch_size: int = 32
+    max_tokens: int | None = None
+    samples: int | None = None
+    restart: bool = False
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "tasks", tuple(self.tasks))
+        set_(self, "modules", dict(self.modules))
+        set_(self, "variables", tuple(v if isinstance(v, Var) else parse_var(v) for v in self.variables))
+        if not self.tasks:
+            raise PemarithError("a search needs at least one --task")
+        if not self.modules:
+            raise PemarithError("a search needs modules: -m NAME=PATH for each module of the expression")
+        if not self.variables:
+            raise PemarithError("a search needs at least one --var NAME=LO:HI")
+        names = [v.name for v in self.variables]
+        for name in names:
+            if names.count(name) > 1:
+                raise PemarithError(f"--var {name} is given twice")
+            if name in self.modules:
+                raise PemarithError(f"--var {name!r} is also a module name; rename one")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise PemarithError(f"--budget must be a positive integer, got {self.budget!r}")
+        if self.sampler not in SAMPLERS:
+            raise PemarithError(f"unknown --sampler {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}"
+                                f"; choose one of {', '.join(SAMPLERS)}")
+        if not (math.isfinite(self.l1) and self.l1 >= 0):
+            raise PemarithError(f"--l1 must be a finite number >= 0, got {self.l1}")
+        if self.limit is not None and self.limit < 1:
+            raise PemarithError(f"--limit must be at least 1, got {self.limit}")
+        if self.rank is not None and self.mode != "exact":
+            raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
+        if self.sampler == "grid" and math.prod(len(v.grid()) for v in self.variables) > MAX_GRID:
+            raise PemarithError(f"the grid has more than {MAX_GRID} points; use larger steps")
+
+    def session_config(self) -> Any:
+        """What :class:`~pemarith.hf.inplace.Session` reads (its ``seed`` is the split seed)."""
+        return SimpleNamespace(model=self.model, tasks=self.tasks, mode=self.mode, rank=self.rank,
+                               val_split=self.val_split, test_split=self.test_split,
+                               data_dir=self.data_dir, seed=self.split_seed, limit=self.limit,
+                               batch_size=self.batch_size, max_tokens=self.max_tokens,
+                               samples=self.samples)
+
+
+@dataclass
+class Trial:
+    number: int
+    params: dict[str, float]
+    scores: Scores
+    objective: float
+    seconds: float
+
+
+@dataclass
+class SearchResult:
+    """What :func:`run_search` found; also written to ``results.json``."""
+
+    names: list[str]
+    metric: str
+    direction: str
+    trials: list[Trial]
+    best: Trial
+    test: Scores | None = None
+    columns: list[str] = field(default_factory=list)
+    evaluations: int = 0  # computed in this run
+    reused: int = 0  # read back from the records
+    seconds: float = 0.0
+    engine: str = "local"
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def direction_of(metric: str) -> str:
+    return "minimize" if metric.split(".")[-1] in MINIMISED else "maximize"
+
+
+def objective_value(score: float, params: Mapping[str, float], l1: float, direction: str) -> float:
+    """``score - l1 * mean|v|`` for a maximised metric, ``score + l1 * mean|v|`` for a minimised one."""
+    penalty = l1 * sum(abs(v) for v in params.values()) / max(len(params), 1)
+    return score + penalty if direction == "minimize" else score - penalty
+
+
+def make_sampler(config: SearchConfig) -> Any:
+    import optuna
+
+    s = optuna.samplers
+    if config.sampler in ("grid", "random"):  # grid: the points are enqueued (grid_points)
+        return s.RandomSampler(seed=config.seed)
+    if config.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
+        except ImportError:
+            raise PemarithError("--sampler cmaes needs the cmaes package: pip install 'pemarith[search]'") from None
+        return s.CmaEsSampler(seed=config.seed, warn_independent_sampling=False)
+    return s.TPESampler(seed=config.seed)
+
+
+def grid_points(config: SearchConfig) -> list[dict[str, float]]:
+    """Every point of the variables' grids, in an order shuffled by ``config.seed`` (as Optuna's
+    GridSampler does, so that a budget smaller than the grid spreads over it). They are enqueued
+    one at a time (``study.enqueue_trial``): Optuna's GridSampler stops the study from inside
+    ``tell``, which the ask/tell interface does not allow."""
+    import itertools
+
+    import numpy as np
+
+    grids = [v.grid() for v in config.variables]
+    points = [dict(zip((v.name for v in config.variables), p)) for p in itertools.product(*grids)]
+    order = np.random.default_rng(config.seed).permutation(len(points))
+    return [points[i] for i in order]
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise PemarithError("`pemarith search` needs Optuna: pip install 'pemarith[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], None] = _log,
+               evaluator: Any = None) -> SearchResult:
+    """Run ``config``; see the module docstring. ``session`` evaluates compositions (default: a
+    :class:`~pemarith.hf.inplace.Session` that loads the model once, lazily, so a search whose
+    evaluations are all recorded loads no model). ``evaluator`` (default: this process) evaluates
+    batches of points (:mod:`pemarith.hf.search_ray` runs them on Ray actors)."""
+    import pemarith
+    from pemarith.expr import Expression
+
+    optuna = _optuna()
+    t0 = time.perf_counter()
+    names = [v.name for v in config.variables]
+    expression = Expression(config.expr)
+    present = expression.identifiers()
+    free = [n for n in present if n not in config.modules]
+    for name in names:
+        if name not in present:
+            raise PemarithError(f"--var {name!r} does not occur in {config.expr[:120]!r}"
+                                f"{did_you_mean(name, free)}")
+    unbound = [n for n in free if n not in names]
+    if unbound:
+        n = unbound[0][:60]
+        raise PemarithError(f"unknown name {n!r} in {config.expr[:120]!r}: give it a range with "
+                            f"--var {n}=LO:HI, or make it a module with -m {n}=PATH"
+                            f"{did_you_mean(unbound[0], list(config.modules))}")
+    pems = {n: pemarith.load(p, n) for n, p in config.modules.items()}
+    probe_params = _generic_params(expression, pems, config.variables)
+    used = {n: pems[n] for n in expression.normal_form(list(pems), probe_params)}
+    for name in pems:
+        if name not in used:
+            log(f"note: -m {name} is not used in the expression")
+    if config.keep is not None and config.keep not in used:
+        raise PemarithError(f"--keep {config.keep!r} is not a module of the expression"
+                            f"{did_you_mean(config.keep, used)}")
+
+    def compose(params: Mapping[str, float]) -> Any:
+        return pemarith.compose(config.expr, used, mode=config.mode, rank=config.rank, **params)
+
+    fingerprint = {
+        "expr": config.expr, "model": config.model, "tasks": list(config.tasks),
+        "variables": [[v.name, v.lo, v.hi, v.step] for v in config.variables],
+        "sampler": config.sampler, "seed": config.seed, "objective": config.objective, "l1": config.l1,
+        "mode": config.mode, "rank": config.rank, "keep": config.keep, "limit": config.limit,
+        "split_seed": config.split_seed, "max_tokens": config.max_tokens, "samples": config.samples,
+        "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
+    }
+    if evaluator is None:
+        if session is None:  # checks the tasks' splits before anything is written
+            from .inplace import Session
+
+            session = Session(config.session_config(), probe=lambda: compose(probe_params))
+            if config.objective == "loss":
+                from .search_loss import LossSession
+
+                session = LossSession(session)
+        evaluator = LocalEvaluator(session, compose, config)
+    records = SearchRecords(config.out, fingerprint, restart=config.restart)
+    budget = config.budget
+    notes: list[str] = []
+    grid = grid_points(config) if config.sampler == "grid" else []
+    if grid:
+        size = len(grid)
+        if budget > size:
+            notes.append(f"--budget {budget} is more than the grid's {size} points: every point once")
+            log(f"note: {notes[-1]}")
+            budget = size
+
+    metric: list[str] = []  # resolved on the first scores
+    counts = {"evaluated": 0, "reused": 0}
+
+    def evaluate(points: Sequence[Mapping[str, float]], split: str) -> list[dict[str, Any]]:
+        """Records of ``points`` on ``split``: read back, or evaluated (in one batch) and recorded."""
+        todo = [p for p in dict.fromkeys(params_key(p) for p in points)
+                if (p, split) not in records.records]
+        missing = [next(p for p in points if params_key(p) == k) for k in todo]
+        counts["reused"] += len(points) - len(missing)
+        for params, (scores, seconds) in zip(missing, evaluator.evaluate(missing, split) if missing else []):
+            records.add(params, split, scores, seconds)
+            counts["evaluated"] += 1
+        return [records.get(p, split) for p in points]
+
+    def score_of(scores: Mapping[str, float]) -> float:
+        if not metric:
+            keys = [k for k, v in scores.items() if isinstance(v, (int, float))]
+            wanted = config.objective or (evaluator.primary_metrics(keys) or keys)[0]
+            metric.append(resolve_metric(wanted, keys))
+        return float(scores[metric[0]])
+
+    dists = {v.name: optuna.distributions.FloatDistribution(
+        v.lo, v.hi, step=None if config.sampler == "grid" else v.step) for v in config.variables}
+    study = None
+    trials: list[Trial] = []
+    asks = [0]  # trials asked of the current study
+
+    def ask() -> Any:
+        if grid:
+            study.enqueue_trial(grid[asks[0]])
+        asks[0] += 1
+        return study.ask(dists)
+    while len(trials) < budget:
+        k = min(evaluator.workers, budget - len(trials))
+        asked = []
+        if study is None:  # without --objective the direction is known once a point is scored
+            direction = direction_of(config.objective) if config.objective else None
+            study = optuna.create_study(direction=direction or "maximize", sampler=make_sampler(config))
+            if direction is None:
+                asked = [ask()]
+                rec = evaluate([_params(asked[0], names)], config.val_split)[0]
+                score_of(rec["scores"])
+                if direction_of(metric[0]) == "minimize":  # start again, minimising
+                    study = optuna.create_study(direction="minimize", sampler=make_sampler(config))
+                    asked, asks[0] = [], 0
+        asked += [ask() for _ in range(k - len(asked))]
+        points = [_params(t, names) for t in asked]
+        for trial, params, rec in zip(asked, points, evaluate(points, config.val_split)):
+            value = objective_value(score_of(rec["scores"]), params, config.l1, study.direction.name.lower())
+            study.tell(trial, value)
+            trials.append(Trial(len(trials), params, dict(rec["scores"]), value, rec["seconds"]))
+            shown = " ".join(f"{n}={params[n]:.4g}" for n in names)
+            log(f"trial {trials[-1].number:<4} {shown}  {metric[0]}={rec['scores'][metric[0]]:.4g}"
+                f"  objective={value:.4g}  ({rec['seconds']:.2f} s)")
+    direction = study.direction.name.lower()
+    sign = -1.0 if direction == "minimize" else 1.0
+    best = max(trials, key=lambda t: (sign * t.objective, -t.number))
+    result = SearchResult(names, metric[0], direction, trials, best, engine=evaluator.engine, notes=notes)
+    if config.test_split:
+        result.test = dict(evaluate([best.params], config.test_split)[0]["scores"])
+    keys = list(dict.fromkeys(k for t in trials for k in t.scores))
+    result.columns = [metric[0], *(k for k in keys if k != metric[0])]
+    result.evaluations, result.reused = counts["evaluated"], counts["reused"]
+    result.seconds = round(time.perf_counter() - t0, 3)
+    from .search_out import write_outputs
+
+    result.files = write_outputs(config, result)
+    return result
+
+
+def _params(trial: Any, names: Sequence[str]) -> dict[str, float]:
+    return {n: round(float(trial.params[n]), 10) for n in names}
+
+
+def _generic_params(expression: Any, pems: Mapping[str, Any], variables: Sequence[Var]) -> dict[str, float]:
+    """Values in the ranges at which no coefficient vanishes, so the probe has every term."""
+    for f in (0.37, 0.618, 0.123, 0.5, 0.91):
+        params = {v.name: v.lo + f * (v.hi - v.lo) for v in variables}
+        if all(c != 0.0 for c in expression.normal_form(list(pems), params).values()):
+            return params
+    return params
+
+
+class LocalEvaluator:
+    """Evaluates points one after another in this process, on one :class:`Session`."""
+
+    engine = "local"
+    workers = 1
+
+    def __init__(self, session: Any, compose: Callable[[Mapping[str, float]], Any], config: SearchConfig):
+        self.session, self.compose, self.config = session, compose, config
+
+    def primary_metrics(self, keys: Sequence[str]) -> list[str]:
+        return self.session.primary_metrics(keys)
+
+    def evaluate(self, points: Sequence[Mapping[str, float]], split: str) -> list[tuple[Scores, float]]:
+        out = []
+        for params in points:
+            t = time.perf_counter()
+            self.session.load(self.compose(params), self.config.mode, self.config.rank, self.config.keep)
+            out.append((self.session.evaluate(split), time.perf_counter() - t))
+        return out
