@@ -207,3 +207,25 @@ def test_every_trial_equals_a_separate_compose_and_eval(tiny_bert_dir, tmp_path,
     assert summary["objective"]["direction"] == "minimize" and set(summary["best"]) >= {"validation", "test"}
     assert main(argv) == 0  # a rerun reads everything back
     assert "0 evaluated, 5 read back" in capsys.readouterr().out
+
+
+class PerplexitySession(FakeSession):
+    """A session whose first metric is minimised: perplexity, lowest at a = 0.3, b = 0.6."""
+
+    def evaluate(self, split, base=False):
+        scores = super().evaluate(split, base)
+        return {"perplexity": 10.0 + 100.0 * (0.9 - scores["accuracy"])}
+
+    def primary_metrics(self, keys):
+        return ["perplexity"]
+
+
+def test_the_direction_follows_the_metric(adapters, tmp_path):
+    session = PerplexitySession()
+    result = run_search(_config(adapters, tmp_path / "p", sampler="grid", budget=121), session=session,
+                        log=_quiet)
+    assert result.metric == "perplexity" and result.direction == "minimize"
+    assert result.best.params == OPT and len(session.evaluated) == 121 + 1  # nothing twice
+    again = PerplexitySession()
+    run_search(_config(adapters, tmp_path / "p", sampler="grid", budget=121), session=again, log=_quiet)
+    assert again.evaluated == []
