@@ -229,3 +229,71 @@ def test_the_direction_follows_the_metric(adapters, tmp_path):
     again = PerplexitySession()
     run_search(_config(adapters, tmp_path / "p", sampler="grid", budget=121), session=again, log=_quiet)
     assert again.evaluated == []
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def _tiny_search(tiny_bert_dir, tmp_path, data, out, **kw):  # noqa: F811
+    a = tmp_path / "a" if (tmp_path / "a").exists() else _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
+    b = tmp_path / "b" if (tmp_path / "b").exists() else _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
+    base = {"expr": "x*a + y*b", "modules": {"a": str(a), "b": str(b)}, "keep": "a",
+            "model": str(tiny_bert_dir), "tasks": ("sst2",), "out": str(out),
+            "variables": ("x=0:1:0.5", "y=0:1:0.5"), "budget": 9, "sampler": "grid", "limit": 16,
+            "data_dir": str(data), "plot": False}
+    return SearchConfig(**{**base, **kw})
+
+
+def _records(out):
+    lines = (out / "records.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_ray_grid_gives_the_local_records(tiny_bert_dir, tmp_path):  # noqa: F811
+    pytest.importorskip("ray")
+    from pemarith.hf.search_ray import ray_engine
+
+    data = _data_dir()
+    if data is None:
+        pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
+    local = run_search(_tiny_search(tiny_bert_dir, tmp_path, data, tmp_path / "local"), log=_quiet)
+    remote = run_search(_tiny_search(tiny_bert_dir, tmp_path, data, tmp_path / "ray"), log=_quiet,
+                        engine=ray_engine(2, None))
+    assert local.engine == "local" and remote.engine == "ray"
+    want, got = _records(tmp_path / "local"), _records(tmp_path / "ray")
+    assert got[0] == want[0]  # the same fingerprint: a Ray run resumes a local one and back
+    assert [(r["key"], r["split"]) for r in got[1:]] == [(r["key"], r["split"]) for r in want[1:]]
+    for g, w in zip(got[1:], want[1:]):
+        assert g["scores"] == pytest.approx(w["scores"], abs=1e-6)
+    assert remote.best.params == local.best.params
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["engine"] == "ray"
+
+
+def test_a_killed_ray_worker_is_replaced_and_its_trial_retried(tiny_bert_dir, tmp_path):  # noqa: F811
+    ray = pytest.importorskip("ray")
+    import os
+    import signal
+    import time
+
+    from pemarith.hf.search import prepare
+    from pemarith.hf.search_ray import RayEvaluator
+
+    data = _data_dir()
+    if data is None:
+        pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
+    cfg = _tiny_search(tiny_bert_dir, tmp_path, data, tmp_path / "k")
+    prepare(cfg)
+    ev = RayEvaluator(cfg, workers=1)
+    try:
+        (want, _), = ev.evaluate([{"x": 0.5, "y": 0.5}], "validation")
+        pid = ev.pids()[0]
+        ref = ev.actors[0].evaluate.remote({"x": 1.0, "y": 0.5}, "validation")
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)  # mid-trial (or just before it: either way it is retried)
+        scores, _ = ray.get(ref, timeout=300)
+        assert ev.pids()[0] != pid  # a new actor process
+        again, = ev.evaluate([{"x": 0.5, "y": 0.5}], "validation")
+        assert again[0] == pytest.approx(want)
+        assert set(scores) == set(want)
+    finally:
+        ev.close()

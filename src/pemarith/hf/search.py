@@ -234,17 +234,27 @@ def _optuna() -> Any:
     return optuna
 
 
-def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], None] = _log,
-               evaluator: Any = None) -> SearchResult:
-    """Run ``config``; see the module docstring. ``session`` evaluates compositions (default: a
-    :class:`~pemarith.hf.inplace.Session` that loads the model once, lazily, so a search whose
-    evaluations are all recorded loads no model). ``evaluator`` (default: this process) evaluates
-    batches of points (:mod:`pemarith.hf.search_ray` runs them on Ray actors)."""
+@dataclass
+class Prepared:
+    """A checked search: the modules the expression uses, a point at which every term is present
+    (it shapes the live adapter), and ``compose(params)`` -> the composition at ``params``."""
+
+    used: dict[str, Any]
+    probe: dict[str, float]
+    config: SearchConfig
+
+    def compose(self, params: Mapping[str, float]) -> Any:
+        import pemarith
+
+        c = self.config
+        return pemarith.compose(c.expr, self.used, mode=c.mode, rank=c.rank, **params)
+
+
+def prepare(config: SearchConfig, log: Callable[[str], None] = _log) -> Prepared:
+    """Check ``config`` against its expression and modules (no model is loaded)."""
     import pemarith
     from pemarith.expr import Expression
 
-    optuna = _optuna()
-    t0 = time.perf_counter()
     names = [v.name for v in config.variables]
     expression = Expression(config.expr)
     present = expression.identifiers()
@@ -260,18 +270,42 @@ def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], N
                             f"--var {n}=LO:HI, or make it a module with -m {n}=PATH"
                             f"{did_you_mean(unbound[0], list(config.modules))}")
     pems = {n: pemarith.load(p, n) for n, p in config.modules.items()}
-    probe_params = _generic_params(expression, pems, config.variables)
-    used = {n: pems[n] for n in expression.normal_form(list(pems), probe_params)}
+    probe = _generic_params(expression, pems, config.variables)
+    used = {n: pems[n] for n in expression.normal_form(list(pems), probe)}
     for name in pems:
         if name not in used:
             log(f"note: -m {name} is not used in the expression")
     if config.keep is not None and config.keep not in used:
         raise PemarithError(f"--keep {config.keep!r} is not a module of the expression"
                             f"{did_you_mean(config.keep, used)}")
+    return Prepared(used, probe, config)
 
-    def compose(params: Mapping[str, float]) -> Any:
-        return pemarith.compose(config.expr, used, mode=config.mode, rank=config.rank, **params)
 
+def default_session(config: SearchConfig, prepared: Prepared) -> Any:
+    """The sweep's :class:`~pemarith.hf.inplace.Session` (the model loaded once, on first use;
+    it checks the tasks' splits now), with the loss added for ``--objective loss``."""
+    from .inplace import Session
+
+    session = Session(config.session_config(), probe=lambda: prepared.compose(prepared.probe))
+    if config.objective == "loss":
+        from .search_loss import LossSession
+
+        session = LossSession(session)
+    return session
+
+
+def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], None] = _log,
+               engine: Callable[[SearchConfig, Prepared], Any] | None = None) -> SearchResult:
+    """Run ``config``; see the module docstring. ``session`` evaluates compositions (default:
+    :func:`default_session`, which loads the model once, lazily, so a search whose evaluations
+    are all recorded loads no model). ``engine(config, prepared)`` gives another evaluator of
+    batches of points (:class:`pemarith.hf.search_ray.RayEvaluator`: Ray actors); it is started
+    after every check and closed at the end."""
+    optuna = _optuna()
+    t0 = time.perf_counter()
+    names = [v.name for v in config.variables]
+    prepared = prepare(config, log)
+    used = prepared.used
     fingerprint = {
         "expr": config.expr, "model": config.model, "tasks": list(config.tasks),
         "variables": [[v.name, v.lo, v.hi, v.step] for v in config.variables],
@@ -280,17 +314,18 @@ def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], N
         "split_seed": config.split_seed, "max_tokens": config.max_tokens, "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
     }
-    if evaluator is None:
-        if session is None:  # checks the tasks' splits before anything is written
-            from .inplace import Session
-
-            session = Session(config.session_config(), probe=lambda: compose(probe_params))
-            if config.objective == "loss":
-                from .search_loss import LossSession
-
-                session = LossSession(session)
-        evaluator = LocalEvaluator(session, compose, config)
+    if engine is None and session is None:
+        session = default_session(config, prepared)
     records = SearchRecords(config.out, fingerprint, restart=config.restart)
+    evaluator = engine(config, prepared) if engine else LocalEvaluator(session, prepared.compose, config)
+    try:
+        return _run(config, names, records, evaluator, optuna, log, t0)
+    finally:
+        getattr(evaluator, "close", lambda: None)()
+
+
+def _run(config: SearchConfig, names: list[str], records: SearchRecords, evaluator: Any, optuna: Any,
+         log: Callable[[str], None], t0: float) -> SearchResult:
     budget = config.budget
     notes: list[str] = []
     grid = grid_points(config) if config.sampler == "grid" else []

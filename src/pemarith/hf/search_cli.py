@@ -27,6 +27,8 @@ examples:
       --task qnli --var a=0:1.5 --var b=0:1.5 --var c=0:1.5 --budget 40 --l1 0.05 -o search/hub
   pemarith search "a*mnli + b*rte" -m mnli=M -m rte=R --model minilm --task rte \\
       --var a=0:1:0.1 --var b=0:1:0.1 --sampler grid --budget 121 -o search/grid
+  pemarith search "a*x + b*y" -m x=X -m y=Y --model minilm --task sst2 --var a=0:1 --var b=0:1 \
+      --ray --workers 2 -o search/ray      # a local Ray; --ray auto joins a running cluster
   pemarith search "a*cls + b*(lm_t - lm_s)" -m cls=C -m lm_t=T -m lm_s=S --model smollm2 \\
       --task sst2 --var a=0:1.5 --var b=0:1.5 --sampler cmaes --objective loss --limit 64 -o out"""
 
@@ -109,6 +111,11 @@ def register_search(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="data directory (default: PEMARITH_DATA_DIR, ...)")
     p.add_argument("--val-split", default="validation", help="split to search on (default: validation)")
     p.add_argument("--test-split", default="test", help="split to report the best on; 'none' to skip")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="evaluate on Ray actors, each loading the model once: start a local Ray "
+                   "(no ADDRESS) or join a cluster (e.g. auto); needs pemarith[ray]")
+    p.add_argument("--workers", type=_positive, metavar="K",
+                   help="with --ray: K actors, K trials at a time (default 2)")
     p.add_argument("--restart", action="store_true", help="discard DIR's records and start afresh")
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures")
     p.add_argument("--json", action="store_true", help="print results.json")
@@ -118,6 +125,7 @@ def register_search(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from pemarith.cli import module_map
+    from pemarith.errors import PemarithError
 
     from .search import SearchConfig, run_search
 
@@ -129,7 +137,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, val_split=args.val_split,
         test_split=None if args.test_split == "none" else args.test_split, batch_size=args.batch_size,
         max_tokens=args.max_tokens, samples=args.samples, restart=args.restart, plot=not args.no_plot)
-    result = run_search(config)
+    engine = None
+    if args.ray is not None:
+        from .search_ray import ray_engine
+
+        engine = ray_engine(args.workers or 2, args.ray or None)
+    elif args.workers is not None:
+        raise PemarithError("--workers needs --ray (the local loop evaluates one trial at a time)")
+    result = run_search(config, engine=engine)
     if args.json:
         print(Path(result.files["json"]).read_text(encoding="utf-8"), end="")
         return 0
