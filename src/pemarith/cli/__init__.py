@@ -25,7 +25,7 @@ from .args import MINUS_HINT, PROG, Parser
 # name -> module of this package (in the order of `pemarith --help`)
 COMMANDS: dict[str, str] = {
     "compose": "compose", "inspect": "inspect", "diagnose": "diagnose", "bake": "bake",
-    "tasks": "tasks", "train": "train", "eval": "eval", "sweep": "sweep", "reproduce": "reproduce",
+    "tasks": "tasks", "train": "train", "eval": "eval", "sweep": "sweep", "search": "search", "reproduce": "reproduce",
     "demo": "demo",
 }
 CORE_COMMANDS = ("compose", "inspect", "diagnose", "bake")
