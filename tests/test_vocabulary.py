@@ -45,6 +45,30 @@ def test_old_spellings_parse_to_the_new_options(capsys):
     assert "--overwrite is now --force" in err and "--seed is now --split-seed" in err
 
 
+def test_old_spellings_do_not_change_the_defaults():
+    """Neither spelling given: every option has the new spelling's default (a deprecated
+    ``--seed`` once set the sweep's split seed to None, so each run split the data at random)."""
+    from pemarith.cli.args import Deprecated
+
+    p = build_parser()
+    sub = p._subparsers._group_actions[0].choices
+    checked = 0
+    for name, parser in sub.items():
+        defaults = {a.dest: a.default for a in parser._actions if not isinstance(a, Deprecated)}
+        old = [a for a in parser._actions if isinstance(a, Deprecated)]
+        if not old:
+            continue
+        required = {"train": ["--model", "m", "--task", "t", "-o", "x"],
+                    "sweep": ["l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x"],
+                    "compose": ["-o", "x", "a"], "eval": ["--model", "m", "--task", "t"]}[name]
+        parsed = vars(p.parse_args([name, *required]))
+        for a in old:
+            assert parsed[a.dest] == defaults[a.dest], (name, a.option_strings)
+            checked += 1
+    assert checked >= 3
+    assert p.parse_args(["sweep", *["l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x"]]).seed == 0
+
+
 def test_help_hides_the_old_spellings():
     p = build_parser()
     sub = p._subparsers._group_actions[0].choices

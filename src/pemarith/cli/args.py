@@ -220,11 +220,14 @@ def note(message: str) -> None:
 
 class Deprecated(argparse.Action):
     """An old spelling of an option: it still works, stores like the new one, and says the new
-    name on stderr (kept for one release; hidden from --help)."""
+    name on stderr (kept for one release; hidden from --help). It has no default of its own
+    (``argparse.SUPPRESS``): the new option's default is the one that applies when neither is
+    given, whichever was registered first."""
 
     def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", **kwargs: Any):
         self.new = new
         kwargs.setdefault("help", argparse.SUPPRESS)
+        kwargs["default"] = argparse.SUPPRESS
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
