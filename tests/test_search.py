@@ -164,6 +164,7 @@ def test_bad_input_is_a_clear_error(adapters, tmp_path, kw, match):
 @pytest.mark.parametrize("extra, match", [
     (["--var", "x=1:0"], "LO < HI"), (["--var", "x"], "NAME=LO:HI"), (["--budget", "0"], "at least 1"),
     (["--budget", "many"], "not an integer"), (["--var", "z=0:1"], "--var 'z' does not occur"),
+    (["--workers", "2"], "--workers needs --ray"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(adapters, tmp_path, capsys, extra, match):
     from pemarith.cli import main
