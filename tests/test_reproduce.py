@@ -240,9 +240,21 @@ def test_selected_class_pins_the_draw_of_table9(tmp_path: Path) -> None:
     table9 = skew_table(ctx, ["sst2", "cola", "rte"])
     for task, t in table9.items():
         assert t["selected"] == recipe.options.selected[task] == 0
-        assert t["s0"][0] > t["s0"][1] * 0.9 and t["s1"][0] < t["s1"][1]  # s0 holds class 0
+        assert t["s0"][0] > 2 * t["s1"][0] and t["s1"][0] < t["s1"][1]  # s0 holds most of class 0
         assert sum(t["s0"]) == sum(t["s1"]) == 1000
     assert table9["cola"]["s0"][0] > 400  # not the degenerate draw (no class 0 in s0)
+
+
+def test_pinning_a_majority_class_is_refused_with_the_shares(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pemarith.scenarios.distribution import skew_table
+
+    recipe = load_recipe("distribution-generalisation")
+    options = dataclasses.replace(recipe.options, selected={"cola": 1})  # 70.4% acceptable
+    ctx = Context(dataclasses.replace(recipe, options=options), tmp_path / "out", log=lambda m: None)
+    with pytest.raises(PemarithError, match=r"cola = 1: s0 would hold that class alone .*class 1: 70.4%"):
+        skew_table(ctx, ["cola"])
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -9,9 +9,17 @@ in the subsets equal. [...] we randomly select 1000 samples from each split."
 So with ``n_sel`` rows of the selected class and ``n_rest`` of the others, ``s0`` receives
 ``round(0.8 * n_sel)`` selected rows and ``x`` others, ``s1`` the rest, where
 ``x = (n_sel + n_rest) // 2 - round(0.8 * n_sel)`` makes the sizes equal (clipped to
-``[0, n_rest]`` when the selected class is so large that equal sizes are impossible; then
-``s0`` is the larger one). Each subset is then sampled down to ``size`` rows. The paper's
-Table 9 is these subsets' class counts (:func:`class_counts`).
+``[0, n_rest]``). Each subset is then sampled down to ``size`` rows. The paper's Table 9 is
+these subsets' class counts (:func:`class_counts`).
+
+Equal sizes need ``round(0.8 * n_sel) <= N // 2`` (``N = n_sel + n_rest``), i.e. a selected
+share ``p <= 0.625``; the sampled subsets then hold about ``1.6 p`` and ``0.4 p`` of the selected
+class and keep the task's natural ratio over both, which is what Table 9 shows for every task but
+STS-B (MRPC ``p = 0.325``: 0.52 and 0.13 against the paper's 524 and 131 of 1000). A majority
+class past 0.625 would leave ``s0`` with that class alone, so the random draw is only among the
+*feasible* classes (:func:`feasible_classes`), and any subset with a single class, or a class
+below ``MIN_CLASS_SHARE`` of it, is an error rather than a module trained on it (Table 9's own
+smallest share is about 12%).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ Row = dict[str, Any]
 
 #: Fraction of the selected class's rows that go to ``s0``.
 SELECTED_SHARE = 0.8
+#: Below this share of a subset, a class counts as missing (the subset is degenerate).
+MIN_CLASS_SHARE = 0.05
 
 
 def skew_class(label: Any, threshold: float = 2.5) -> int:
@@ -76,17 +86,45 @@ class SkewedSplit:
         return "\n".join(lines)
 
 
+def _feasible(counts: dict[int, int]) -> list[int]:
+    total = sum(counts.values())
+    return [c for c, n in counts.items() if round(SELECTED_SHARE * n) <= total // 2]
+
+
+def _shares(counts: dict[int, int]) -> str:
+    total = sum(counts.values())
+    return ", ".join(f"class {c}: {n / total:.1%}" for c, n in counts.items())
+
+
+def feasible_classes(rows: Sequence[Row], threshold: float = 2.5) -> list[int]:
+    """The classes that can be selected: ``round(0.8 n_c) <= N // 2`` (equal subsets possible)."""
+    return _feasible(class_counts(rows, threshold))
+
+
+def check_subset(rows: Sequence[Row], classes: Sequence[int], name: str, threshold: float = 2.5) -> None:
+    """Refuse a degenerate subset: a class of the task missing or below ``MIN_CLASS_SHARE``."""
+    counts = class_counts(rows, threshold)
+    low = [c for c in classes if counts.get(c, 0) < MIN_CLASS_SHARE * max(1, len(rows))]
+    if low:
+        have = ", ".join(f"class {c}: {counts.get(c, 0)}" for c in classes)
+        raise PemarithError(f"skewed subset {name} is degenerate ({have} of {len(rows)}; each class needs "
+                            f"{MIN_CLASS_SHARE:.0%}): a module trained on it would learn one class")
+
+
 def skewed_split(
     rows: Sequence[Row],
     seed: int,
     size: int | None = 1000,
     threshold: float = 2.5,
+    selected: int | None = None,
 ) -> SkewedSplit:
     """Split ``rows`` into two skewed subsets as in Appendix B (see the module docstring).
 
-    The selected class is drawn at random from the classes present (for float labels it is
-    always the class ``label > threshold``). ``size`` rows are then sampled from each subset
-    (None keeps them whole). The same ``rows`` and ``seed`` give the same subsets.
+    The selected class is ``selected`` when given, else drawn at random among the feasible
+    classes (:func:`feasible_classes`; for float labels it is always the class
+    ``label > threshold``). ``size`` rows are then sampled from each subset (None keeps them
+    whole). The same ``rows`` and ``seed`` give the same subsets. A subset with a class below
+    ``MIN_CLASS_SHARE`` is an error (:func:`check_subset`).
     """
     if not rows:
         raise PemarithError("skewed subsets need rows, got none")
@@ -98,7 +136,18 @@ def skewed_split(
     classes = sorted(by_class)
     if len(classes) < 2:
         raise PemarithError(f"skewed subsets need at least two classes, got {classes}")
-    selected = 1 if regression else rng.choice(classes)
+    counts = {c: len(by_class[c]) for c in classes}
+    if selected is not None:
+        if selected not in by_class:
+            raise PemarithError(f"selected class {selected} is not a class of these rows ({_shares(counts)})")
+    elif regression:
+        selected = 1
+    else:
+        feasible = _feasible(counts)
+        if not feasible:
+            raise PemarithError(f"no class can take 80% of its rows into one of two equal subsets "
+                                f"(a share of at most 62.5% is needed; {_shares(counts)})")
+        selected = rng.choice(feasible)
 
     chosen = list(by_class[selected])
     rest = [row for c in classes if c != selected for row in by_class[c]]
@@ -121,6 +170,12 @@ def skewed_split(
     else:
         rng.shuffle(s0)
         rng.shuffle(s1)
+    for name, subset in (("s0", s0), ("s1", s1)):
+        try:
+            check_subset(subset, classes, name, threshold)
+        except PemarithError as e:
+            raise PemarithError(f"{e}; class {selected} was selected ({_shares(counts)}): select a class "
+                                f"with a share of at most 62.5%") from None
     return SkewedSplit(s0, s1, selected, seed, threshold)
 
 

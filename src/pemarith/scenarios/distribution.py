@@ -78,6 +78,15 @@ def subset_seed(ctx: Context, task: str) -> int:
         return o.subset_seed
     key = (task, want, o.subset_seed, o.subset_size, ctx.data_dir)
     if key not in _SUBSET_SEEDS:
+        from ..hf.data import load_split
+        from ..hf.skew import class_counts, feasible_classes
+
+        rows = load_split(task, "train", data_dir=ctx.data_dir)
+        if want not in feasible_classes(rows):
+            counts = class_counts(rows)
+            shares = ", ".join(f"class {c}: {n / len(rows):.1%}" for c, n in counts.items())
+            raise PemarithError(f"[options.selected] {task} = {want}: s0 would hold that class alone "
+                                f"({shares}; at most 62.5% can be selected): pin a minority class")
         for s in range(o.subset_seed, o.subset_seed + 200):
             if ctx.subsets(task, s, o.subset_size).selected == want:
                 _SUBSET_SEEDS[key] = s
