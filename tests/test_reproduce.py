@@ -309,6 +309,22 @@ def test_distribution_tables_have_the_paper_shape() -> None:
     assert sec["timing"].splitlines()[-1] == "| all | sum over the run | 18 | 3.0 min | - | 105 s |"
 
 
+def test_a_one_class_module_is_named_beside_m_minus_avg() -> None:
+    from pemarith.scenarios.report import one_class
+
+    assert one_class({"matthews_corr": 0.0, "accuracy": 0.69})
+    assert one_class({"f1": 2 * 0.68 / 1.68, "accuracy": 0.68}) and one_class({"f1": 0.0})
+    assert not one_class({"f1": 0.81, "accuracy": 0.68}) and not one_class({"accuracy": 0.5})
+    cells = [_cell("cola", "lora", s) for s in (0, 1)]
+    cells[1]["one_class"] = ["s0"]
+    sec = get_scenario("distribution-generalisation").sections(
+        _results("distribution-generalisation", cells))
+    assert "(one-class module in 1 of 2 seeds)" in sec["table-test"]
+    assert "CoLA LoRA: seed 1 s0." in sec["table-test"]
+    assert "one-class" not in get_scenario("distribution-generalisation").sections(
+        _results("distribution-generalisation", cells[:1]))["table-test"]
+
+
 def test_composition_table_compares_with_the_module_validation_would_pick() -> None:
     """An endpoint lambda is not a composition, and the merge is judged against the better
     module by validation (s1 here), on test: one seed beats it, one ties it (lambda 0)."""

@@ -23,7 +23,7 @@ from ..errors import PemarithError
 from ..hf.plot import pyplot, save_png
 from . import paper
 from .recipe import METHODS, RecipeError
-from .report import LABELS, fmt, fmt_paper, group, seconds, table, task_label
+from .report import LABELS, fmt, fmt_paper, group, one_class, seconds, table, task_label
 from .runner import Context, ModuleSpec
 from .scenario import Scenario
 
@@ -121,9 +121,10 @@ def skew_cell(ctx: Context, task: str, method: str, seed: int, mode: str = "fact
         row["merged"] = sweep["pick"][split].get(metric)
         scores[split] = row
     var = r.sweep.var
+    degenerate = [n for n in ("s0", "s1") if one_class(bench.score(n, paths[n], "test"))]
     return {
         "task": task, "method": method, "mode": mode, "init": init, "seed": seed,
-        "metric": metric, "lambda": sweep["pick"][var], "scores": scores,
+        "metric": metric, "lambda": sweep["pick"][var], "scores": scores, "one_class": degenerate,
         "curve": [[p[var], p.get(metric)] for p in sweep["validation"]],
         "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in {**paths, **extra}.items()},
         "train_cpu_seconds": {n: ctx.cpu_seconds.get(str(p)) for n, p in {**paths, **extra}.items()},
@@ -213,7 +214,7 @@ def main_table(results: Mapping[str, Any], split: str) -> str:
         metric = next(c["metric"] for c in cells if c["task"] == t)
         short = {"matthews_corr": "MCC", "spearman": "Spearman", "accuracy": "acc"}.get(metric, metric)
         header += [f"{task_label(t)} {short}", "paper"]
-    rows = []
+    rows, flagged = [], []
     for method in [m for m in METHODS if any(c["method"] == m for c in cells)]:
         for mode in ("factorwise", "exact"):
             if not any((method, mode, t) in by for t in tasks):
@@ -229,6 +230,12 @@ def main_table(results: Mapping[str, Any], split: str) -> str:
                     p = paper.TABLE2.get(method, {})
                     if key == "delta":
                         ours = fmt(metric, _deltas(cs, split), signed=True) if cs else "-"
+                        bad = [c for c in cs if c.get("one_class")]
+                        if bad:
+                            ours += f" (one-class module in {len(bad)} of {len(cs)} seeds)"
+                            flagged.append(f"{task_label(t)} {name}: "
+                                           + ", ".join(f"seed {c['seed']} {'+'.join(c['one_class'])}"
+                                                       for c in bad))
                         pm, pa = p.get("m", {}).get(t), None
                         if pm is not None:
                             pa = pm - (p["s0"][t] + p["s1"][t]) / 2
@@ -243,7 +250,12 @@ def main_table(results: Mapping[str, Any], split: str) -> str:
                     line += [ours, fmt_paper(metric, ref)]
                 rows.append(line)
     align = "ll" + "rr" * len(tasks)
-    return table(header, rows, align)
+    text = table(header, rows, align)
+    if flagged:
+        text += ("\n\nA module marked one-class predicts a single class on the test half (MCC 0, or F1 at its "
+                 "one-class value): `m - avg` there measures a degenerate module, not a composition. "
+                 + "; ".join(sorted(set(flagged))) + ".")
+    return text
 
 
 def composition_table(results: Mapping[str, Any]) -> str:

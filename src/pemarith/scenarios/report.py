@@ -27,6 +27,22 @@ def task_label(task: str) -> str:
     return TASK_LABELS.get(task, task)
 
 
+def one_class(scores: Mapping[str, float | None]) -> bool:
+    """Whether scores are those of a classifier that predicts one class on the evaluated rows.
+
+    A constant prediction gives ``MCC = 0`` (sklearn's value when a column of the confusion
+    matrix is empty), ``F1 = 0`` (all negative), or, all positive, ``F1 = 2p / (1 + p)`` with
+    ``p`` the positive share, which is then the accuracy: ``F1 = 2 acc / (1 + acc)``. Accuracy
+    alone cannot tell (a one-class accuracy is the class share), so such a score is not flagged.
+    """
+    mcc, f1, acc = (scores.get(k) for k in ("matthews_corr", "f1", "accuracy"))
+    if mcc is not None and mcc == 0.0:
+        return True
+    if f1 is not None and f1 == 0.0:
+        return True
+    return f1 is not None and acc is not None and abs(f1 - 2 * acc / (1 + acc)) < 1e-9
+
+
 def scale(metric: str, value: float) -> float:
     """A score in the paper's units: accuracy in percent, correlations as they are."""
     return value * 100 if metric.rsplit(".", 1)[-1] in PERCENT else value
