@@ -129,6 +129,38 @@ def test_encoder_lora_training_lowers_loss_and_saves_head(tiny_bert: Path, tmp_p
     assert res["accuracy"] >= 0.75 and res["n"] == len(ROWS)
 
 
+def test_a_baked_classifier_loads_with_its_labels_and_no_arguments(tiny_bert: Path, tmp_path: Path) -> None:
+    """issue 18, item 6: bake of an MNLI module into a headless BertModel checkpoint writes a
+    config.json that AutoModelForSequenceClassification reads as three labelled classes, and
+    the logits are PEFT's."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+    import pemarith
+    from pemarith.bake import bake
+
+    rows = [{"text_a": a, "text_b": b, "label": i % 3} for i, (a, b) in enumerate(zip(POS + NEG, NEG + POS))]
+    a = train(_cfg(tiny_bert, tmp_path / "a", task="mnli", rows=rows, steps=2, seed=1))
+    b = train(_cfg(tiny_bert, tmp_path / "b", task="mnli", rows=rows, steps=2, seed=2))
+    assert _record(a)["head"] == {"num_labels": 3, "problem_type": "single_label_classification",
+                                  "id2label": {str(i): n for i, n in enumerate(get_task("mnli").label_names)}}
+    before = (tiny_bert / "config.json").read_bytes()
+    pem = pemarith.compose("0.5*a + 0.5*b", {"a": a, "b": b})
+    report = bake(pem, tiny_bert, tmp_path / "out")
+    assert (tiny_bert / "config.json").read_bytes() == before  # the base is untouched
+    assert "architectures" in report.config and "id2label" in report.config
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert model.config.num_labels == 3
+    assert model.config.id2label == dict(enumerate(get_task("mnli").label_names))
+    pem.save(tmp_path / "composed")
+    peft = PeftModel.from_pretrained(BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=3),
+                                     tmp_path / "composed").eval()
+    x = torch.randint(5, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, peft(x).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_same_init_seed_same_lora_a_and_head(tiny_bert: Path, tmp_path: Path) -> None:
     a = train(_cfg(tiny_bert, tmp_path / "a", init_seed=7, seed=1, steps=1, lr=1e-9))
     b = train(_cfg(tiny_bert, tmp_path / "b", init_seed=7, seed=2, steps=1, lr=1e-9,

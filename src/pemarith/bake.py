@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .bake_config import head_config
 from .dtypes import STORED, bf16_bits_to_f32, cast, f32_to_bf16_bits, finite_bytes
 from .errors import AdapterError, CompatibilityError, OutputError
 from .fs import output_dir
@@ -59,7 +60,8 @@ SKIPPED_DIRS = ("onnx", "openvino")
 @dataclass(frozen=True)
 class BakeReport:
     """What ``bake`` wrote: ``merged`` maps adapted layers to the base keys they changed,
-    ``replaced``/``added`` list the ``modules_to_save`` keys, ``skipped`` the files not copied."""
+    ``replaced``/``added`` list the ``modules_to_save`` keys, ``skipped`` the files not copied,
+    ``config`` the ``config.json`` keys set for a classifier head (:mod:`pemarith.bake_config`)."""
 
     path: Path
     shards: list[str]
@@ -68,6 +70,7 @@ class BakeReport:
     added: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    config: list[str] = field(default_factory=list)  # config.json keys set for the merged head
 
 
 def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, dict[str, str]], dict | None]:
@@ -202,6 +205,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                              "mode": mode or "factorwise", "rank": rank, "base": str(base), **spec.describe()})
     inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
     skipped: list[str] = []
+    config_updated: list[str] = []
     weight_map: dict[str, str] = {}
     with output_dir(out, inputs, force=force, is_previous=is_adapter_output,
                     what="bake output (a directory with pemarith.json)") as tmp:
@@ -270,9 +274,21 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                 skipped.append(item.name)
             else:
                 shutil.copy2(item, tmp / item.name)
+        config_file = tmp / "config.json"
+        if config_file.is_file():
+            try:
+                base_config = json.loads(config_file.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise AdapterError(f"{base / 'config.json'}: not valid JSON ({e})") from None
+            heads = {k: tuple(module[v].shape) for k, v in replace.items()}
+            new_config = head_config(base_config, first.config, heads,
+                                     [a.path for a in pem.adapters.values()])
+            if new_config is not None:
+                config_file.write_text(json.dumps(new_config, indent=2) + "\n", encoding="utf-8")
+                config_updated = sorted(k for k in new_config if new_config[k] != base_config.get(k))
         write_json(tmp / PROVENANCE_NAME, {**json.loads(provenance), "shards": shards,
                                            "inputs": {n: str(a.path) for n, a in pem.adapters.items()}})
     return BakeReport(Path(out).expanduser().resolve(), shards, merged,
                       sorted(k for k in replace if k not in added), added, skipped,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, config_updated)
 

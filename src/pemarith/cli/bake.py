@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"expression": str(pem), "mode": args.mode, "base": str(args.base),
                "path": str(report.path), "shards": report.shards, "merged": report.merged,
                "replaced": report.replaced, "added": report.added, "skipped": report.skipped,
-               "seconds": report.seconds}
+               "config": report.config, "seconds": report.seconds}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"merged    {len(report.merged)} layers ({changed} tensors)"
           + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "")
           + (f"; added {', '.join(report.added)}" if report.added else ""))
+    if report.config:
+        print(f"config    config.json: {', '.join(report.config)} set for the merged classifier head")
     if report.skipped:
         print(f"not copied (other weight formats, unmerged): {', '.join(report.skipped)}")
     print(f"time      {report.seconds:.3g} s")

@@ -435,6 +435,10 @@ def train(cfg: TrainConfig) -> Path:
             "seconds": round(time.perf_counter() - start, 2),
             "versions": _versions(),
         }
+        if kind == "encoder":  # what bake writes into config.json for the head (bake_config)
+            record["head"] = {"num_labels": task.num_labels, "problem_type": task.problem_type,
+                              "id2label": {str(i): n for i, n in enumerate(task.label_names)}
+                              if len(task.label_names) == task.num_labels else {}}
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     resume.unlink(missing_ok=True)
     return out

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hf.plot import pyplot, save_png
+from .differences import paired_differences
 from .distribution import settings_text
 from .lm_common import LiveLM, eval_key, record, rows_module
 from .recipe import RecipeError
@@ -294,34 +295,6 @@ def main_table(results: Mapping[str, Any]) -> str:
     return table(header, rows, "ll" + "r" * 13)
 
 
-def differences_table(results: Mapping[str, Any]) -> str:
-    """The detoxified merge against ``t1`` and the base on the same test instructions, with
-    paired bootstrap 95% intervals (the instructions resampled jointly,
-    :func:`pemarith.hf.stats.bootstrap_difference`): mean toxicity and toxic share (points)."""
-    from ..hf.stats import bootstrap_difference, format_difference
-
-    threshold = results["recipe"].get("options", {}).get("threshold", 0.8)
-    rows = []
-    for c in results["cells"]:
-        for ours, ref in (("merge", "t1"), ("merge", "base"), ("toxic", "t1")):
-            if ours not in c["rows"] or ref not in c["rows"]:
-                continue
-            for kind in ("toxic", "normal"):
-                a = [x["toxicity"] for x in c["rows"][ours].get(f"answers_{kind}", [])]
-                b = [x["toxicity"] for x in c["rows"][ref].get(f"answers_{kind}", [])]
-                if len(a) < 2 or len(a) != len(b):
-                    continue
-                mean = bootstrap_difference(a, b, paired=True)
-                share = bootstrap_difference([float(v > threshold) for v in a],
-                                             [float(v > threshold) for v in b], paired=True)
-                rows.append([f"{ours} - {ref}", c["seed"], kind, len(a), format_difference(mean),
-                             format_difference(share, 100, 1)])
-    if not rows:
-        return "(no per-answer toxicity in this results file)"
-    return table(["comparison (test)", "seed", "instructions", "n", "mean toxicity difference [95% CI]",
-                  "toxic % difference, points [95% CI]"], rows, "lrlrrr")
-
-
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}"
 
@@ -402,7 +375,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
     if not results.get("cells"):
         return {"settings": settings_text(results), "table": "(no finished cells yet)"}
     return {"settings": settings_text(results) + "\n" + options_text(results),
-            "table": main_table(results), "differences": differences_table(results),
+            "table": main_table(results), "differences": paired_differences(results),
             "curve": curve_table(results), "examples": examples_table(results),
             "timing": timing_table(results)}
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hf.plot import pyplot, save_png
+from .differences import sampled_differences
 from .distribution import settings_text
 from .lm_common import LiveLM, eval_key, record
 from .recipe import RecipeError
@@ -342,55 +343,6 @@ def main_table(results: Mapping[str, Any]) -> str:
     return table(header, rows, "llrrrrrr")
 
 
-def differences_table(results: Mapping[str, Any]) -> str:
-    """Each model against the base on test, with bootstrap 95% intervals.
-
-    Generations of two models are independent samples (each model samples its own), so each is
-    resampled on its own (:func:`pemarith.hf.stats.bootstrap_difference`, unpaired): the mean
-    toxicity's difference (from the per-sample scores) and the toxic share's, in points (the
-    share is the mean of ``score > threshold``; its indicators follow from the stored share and
-    sample count alone, so results measured before the scores were stored get it too).
-    """
-    from ..hf.stats import bootstrap_difference, format_difference
-
-    threshold = results["recipe"].get("options", {}).get("threshold", 0.8)
-
-    def indicators(m: Mapping[str, Any]) -> list[float] | None:
-        if m.get("scores"):
-            return [float(v > threshold) for v in m["scores"]]
-        if m.get("samples") and m.get("toxic_share") is not None:
-            n = int(m["samples"])
-            k = round(m["toxic_share"] * n)
-            return [1.0] * k + [0.0] * (n - k)
-        return None
-
-    rows, missing = [], False
-    for c in results["cells"]:
-        base = c["rows"]["base"]
-        name = LABELS[c["method"]] + (" exact" if c["mode"] == "exact" else "")
-        for key, m in c["rows"].items():
-            if key == "base" or key.startswith("ablation@"):
-                continue
-            ours, ref = indicators(m), indicators(base)
-            if ours is None or ref is None:
-                continue
-            mean = None
-            if m.get("scores") and base.get("scores"):
-                mean = bootstrap_difference(m["scores"], base["scores"], paired=False)
-            else:
-                missing = True
-            share = bootstrap_difference(ours, ref, paired=False)
-            rows.append([f"{key.split('@')[0]} {name} - base", c["seed"], f"{len(ours)} / {len(ref)}",
-                         format_difference(mean), format_difference(share, 100, 1)])
-    if not rows:
-        return "(no test measurements with sample counts in this results file)"
-    note = ("\n\nThe mean toxicity's interval needs the per-sample scores, which this results file "
-            "predates (`-`); the toxic share's follows from the stored share and sample count."
-            if missing else "")
-    return table(["comparison (test)", "seed", "samples", "mean toxicity difference [95% CI]",
-                  "toxic % difference, points [95% CI]"], rows, "lrrrr") + note
-
-
 def curve_table(results: Mapping[str, Any]) -> str:
     """The validation sweep: PPL and toxicity at every lambda, and the base model's."""
     rows = []
@@ -458,7 +410,7 @@ def sections(results: Mapping[str, Any]) -> dict[str, str]:
     if not results.get("cells"):
         return {"settings": settings_text(results), "table": "(no finished cells yet)"}
     return {"settings": settings_text(results) + "\n" + options_text(results),
-            "table": main_table(results), "differences": differences_table(results),
+            "table": main_table(results), "differences": sampled_differences(results),
             "curve": curve_table(results), "examples": examples_table(results),
             "timing": timing_table(results)}
 
