@@ -11,14 +11,8 @@ import pytest
 
 from pemarith.errors import PemarithError
 from pemarith.hf import models
-from pemarith.hf.models import (
-    CONVERSION_MARKER,
-    PackagedModel,
-    convert_once,
-    describe_models,
-    is_converted,
-    resolve_model,
-)
+from pemarith.hf.convert_once import CONVERSION_MARKER, convert_once, is_converted
+from pemarith.hf.models import PackagedModel, describe_models, resolve_model
 
 # -- names -----------------------------------------------------------------------------------
 

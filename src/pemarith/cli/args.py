@@ -236,6 +236,15 @@ class Deprecated(argparse.Action):
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
+def add_hardware(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` (pemarith.hf.hardware), shared by the model-side commands."""
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (default: a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", dest="model_dtype", default="auto",
+                   choices=("auto", "float32", "bfloat16", "float16"),
+                   help="the model's dtype (default auto: bfloat16 on a GPU that has it, else float32)")
+
+
 def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="show third-party warnings (PEFT's, transformers', torch's), hidden by default")

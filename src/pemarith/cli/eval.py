@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import PemarithError
 from .args import (
     add_data_args,
+    add_hardware,
     add_verbose,
     composition,
     module_arg,
@@ -73,6 +74,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", nargs="?", const=True, default=False, metavar="",
                    help="print the result as JSON (the old `--json FILE` still writes FILE: use -o)")
     p.add_argument("-o", "--out", metavar="FILE", help="also write the result to FILE (JSON)")
+    add_hardware(p)
     add_verbose(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -102,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
         options["metrics"] = args.metrics
     result = evaluate(args.model, args.task, args.split, adapter=args.adapter, pem=pem,
                       data_dir=args.data_dir, batch_size=args.batch_size, limit=args.limit,
-                      split_seed=args.split_seed, json_out=json_out,
-                      save_options={"keep": args.keep} if args.keep else None, **options)
+                      split_seed=args.split_seed, json_out=json_out, device=args.device,
+                      dtype=args.model_dtype, save_options={"keep": args.keep} if args.keep else None, **options)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
     what = result["adapter"] or "(base model)"
-    print(f"{result['task']} {result['split']}  {args.model} + {what}  n={result['n']}")
+    print(f"{result['task']} {result['split']}  {args.model} + {what}  n={result['n']}  ({result['device']})")
     for name, value in result["metrics"].items():
         if isinstance(value, float):
             print(f"  {name:12s} {value:.4f}")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import Deprecated, add_verbose, module_arg, module_map, positive_int, rank_arg, require_hf
+from .args import (
+    Deprecated,
+    add_hardware,
+    add_verbose,
+    module_arg,
+    module_map,
+    positive_int,
+    rank_arg,
+    require_hf,
+)
 
 DESCRIPTION = """\
 Evaluate a composition for each value of its free variable on the validation split, pick
@@ -96,6 +105,7 @@ def register(subparsers: Any) -> None:
                    "and has not recorded (default 3600; a dead process on this machine at once)")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
+    add_hardware(p)
     add_verbose(p)
     p.set_defaults(func=run)
 
@@ -105,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..hf.sweep import SweepConfig, run_sweep
 
     modules = module_map(args.modules)
-    config = SweepConfig(
+    config = SweepConfig(device=args.device, dtype=args.model_dtype, 
         expr=" ".join(args.expr), modules=modules, model=args.model, tasks=tuple(args.tasks),
         out=args.out, var=args.var, grid=args.grid, search=args.search, select=args.select,
         metrics=tuple(args.metrics), mode=args.mode, rank=args.rank, keep=args.keep,

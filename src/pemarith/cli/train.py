@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .args import Deprecated, add_data_args, add_verbose, csv, positive_int, require_hf
+from .args import Deprecated, add_data_args, add_hardware, add_verbose, csv, positive_int, require_hf
 
 TRAIN_EPILOG = """\
 examples:
@@ -72,6 +72,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", dest="overwrite", action="store_true",
                    help="replace DIR if it is an earlier trained module (it holds training.json) or empty")
     p.add_argument("--overwrite", dest="overwrite", action=Deprecated, nargs=0, const=True, new="--force")
+    add_hardware(p)
     add_verbose(p)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
                    help="keep a resume point every M minutes (.DIR.resume.pt beside DIR): rerunning "
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio, schedule=args.schedule, objective=args.objective,
         split=args.split, split_seed=args.split_seed, data_dir=args.data_dir,
         subset=args.subset, subset_seed=args.subset_seed, subset_size=args.subset_size,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, progress=not args.quiet, device=args.device, dtype=args.model_dtype,
         checkpoint_seconds=60.0 * args.checkpoint_minutes)
     out = train(cfg)
     record = json.loads((out / "training.json").read_text())

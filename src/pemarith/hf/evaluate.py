@@ -219,9 +219,11 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
         model.train(was_training)
 
 
-def load_for_eval(model: str, task: Any, adapter: str | Path | None = None) -> tuple[Any, Any]:
+def load_for_eval(model: str, task: Any, adapter: str | Path | None = None,
+                  placement: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the base ``model`` with ``adapter`` (a PEFT dir) merged in, or a
-    fully fine-tuned model directory given as ``adapter``."""
+    fully fine-tuned model directory given as ``adapter``, on ``placement``'s device and dtype
+    (:class:`pemarith.hf.hardware.Placement`; None: float32 on the CPU)."""
     from .models import load_causal_lm, load_encoder
 
     adapter_dir = Path(adapter) if adapter is not None else None
@@ -235,9 +237,9 @@ def load_for_eval(model: str, task: Any, adapter: str | Path | None = None) -> t
     if F.model_kind(source) == "encoder":
         if task.kind == "text":
             raise PemarithError(f"task {task.name} is a text task: it needs a causal LM")
-        base, tok = load_encoder(source, task.num_labels, task.problem_type, seed=0)
+        base, tok = load_encoder(source, task.num_labels, task.problem_type, seed=0, placement=placement)
     else:
-        base, tok = load_causal_lm(source)
+        base, tok = load_causal_lm(source, placement=placement)
     if adapter_dir is None or full:
         return base, tok
     from peft import PeftModel
@@ -252,16 +254,19 @@ def load_for_eval(model: str, task: Any, adapter: str | Path | None = None) -> t
 def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Path | None = None,
              pem: Any = None, data_dir: str | Path | None = None, batch_size: int = 32,
              limit: int | None = None, split_seed: int = 0, json_out: str | Path | None = None,
-             save_options: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+             save_options: Mapping[str, Any] | None = None, device: str | None = None,
+             dtype: str | None = None, **options: Any) -> dict[str, Any]:
     """Evaluate base ``model`` (+ ``adapter`` dir, or + composition ``pem``) on a task split.
 
     ``pem`` is saved with ``pem.save(tmp, **save_options)`` (e.g. ``keep``) and loaded like an
     adapter. ``limit`` keeps the first rows (labelled tasks) or tokens (perplexity). ``options`` go to
     :func:`evaluate_loaded` (``metrics``, ``max_length``, ``samples``, ...). Returns
-    ``{"task", "split", "model", "adapter", "n", "metrics", "seconds"}`` and writes it as JSON to
-    ``json_out`` when given.
+    ``{"task", "split", "model", "adapter", "n", "metrics", "seconds", "device"}`` and writes it
+    as JSON to ``json_out`` when given. ``device``/``dtype``: see :mod:`pemarith.hf.hardware`
+    (None: float32 on the CPU, as before; ``"auto"``: a GPU in bfloat16 when torch sees one).
     """
     from .data import load_split
+    from .hardware import resolve
     from .tasks import get_task
 
     if adapter is not None and pem is not None:
@@ -270,6 +275,7 @@ def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Pa
     if split not in task.splits:
         raise PemarithError(f"task {task.name} has no {split!r} split; it has "
                             f"{', '.join(task.splits)}")
+    placement = None if device is None and dtype is None else resolve(device, dtype)
     start = time.perf_counter()
     rows = load_split(task.name, split, data_dir=data_dir, seed=split_seed)
     text = None
@@ -286,12 +292,13 @@ def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Pa
         if pem is not None:
             report = pem.save(Path(tmp) / "composed", **dict(save_options or {}))
             adapter, described = report.path, _describe_pem(pem)
-        loaded, tok = load_for_eval(model, task, adapter)
+        loaded, tok = load_for_eval(model, task, adapter, placement)
         scores = evaluate_loaded(loaded, tok, task, rows, text=text, batch_size=batch_size,
                                  progress=options.pop("progress", True), **options)
     result = {"task": task.name, "split": split, "model": model, "adapter": described,
               "n": scores.pop("n", None) or scores.get("tokens") or scores.get("samples"),
-              "metrics": scores, "seconds": round(time.perf_counter() - start, 2)}
+              "metrics": scores, "seconds": round(time.perf_counter() - start, 2),
+              "device": placement.describe() if placement is not None else "cpu float32"}
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")

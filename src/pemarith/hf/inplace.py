@@ -315,14 +315,18 @@ class Session:
     def live(self) -> Any:
         if self._live is None:
             from .features import model_kind
+            from .hardware import resolve
             from .inplace import LiveAdapter
             from .models import load_causal_lm, load_encoder
 
             cfg, first = self.config, self.tasks[0]
+            device, dtype = getattr(cfg, "device", None), getattr(cfg, "dtype", None)
+            placement = None if device is None and dtype is None else resolve(device, dtype)
             if model_kind(cfg.model) == "encoder":
-                model, self._tok = load_encoder(cfg.model, first.num_labels, first.problem_type, seed=0)
+                model, self._tok = load_encoder(cfg.model, first.num_labels, first.problem_type, seed=0,
+                                                placement=placement)
             else:
-                model, self._tok = load_causal_lm(cfg.model)
+                model, self._tok = load_causal_lm(cfg.model, placement=placement)
             self._live = LiveAdapter(model, self._probe().output_config(cfg.mode, cfg.rank))
         return self._live
 

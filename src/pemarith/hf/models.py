@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 import re
 import shutil
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +31,7 @@ from typing import Any
 
 from pemarith.errors import PemarithError, did_you_mean
 
-#: Written last into a converted checkpoint: its presence means the conversion is complete.
-CONVERSION_MARKER = "pemarith_conversion.json"
+from .convert_once import convert_once
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -147,54 +143,6 @@ def _package_version(model: PackagedModel) -> str:
         return importlib.metadata.version(model.distribution)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def is_converted(path: Path) -> bool:
-    """True when ``path`` is a complete converted checkpoint (its marker file exists)."""
-    return (path / CONVERSION_MARKER).is_file()
-
-
-def convert_once(target: Path, convert: Callable[[Path], None], info: dict[str, Any]) -> Path:
-    """Create ``target`` by ``convert(tmp_dir)`` unless it already exists; safe under races.
-
-    ``convert`` writes the checkpoint into a fresh temporary directory beside ``target``; the
-    marker file (``info`` as JSON) is written last, then the directory is renamed onto
-    ``target`` in one step. ``rename`` of a directory onto an existing non-empty one fails, so
-    when another process finished first its result is kept and ours is discarded. A crash
-    leaves only a ``.tmp-`` directory, never a half-written ``target``.
-    """
-    if is_converted(target):
-        return target
-    if target.exists() and any(target.iterdir()):
-        raise PemarithError(
-            f"{target} exists but is not a complete pemarith conversion (no {CONVERSION_MARKER});"
-            " delete it and retry"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        start = time.perf_counter()
-        convert(tmp)
-        info = {**info, "seconds": round(time.perf_counter() - start, 2)}
-        (tmp / CONVERSION_MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        _make_readable(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_converted(target):  # not a lost race: a real problem
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _make_readable(root: Path) -> None:
-    # mkdtemp makes the directory private (0700); a shared cache should follow the umask.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root, 0o777 & ~umask)
-    for p in root.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def _convert_gguf(model: PackagedModel, src_dir: Path, out: Path) -> None:
@@ -339,15 +287,20 @@ def load_encoder(
     problem_type: str | None = None,
     seed: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    placement: Any = None,
 ) -> tuple[Any, Any]:
     """``(AutoModelForSequenceClassification, tokenizer)`` for ``name``, in eval mode.
 
-    The classification head is new (randomly initialised); ``seed`` makes it reproducible.
-    For regression pass ``num_labels=1`` (``problem_type`` then defaults to ``"regression"``).
+    The classification head is new (randomly initialised, in float32 on the CPU, then placed);
+    ``seed`` makes it reproducible. For regression pass ``num_labels=1`` (``problem_type`` then
+    defaults to ``"regression"``). ``placement``: a :class:`pemarith.hf.hardware.Placement`
+    (None: float32 on the CPU).
     """
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
+
+    from .hardware import place
 
     if num_labels < 1:
         raise PemarithError(f"num_labels must be >= 1, got {num_labels}")
@@ -369,23 +322,28 @@ def load_encoder(
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    model.eval()
+    model = place(model, placement).eval()
     tok = load_tokenizer(path)
     _ensure_pad_token(tok, model)
     return model, tok
 
 
 def load_causal_lm(
-    name: str, dtype: Any = None, cache_dir: str | os.PathLike | None = None
+    name: str, dtype: Any = None, cache_dir: str | os.PathLike | None = None, placement: Any = None
 ) -> tuple[Any, Any]:
     """``(AutoModelForCausalLM, tokenizer)`` for ``name``, in eval mode, float32 by default.
 
-    ``dtype`` is a ``torch.dtype`` or its name (``"bfloat16"``). The tokenizer has a pad token
-    (EOS when the model defines none) and the model's config knows it.
+    ``dtype`` is a ``torch.dtype`` or its name (``"bfloat16"``); a ``placement``
+    (:class:`pemarith.hf.hardware.Placement`) gives both dtype and device. The tokenizer has a
+    pad token (EOS when the model defines none) and the model's config knows it.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    from .hardware import place
+
+    if placement is not None:
+        dtype = placement.dtype
     if dtype is None:
         dtype = torch.float32
     elif isinstance(dtype, str):
@@ -394,7 +352,7 @@ def load_causal_lm(
         dtype = getattr(torch, dtype)
     path = resolve_model(name, cache_dir)
     model = _pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
-    model.eval()
+    model = place(model, placement).eval()
     tok = load_tokenizer(path)
     _ensure_pad_token(tok, model)
     return model, tok

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from .hardware import dtype_key
 from .search_config import MINIMISED, SearchConfig, Var
 from .search_records import SearchRecords, params_key
 from .select import resolve_metric
@@ -199,6 +200,7 @@ def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], N
         "mode": config.mode, "rank": config.rank, "keep": config.keep, "limit": config.limit,
         "split_seed": config.split_seed, "max_tokens": config.max_tokens, "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
+        **dtype_key(config.device, config.dtype),
     }
     if engine is None and session is None:
         session = default_session(config, prepared)

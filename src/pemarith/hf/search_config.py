@@ -79,6 +79,8 @@ class SearchConfig:
     val_split: str = "validation"
     test_split: str | None = "test"
     batch_size: int = 32
+    device: str | None = None  # pemarith.hf.hardware (None: float32 on the CPU)
+    dtype: str | None = None
     max_tokens: int | None = None
     samples: int | None = None
     restart: bool = False
@@ -121,6 +123,6 @@ class SearchConfig:
                                val_split=self.val_split, test_split=self.test_split,
                                data_dir=self.data_dir, seed=self.split_seed, limit=self.limit,
                                batch_size=self.batch_size, max_tokens=self.max_tokens,
-                               samples=self.samples)
+                               samples=self.samples, device=self.device, dtype=self.dtype)
 
 

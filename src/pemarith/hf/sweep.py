@@ -254,6 +254,8 @@ class SweepConfig:
     base: bool | None = None  # None: when the rule needs it or every task is a text task
     restart: bool = False
     batch_size: int = 32
+    device: str | None = None  # pemarith.hf.hardware: auto, cpu, cuda, cuda:N, mps (None: cpu)
+    dtype: str | None = None  # auto, float32, bfloat16, float16 (None: float32)
     max_tokens: int | None = None  # text tasks: score only this many tokens for perplexity
     samples: int | None = None  # text tasks: generations scored for toxicity
     plot: bool = True
@@ -384,6 +386,9 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
         "seed": config.seed, "max_tokens": config.max_tokens, "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
     }
+    from .hardware import dtype_key
+
+    fingerprint.update(dtype_key(config.device, config.dtype))  # other dtypes, other scores
     if session is None:  # checks the tasks' splits before anything is written
         from .inplace import Session
 

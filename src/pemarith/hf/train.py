@@ -97,6 +97,8 @@ class TrainConfig:
     modules_to_save: tuple[str, ...] | None = None
     dropout: float = 0.1
     model_dropout: float | None = None
+    device: str | None = None  # pemarith.hf.hardware: auto, cpu, cuda, cuda:N, mps (None: cpu)
+    dtype: str | None = None  # autocast dtype: float32 (None), bfloat16, float16, auto
     init_seed: int = 0
     seed: int = 0
     steps: int | None = None
@@ -327,13 +329,18 @@ def train(cfg: TrainConfig) -> Path:
     protect = [Path(cfg.init_adapter)] if cfg.init_adapter is not None else []
     with output_dir(out, protect, force=cfg.overwrite, is_previous=holds("training.json"),
                     what="trained module (a directory with training.json)") as tmp:
+        # weights stay float32 (the optimiser's master copy); --dtype is the autocast dtype
+        from .hardware import Placement, resolve
+
+        where = resolve(cfg.device, cfg.dtype) if cfg.device or cfg.dtype else None
+        master = Placement(where.device, torch.float32) if where is not None else None
         if kind == "encoder":
             if task.kind == "text":
                 raise PemarithError(f"task {task.name} is a text task: it needs a causal LM")
             model, tok = load_encoder(cfg.model, task.num_labels, task.problem_type,
-                                      seed=cfg.init_seed)
+                                      seed=cfg.init_seed, placement=master)
         else:
-            model, tok = load_causal_lm(cfg.model)
+            model, tok = load_causal_lm(cfg.model, placement=master)
         feats, objective = _features(cfg, task, kind, tok, rows)
         if not feats:
             raise PemarithError(f"no training examples from {source}")
@@ -393,7 +400,12 @@ def train(cfg: TrainConfig) -> Path:
         saved_at = time.perf_counter()
         for idx in order[done:]:
             batch = F.pad([feats[i] for i in idx], tok.pad_token_id, side=side)
-            loss = _loss(net, batch, objective)
+            if where is not None:
+                batch = {k: v.to(where.device) for k, v in batch.items()}
+            with torch.autocast(device_type=where.device.type if where else "cpu",
+                                dtype=where.dtype if where else torch.bfloat16,
+                                enabled=where is not None and where.dtype != torch.float32):
+                loss = _loss(net, batch, objective).float()
             if not torch.isfinite(loss):
                 raise PemarithError(f"train: the loss became {loss.item()} at step {len(losses)}; "
                                     "lower the learning rate")
