@@ -9,7 +9,11 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("tasks", help="list the tasks with their splits and metrics",
-                              description="List the tasks train and eval know.")
+                              description="List the tasks train, eval, sweep and search know: the built-ins, "
+                              "and with --include DIR the task files in DIR.")
+    p.add_argument("--include", metavar="DIR",
+                   help="also list the task files (.yaml, lm-eval's vocabulary) in DIR; pass one to "
+                        "--task by its path")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -17,7 +21,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..hf.tasks import describe_tasks
 
-    rows = describe_tasks()
+    rows = describe_tasks(args.include)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

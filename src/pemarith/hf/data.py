@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pemarith.errors import PemarithError
+from pemarith.hf.task_types import DatasetSource
 from pemarith.hf.tasks import Part, Task, get_task
 
 Record = tuple[str, "str | None", "int | float | None"]
@@ -268,6 +269,10 @@ def _use_hub(task: Task, raw: str, data_dir: str | os.PathLike | None, source: s
 def _records(
     task: Task, raw: str, data_dir: str | os.PathLike | None, source: str | None
 ) -> tuple[Record, ...]:
+    if isinstance(task.source, DatasetSource):  # a task file: datasets reads it
+        from .taskfile import dataset_records
+
+        return dataset_records(task, raw)
     if _use_hub(task, raw, data_dir, source):
         return _hub_records(task, raw)
     return _local_records(task, raw, data_dir)

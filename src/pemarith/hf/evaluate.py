@@ -277,14 +277,14 @@ def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Pa
                             f"{', '.join(task.splits)}")
     placement = None if device is None and dtype is None else resolve(device, dtype)
     start = time.perf_counter()
-    rows = load_split(task.name, split, data_dir=data_dir, seed=split_seed)
+    rows = load_split(task, split, data_dir=data_dir, seed=split_seed)
     text = None
     if task.kind == "text":
         options.setdefault("max_tokens", limit)
         if task.name == "wikitext":  # one running text, not lines
             from .data import load_text
 
-            text = load_text(task.name, split, data_dir=data_dir)
+            text = load_text(task, split, data_dir=data_dir)
     elif limit is not None:
         rows = rows[:limit]
     described = str(adapter) if adapter is not None else None

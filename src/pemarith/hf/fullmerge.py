@@ -103,7 +103,7 @@ class FullSession:
         if key not in self._rows:
             from .data import load_split
 
-            rows = load_split(task.name, split, data_dir=self.data_dir, seed=self.seed)
+            rows = load_split(task, split, data_dir=self.data_dir, seed=self.seed)
             self._rows[key] = rows[: self.limit] if self.limit is not None else rows
         return self._rows[key]
 

@@ -338,10 +338,10 @@ class Session:
         if key not in self._rows:
             from .data import load_split, load_text
 
-            rows = load_split(task.name, split, data_dir=self.config.data_dir, seed=self.config.seed)
+            rows = load_split(task, split, data_dir=self.config.data_dir, seed=self.config.seed)
             text = None
             if task.kind == "text" and task.source.format == "raw":
-                text = load_text(task.name, split, data_dir=self.config.data_dir)
+                text = load_text(task, split, data_dir=self.config.data_dir)
             elif task.kind != "text" and self.config.limit is not None:
                 rows = rows[: self.config.limit]
             self._rows[key] = (rows, text)

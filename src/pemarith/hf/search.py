@@ -38,6 +38,7 @@ from .hardware import dtype_key
 from .search_config import MINIMISED, SearchConfig, Var
 from .search_records import SearchRecords, params_key
 from .select import resolve_metric
+from .taskfile import task_digests
 
 Scores = dict[str, float]
 @dataclass
@@ -201,6 +202,7 @@ def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], N
         "split_seed": config.split_seed, "max_tokens": config.max_tokens, "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
         **dtype_key(config.device, config.dtype),
+        **task_digests(config.tasks),
     }
     if engine is None and session is None:
         session = default_session(config, prepared)

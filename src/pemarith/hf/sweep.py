@@ -389,6 +389,9 @@ def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], Non
     from .hardware import dtype_key
 
     fingerprint.update(dtype_key(config.device, config.dtype))  # other dtypes, other scores
+    from .taskfile import task_digests
+
+    fingerprint.update(task_digests(config.tasks))  # an edited task file: another sweep
     if session is None:  # checks the tasks' splits before anything is written
         from .inplace import Session
 

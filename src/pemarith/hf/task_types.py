@@ -89,6 +89,32 @@ class HubSource:
         _freeze(self, "splits", self.splits)
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """Rows read with Hugging Face ``datasets.load_dataset(path, name, **kwargs)`` (a task file's
+    ``dataset_path``/``dataset_name``/``dataset_kwargs``; see :mod:`pemarith.hf.taskfile`).
+
+    ``files`` maps the raw split names the :class:`Part` rules use to the dataset's split names.
+    ``text``, ``text_pair`` and ``target`` are the task file's ``doc_to_text``,
+    ``doc_to_text_pair`` and ``doc_to_target`` (a column name or a Jinja2 template);
+    ``process_docs`` is the file's escape hatch (a function of a ``datasets.Dataset``).
+    """
+
+    path: str
+    name: str | None
+    kwargs: Mapping[str, Any]
+    files: Mapping[str, str]
+    text: str
+    text_pair: str | None = None
+    target: str | None = None
+    process_docs: Callable[[Any], Any] | None = None
+    format: str = "datasets"
+
+    def __post_init__(self) -> None:
+        _freeze(self, "kwargs", self.kwargs)
+        _freeze(self, "files", self.files)
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: records are singletons
 class Task:
     """One task: data, splits, inputs, label, prompt, metrics.
@@ -108,7 +134,7 @@ class Task:
     name: str
     kind: str
     description: str
-    source: LocalSource
+    source: LocalSource | DatasetSource
     splits: Mapping[str, Part]
     metrics: tuple[str, ...]
     text_a: str | None = None
@@ -120,6 +146,11 @@ class Task:
     label_words: tuple[str, ...] = ()
     hub: HubSource | None = None
     notes: str = ""
+    #: What separates a causal LM's prompt from each choice (lm-eval's ``target_delimiter``).
+    target_delimiter: str = " "
+    #: For a task file: its path and the sha256 of its text (records of sweeps key on it).
+    origin: str = ""
+    digest: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -171,7 +202,8 @@ class Task:
         return self.prompt.format(text_a=row["text_a"], text_b=row.get("text_b"))
 
     def choices(self) -> list[str]:
-        """The continuations scored for each class, in class order: ``" " + label_word``."""
+        """The continuations scored for each class, in class order: ``target_delimiter + word``
+        (``" yes"``)."""
         if not self.label_words:
             raise PemarithError(f"task {self.name!r} has no label words (kind {self.kind})")
-        return [" " + w for w in self.label_words]
+        return [self.target_delimiter + w for w in self.label_words]

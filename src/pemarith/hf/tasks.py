@@ -316,9 +316,14 @@ TASKS: Mapping[str, Task] = MappingProxyType({t.name: t for t in _TASK_LIST})
 
 
 def get_task(name: str | Task) -> Task:
-    """The task called ``name`` (a :class:`Task` passes through); unknown: did-you-mean."""
+    """The task called ``name``, or the task file at that path (``.yaml``/``.yml``, see
+    :mod:`pemarith.hf.taskfile`); a :class:`Task` passes through; unknown: did-you-mean."""
     if isinstance(name, Task):
         return name
+    from .taskfile import is_task_file, load_task_file
+
+    if is_task_file(name):
+        return load_task_file(name)
     if name in TASKS:
         return TASKS[name]
     # Forgive the published spellings: "SST-2", "STS-B", "civil-comments".
@@ -327,14 +332,18 @@ def get_task(name: str | Task) -> Task:
         if t.replace("_", "") == key:
             return TASKS[t]
     raise PemarithError(
-        f"unknown task {name!r}{did_you_mean(name.lower(), TASKS)}; tasks: {', '.join(TASKS)}"
+        f"unknown task {name!r}{did_you_mean(name.lower(), TASKS)}; tasks: {', '.join(TASKS)}, "
+        "or the path of a task file (.yaml)"
     )
 
 
-def describe_tasks() -> list[dict[str, str]]:
-    """One row per task for ``pemarith tasks``: name, kind, labels, splits, metrics, description."""
+def describe_tasks(include: str | None = None) -> list[dict[str, str]]:
+    """One row per task for ``pemarith tasks``: name, kind, labels, splits, metrics, description;
+    with ``include``, the task files of that directory follow the built-ins (``file`` set)."""
+    from .taskfile import describe_dir
+
     rows = []
-    for t in TASKS.values():
+    for t in [*TASKS.values(), *(describe_dir(include) if include else [])]:
         if t.kind == "classification":
             labels = "/".join(t.label_names)
         elif t.kind == "regression":
@@ -349,6 +358,7 @@ def describe_tasks() -> list[dict[str, str]]:
                 "splits": t.resplit(),
                 "metric": ",".join(t.metrics),
                 "description": t.description,
+                **({"file": t.origin} if t.origin else {}),
             }
         )
     return rows

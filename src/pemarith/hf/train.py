@@ -203,7 +203,7 @@ def training_rows(cfg: TrainConfig, task: Any) -> tuple[list[dict[str, Any]], st
     if cfg.split not in task.splits:
         raise PemarithError(f"task {task.name} has no {cfg.split!r} split; it has "
                             f"{', '.join(task.splits)}")
-    rows = load_split(task.name, cfg.split, data_dir=cfg.data_dir, seed=cfg.split_seed)
+    rows = load_split(task, cfg.split, data_dir=cfg.data_dir, seed=cfg.split_seed)
     source = f"{task.name} {cfg.split} (split seed {cfg.split_seed})"
     if cfg.subset is None:
         return rows, source
