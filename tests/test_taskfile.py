@@ -53,9 +53,8 @@ def _task_file(d: Path, name: str, builder: str, files: dict[str, str], **keys) 
     import yaml
 
     doc = {"task": name, "dataset_path": builder, "dataset_kwargs": {"data_files": files},
-           "training_split": "train", "validation_split": "validation", **keys}
-    if "validation" not in str(files):
-        doc.pop("validation_split")
+           **{key: split for key, split in (("training_split", "train"), ("validation_split", "validation"))
+              if split in files}, **keys}
     path = d / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -37,7 +37,8 @@ How a model sees a row:
   ``generate_until`` a text task scored for ``toxicity``.
 
 A relative ``data_files`` path (and a relative ``dataset_path`` directory) is looked up beside
-the task file first, then in the working directory (lm-eval's rule), so one file serves both tools.
+the task file first, then in the working directory (lm-eval 0.4 looks in the working directory
+only), so one file serves both tools.
 """
 
 from __future__ import annotations
