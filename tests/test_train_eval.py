@@ -426,6 +426,11 @@ def test_minilm_lora_few_steps(tmp_path: Path) -> None:
                             steps=16, lr=2e-3, batch_size=16, max_length=48, progress=False))
     loss = _record(out)["loss"]
     assert np.mean(loss[-4:]) < np.mean(loss[:4])
+    # the adapter names a resolvable base (the hub id), pemarith's record the local copy beside it
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    base = _record(out)["base_model"]
+    assert base["name"] == "minilm" and Path(base["path"], "config.json").is_file()
     res = E.evaluate("minilm", "sst2", "validation", adapter=out, data_dir=_data_dir(), limit=64,
                      progress=False)
     assert 0.0 <= res["metrics"]["accuracy"] <= 1.0 and res["n"] == 64

@@ -25,7 +25,7 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> PEM:
 def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
             rank: int | None = None, variables: Mapping[str, float] | None = None,
             method: str | MergeSpec = "linear", density: float | None = None, majority_sign: str = "total",
-            seed: int = 0, **vars: float) -> PEM:
+            seed: int = 0, base_model: str | None = None, **vars: float) -> PEM:
     """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``) over ``modules``.
 
     ``modules`` maps the expression's names to adapter paths or PEMs (a PEM is used with its
@@ -33,7 +33,9 @@ def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode
     checked now (except ``modules_to_save``, which depends on ``keep``). Variables are given as
     keywords or, whatever their names (``mode``, ``rank``, ``expr``), in ``variables``.
     ``method``/``density``/``majority_sign``/``seed`` choose a merge method (see
-    :mod:`pemarith.methods`; default ``linear``), remembered for ``.save()``.
+    :mod:`pemarith.methods`; default ``linear``), remembered for ``.save()``. The modules must
+    name the same base model (``pemarith.base_names``: a packaged short name and its hub id are
+    one); ``base_model`` says they are the same weights whatever they name, and is recorded.
     """
     spec = method if isinstance(method, MergeSpec) else MergeSpec(method, density, majority_sign, seed)
     terms = normal_form(expr, list(modules), variables, **vars)
@@ -44,6 +46,7 @@ def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode
         acc = c * p if acc is None else acc + c * p
     if acc is None:
         raise CompatibilityError(f"nothing to compose: {expr!r} has no modules")
-    result = PEM(acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec)
+    result = PEM(acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec,
+                 base_model or acc._base_model)
     result._check_inputs(mode, rank, spec)  # the modules_to_save rule waits for save(keep=...)
     return result

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .base_names import same_base
 from .dtypes import cast
 from .errors import CompatibilityError, PemarithError, did_you_mean
 from .expr import format_terms
@@ -70,10 +71,11 @@ class PEM:
     refer to the same adapter directory).
     """
 
-    __slots__ = ("_terms", "_adapters", "_mode", "_rank", "_method")
+    __slots__ = ("_terms", "_adapters", "_mode", "_rank", "_method", "_base_model")
 
     def __init__(self, terms: Mapping[str, float], adapters: Mapping[str, Adapter],
-                 mode: str | None = None, rank: int | None = None, method: MergeSpec | None = None):
+                 mode: str | None = None, rank: int | None = None, method: MergeSpec | None = None,
+                 base_model: str | None = None):
         if set(terms) != set(adapters):
             raise PemarithError("PEM terms and adapters must have the same names")
         for n, c in terms.items():
@@ -87,6 +89,8 @@ class PEM:
         object.__setattr__(self, "_mode", mode)
         object.__setattr__(self, "_rank", rank)
         object.__setattr__(self, "_method", method)
+        # set: the modules' base-model names are not compared, and the result records this one
+        object.__setattr__(self, "_base_model", base_model)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("PEM is immutable")
@@ -119,11 +123,12 @@ class PEM:
         mode, rank = mine if theirs in ((None, None), mine) else theirs if mine == (None, None) else (None, None)
         method = self._method if other._method in (None, self._method) else (
             other._method if self._method is None else None)
-        return PEM(terms, adapters, mode, rank, method)
+        base = self._base_model if other._base_model in (None, self._base_model) else other._base_model
+        return PEM(terms, adapters, mode, rank, method, base)
 
     def _scaled(self, c: float) -> PEM:
         return PEM({n: c * v for n, v in self._terms.items()}, self._adapters, self._mode, self._rank,
-                   self._method)
+                   self._method, self._base_model)
 
     def __add__(self, other: Any) -> PEM:
         if isinstance(other, PEM):
@@ -230,10 +235,13 @@ class PEM:
             a = ads[n]
             # The layers actually adapted are compared, not target_modules: PEFT writes
             # "all-linear" as the list of full module paths it matched.
-            for what, x, y in (("PEFT type", a0.peft_type, a.peft_type),
-                               ("base model", a0.base_model, a.base_model)):
-                if x != y:
-                    raise CompatibilityError(f"{first!r} and {n!r} have different {what}: {x!r} vs {y!r}")
+            if a0.peft_type != a.peft_type:
+                raise CompatibilityError(f"{first!r} and {n!r} have different PEFT type: "
+                                         f"{a0.peft_type!r} vs {a.peft_type!r}")
+            if self._base_model is None and not same_base(a0.base_model, a.base_model):
+                raise CompatibilityError(
+                    f"{first!r} and {n!r} have different base model: {a0.base_model!r} vs {a.base_model!r}; "
+                    "if they are the same weights, pass base_model=NAME (--base-model NAME) to record NAME")
             _same_keys(first, set(a0.layers), n, set(a.layers), "adapts")
             _same_keys(first, set(a0.extra), n, set(a.extra), "saves (modules_to_save)")
             _same_keys(first, set(a0.frozen), n, set(a.frozen), "saves base weights (save_embedding_layers)")
@@ -262,7 +270,10 @@ class PEM:
         """The adapter_config.json of the composed adapter."""
         mode, rank = self._resolve(mode, rank)
         ads = list(self._adapters.values())
-        return self.kind.output_config(ads[0].config, ads, mode, rank)
+        config = self.kind.output_config(ads[0].config, ads, mode, rank)
+        if self._base_model is not None:
+            config["base_model_name_or_path"] = self._base_model
+        return config
 
     def _plan(self, mode: str, rank: int | None, dtype: Any) -> list[tuple[str, str, tuple[int, ...]]]:
         ads = list(self._adapters.values())

@@ -137,6 +137,9 @@ def composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
                    help="TIES' sign election: by summed value (total, default, as PEFT) or by count")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of DARE's random masks (default 0): the same seed gives the same output")
+    p.add_argument("--base-model", metavar="NAME",
+                   help="the modules' base model, recorded as base_model_name_or_path: pass it when "
+                   "modules name their base differently (a path, a hub id) but were trained on the same weights")
     p.add_argument("--force", action="store_true", help="replace OUT if it is an earlier pemarith output or an empty directory "
                    "(anything else is refused)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
@@ -194,7 +197,8 @@ def composition(args: argparse.Namespace, text: str | None = None) -> tuple[Any,
         print(f"{PROG}: note: --set {name[:60]} is not used in the expression", file=sys.stderr)
     method = getattr(args, "method", "linear")
     options = {"method": method, "density": getattr(args, "density", None),
-               "majority_sign": getattr(args, "majority_sign", "total"), "seed": getattr(args, "seed", 0)}
+               "majority_sign": getattr(args, "majority_sign", "total"), "seed": getattr(args, "seed", 0),
+               "base_model": getattr(args, "base_model", None)}
     pem = pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables, **options)
     return pem, modules, terms
 

