@@ -215,3 +215,20 @@ def test_smollm2_converted_checkpoint():
     start = time.perf_counter()
     load_causal_lm("smollm2")
     assert time.perf_counter() - start < 20
+
+
+def test_hub_revisions(tmp_path, capsys, monkeypatch):
+    """--revision pins a hub id (owner/name@REV); anything else with a revision is refused."""
+    from pemarith.cli import main
+
+    assert resolve_model("org/model@v1.0") == "org/model@v1.0"
+    with pytest.raises(PemarithError, match="unknown model"):
+        resolve_model("org/model@")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PemarithError, match=r"cannot load hub model 'org/no-such-model@abc123'"):
+        models.load_tokenizer("org/no-such-model@abc123")
+    for model in ("minilm", str(tmp_path)):
+        with pytest.raises(SystemExit):
+            main(["eval", "--model", model, "--revision", "main", "--task", "sst2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--revision applies to a hub id owner/name" in err[0]

@@ -249,6 +249,23 @@ def add_hardware(p: argparse.ArgumentParser) -> None:
                    help="the model's dtype (default auto: bfloat16 on a GPU that has it, else float32)")
 
 
+def add_revision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", metavar="REV",
+                   help="with a hub id as --model: the branch, tag or commit to load (owner/name@REV)")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """``--model``, pinned to ``--revision`` (``owner/name@REV``); a revision of anything but a
+    hub id is an error."""
+    revision = getattr(args, "revision", None)
+    if not revision:
+        return args.model
+    if os.path.exists(os.path.expanduser(args.model)) or "/" not in args.model or "@" in args.model:
+        raise PemarithError(f"--revision applies to a hub id owner/name; {args.model!r} is not one "
+                            "(a local directory or a short name has no revisions)")
+    return f"{args.model}@{revision}"
+
+
 def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="show third-party warnings (PEFT's, transformers', torch's), hidden by default")

@@ -11,8 +11,10 @@ from ..errors import PemarithError
 from .args import (
     add_data_args,
     add_hardware,
+    add_revision,
     add_verbose,
     composition,
+    model_name,
     module_arg,
     note,
     positive_int,
@@ -75,6 +77,7 @@ def register(subparsers: Any) -> None:
                    help="print the result as JSON (the old `--json FILE` still writes FILE: use -o)")
     p.add_argument("-o", "--out", metavar="FILE", help="also write the result to FILE (JSON)")
     add_hardware(p)
+    add_revision(p)
     add_verbose(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         options["max_length"] = args.max_length
     if args.metrics:
         options["metrics"] = args.metrics
-    result = evaluate(args.model, args.task, args.split, adapter=args.adapter, pem=pem,
+    result = evaluate(model_name(args), args.task, args.split, adapter=args.adapter, pem=pem,
                       data_dir=args.data_dir, batch_size=args.batch_size, limit=args.limit,
                       split_seed=args.split_seed, json_out=json_out, device=args.device,
                       dtype=args.model_dtype, save_options={"keep": args.keep} if args.keep else None, **options)
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     what = result["adapter"] or "(base model)"
-    print(f"{result['task']} {result['split']}  {args.model} + {what}  n={result['n']}  ({result['device']})")
+    print(f"{result['task']} {result['split']}  {model_name(args)} + {what}  n={result['n']}  ({result['device']})")
     for name, value in result["metrics"].items():
         if isinstance(value, float):
             print(f"  {name:12s} {value:.4f}")

@@ -9,7 +9,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .args import add_hardware, add_verbose, module_arg, module_map, rank_arg, require_hf
+from .args import (
+    add_hardware,
+    add_revision,
+    add_verbose,
+    model_name,
+    module_arg,
+    module_map,
+    rank_arg,
+    require_hf,
+)
 
 DESCRIPTION = """\
 Search the free variables of a composition (one coefficient per module, or any expression)
@@ -121,6 +130,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures")
     p.add_argument("--json", action="store_true", help="print results.json")
     add_hardware(p)
+    add_revision(p)
     add_verbose(p)
     p.set_defaults(func=run)
 
@@ -133,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from ..hf.search_config import SearchConfig
 
     config = SearchConfig(device=args.device, dtype=args.model_dtype, 
-        expr=" ".join(args.expr), modules=module_map(args.modules), model=args.model,
+        expr=" ".join(args.expr), modules=module_map(args.modules), model=model_name(args),
         tasks=tuple(args.tasks), out=args.out, variables=tuple(args.variables), budget=args.budget,
         sampler=args.sampler, seed=args.seed, objective=args.objective, l1=args.l1, mode=args.mode,
         rank=args.rank, keep=args.keep, limit=args.limit, split_seed=args.split_seed,

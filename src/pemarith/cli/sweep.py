@@ -8,7 +8,9 @@ from typing import Any
 from .args import (
     Deprecated,
     add_hardware,
+    add_revision,
     add_verbose,
+    model_name,
     module_arg,
     module_map,
     positive_int,
@@ -106,6 +108,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
     add_hardware(p)
+    add_revision(p)
     add_verbose(p)
     p.set_defaults(func=run)
 
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     modules = module_map(args.modules)
     config = SweepConfig(device=args.device, dtype=args.model_dtype, 
-        expr=" ".join(args.expr), modules=modules, model=args.model, tasks=tuple(args.tasks),
+        expr=" ".join(args.expr), modules=modules, model=model_name(args), tasks=tuple(args.tasks),
         out=args.out, var=args.var, grid=args.grid, search=args.search, select=args.select,
         metrics=tuple(args.metrics), mode=args.mode, rank=args.rank, keep=args.keep,
         limit=args.limit, coarse=args.coarse, seed=args.seed, data_dir=args.data_dir,

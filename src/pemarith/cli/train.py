@@ -6,7 +6,17 @@ import argparse
 import json
 from typing import Any
 
-from .args import Deprecated, add_data_args, add_hardware, add_verbose, csv, positive_int, require_hf
+from .args import (
+    Deprecated,
+    add_data_args,
+    add_hardware,
+    add_revision,
+    add_verbose,
+    csv,
+    model_name,
+    positive_int,
+    require_hf,
+)
 
 TRAIN_EPILOG = """\
 examples:
@@ -73,6 +83,7 @@ def register(subparsers: Any) -> None:
                    help="replace DIR if it is an earlier trained module (it holds training.json) or empty")
     p.add_argument("--overwrite", dest="overwrite", action=Deprecated, nargs=0, const=True, new="--force")
     add_hardware(p)
+    add_revision(p)
     add_verbose(p)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
                    help="keep a resume point every M minutes (.DIR.resume.pt beside DIR): rerunning "
@@ -87,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from ..hf.train import TrainConfig, train
 
     cfg = TrainConfig(
-        model=args.model, task=args.task, output_dir=args.out, peft_type=args.peft, r=args.r,
+        model=model_name(args), task=args.task, output_dir=args.out, peft_type=args.peft, r=args.r,
         alpha=args.alpha, targets=args.targets, feedforward=args.feedforward,
         modules_to_save=args.modules_to_save, dropout=args.dropout,
         model_dropout=args.model_dropout, init_seed=args.init_seed, seed=args.seed,

@@ -41,7 +41,9 @@ def model_kind(name: str) -> str:
     if not config_file.is_file():  # a hub id: ask transformers
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(path).to_dict()
+        from .models import _pretrained
+
+        config = _pretrained(AutoConfig, path).to_dict()
     else:
         config = json.loads(config_file.read_text())
     archs = config.get("architectures") or []

@@ -195,7 +195,8 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
     """A path (or hub id) that ``from_pretrained`` loads for ``name``.
 
     ``name`` is a short name (``minilm``, ``smollm2``, ``gemma3-270m``), a local Hugging Face
-    model directory, or a hub id ``owner/name``. GGUF-packaged models are converted on first
+    model directory, or a hub id ``owner/name``, pinned with ``owner/name@REVISION`` (a branch,
+    tag or commit: what ``--revision`` adds). GGUF-packaged models are converted on first
     use into ``cache_dir`` (default :func:`default_cache_dir`).
     """
     if name in PACKAGED:
@@ -222,13 +223,14 @@ def resolve_model(name: str, cache_dir: str | os.PathLike | None = None) -> str:
             raise PemarithError(f"{path} is not a Hugging Face model directory (no config.json)")
         _require_safetensors(path)
         return str(path.resolve())
-    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+    repo, at, revision = name.partition("@")  # owner/name@revision: a branch, tag or commit
+    if _HUB_ID.match(repo) and not name.startswith((".", "/", "~")) and (revision or not at):
         return name
     if path.exists():
         raise PemarithError(f"{name} is a file; a model is a directory, a short name or a hub id")
     raise PemarithError(
         f"unknown model {name!r}{did_you_mean(name, PACKAGED)}; use one of"
-        f" {', '.join(PACKAGED)}, a local model directory, or a hub id owner/name"
+        f" {', '.join(PACKAGED)}, a local model directory, or a hub id owner/name[@revision]"
     )
 
 
@@ -257,6 +259,9 @@ def _from_pretrained_kwargs(path: str) -> dict[str, Any]:
 def _pretrained(cls: Any, path: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` with a one-line error for a hub id that cannot be fetched."""
     try:
+        if not Path(path).is_dir() and "@" in path:  # a hub id at a revision
+            repo, _, revision = path.partition("@")
+            return cls.from_pretrained(repo, revision=revision, **kwargs)
         return cls.from_pretrained(path, **_from_pretrained_kwargs(path), **kwargs)
     except OSError as e:
         if Path(path).is_dir():
