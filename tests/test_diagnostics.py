@@ -154,8 +154,13 @@ def test_cli_text(mods):
     text = proc.stdout
     assert "cosine similarity" in text and "per layer, a~s" in text
     assert "cos(F, E) 1," in text  # a shared A: factorwise only rescales
-    rows = [line for line in text.splitlines() if line.strip().startswith(PREFIX)]
-    assert len(rows) == 3
+    from pemarith.signs import shorten
+
+    short = shorten(list(diagnose({"a": mods["a"]}).gram))
+    assert all(not v.startswith(PREFIX) for v in short.values())  # layer names cut to what differs
+    rows = [line for line in text.splitlines() if line.split() and line.split()[0] in short.values()]
+    assert len(rows) == 3 and "conflict" in text
+    assert "-> " in text and "sign conflict" in text and "survives at density 0.2" in text
     d = diagnose({"a": mods["a"]})
     assert f"a {d.norms()['a']:.4g}" in text
 
@@ -182,3 +187,72 @@ def test_cli_imports_no_torch(mods):
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+# -- signs: what TIES and DARE act on ------------------------------------------------------------
+
+
+def _dense_taus(paths: dict[str, Path], coefs: dict[str, float]) -> dict[str, list[np.ndarray]]:
+    """Layer -> [c_i s_i B_i A_i], computed here from the safetensors files and the configs."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    out: dict[str, list[np.ndarray]] = {}
+    for name, path in paths.items():
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        s = cfg["lora_alpha"] / (np.sqrt(cfg["r"]) if cfg.get("use_rslora") else cfg["r"])
+        t = load_file(str(path / "adapter_model.safetensors"))
+        for key in sorted(k for k in t if k.endswith(("lora_A.weight", "lora_embedding_A"))):
+            layer = key.rsplit(".", 2 if key.endswith(".weight") else 1)[0]
+            bkey = key.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")
+            out.setdefault(layer, []).append(coefs[name] * s * (t[bkey].astype(np.float64) @ t[key]))
+    return out
+
+
+def test_sign_conflicts_and_survival_match_a_hand_count(mods, tmp_path):
+    import pemarith
+    from pemarith.methods import majority_sign_mask, prune_magnitude
+    from pemarith.signs import sign_report
+
+    pem = pemarith.compose("0.7*a - 0.4*b", {"a": mods["a"], "b": mods["b"]})
+    rep = sign_report(pem, 0.3)
+    taus = _dense_taus({"a": mods["a"], "b": mods["b"]}, {"a": 0.7, "b": -0.4})
+    conflicts = shared = kept_a = nz_a = 0
+    for layer, (ta, tb) in taus.items():
+        both = (ta != 0) & (tb != 0)
+        shared += both.sum()
+        conflicts += (both & (np.sign(ta) != np.sign(tb))).sum()
+        pruned = np.stack([prune_magnitude(ta, 0.3), prune_magnitude(tb, 0.3)])
+        kept_a += ((pruned[0] != 0) & majority_sign_mask(pruned)[0]).sum()
+        nz_a += (ta != 0).sum()
+    assert len(rep.layers) == len(taus) == 3
+    assert rep.conflict() == pytest.approx(conflicts / shared)
+    assert rep.survives()["a"] == pytest.approx(kept_a / nz_a)
+    # a module against its own negation conflicts everywhere; with itself, nowhere, and at
+    # density 1 TIES keeps every entry
+    twin = tmp_path / "twin"
+    shutil.copytree(mods["a"], twin)
+    a, a2 = pemarith.load(mods["a"], "a"), pemarith.load(twin, "twin")
+    assert sign_report(a - a2, 1.0).conflict() == 1.0
+    same = sign_report(a + a2, 1.0)
+    assert same.conflict() == 0.0 and same.survives() == {"a": 1.0, "twin": 1.0}
+
+
+def test_sign_report_rejects_a_bad_density(mods):
+    import pemarith
+    from pemarith.errors import PemarithError
+    from pemarith.signs import sign_report
+
+    with pytest.raises(PemarithError, match=r"density must be in \(0, 1\]"):
+        sign_report(pemarith.load(mods["a"], "a") + pemarith.load(mods["b"], "b"), 1.5)
+
+
+def test_shorten_layer_names():
+    from pemarith.signs import shorten
+
+    names = [f"base_model.model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")]
+    assert list(shorten(names).values()) == ["0.self_attn.q_proj", "0.self_attn.v_proj",
+                                             "1.self_attn.q_proj", "1.self_attn.v_proj"]
+    assert shorten(["x.a.q", "x.b.q"]) == {"x.a.q": "a", "x.b.q": "b"}
+    assert shorten(["only"]) == {"only": "only"}

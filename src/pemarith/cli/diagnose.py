@@ -26,7 +26,14 @@ With an expression sum_i c_i theta_i, also its interference:
                      rescales the exact update) and the cross-term ratio ||terms with i != j||
                      / ||terms with i = j||. Modules that share their A initialisation have
                      cross terms like their own terms (cos near 1); modules with different
-                     ones add products of unrelated factors."""
+                     ones add products of unrelated factors.
+With two or more modules, what TIES and DARE act on (the signed task vectors
+tau_i = c_i s_i B_i A_i, formed one layer at a time):
+  sign conflict      the share of entries two or more modules change in which some pull up and
+                     some down (a linear merge lets them cancel; TIES elects one sign)
+  survives           per module, the share of its entries TIES keeps at --density D (top D by
+                     magnitude, agreeing with the elected sign), and of its squared norm
+Each number is followed by a line that says what it means."""
 
 
 DIAGNOSE_EPILOG = """\
@@ -51,6 +58,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--set", dest="vars", metavar="NAME=VALUE", action="append",
                    type=var_arg, default=[], help="bind a free variable of EXPR, e.g. --set l=0.3")
     p.add_argument("--layers", action="store_true", help="also print a table with one row per layer")
+    p.add_argument("--density", type=float, default=0.2, metavar="D",
+                   help="the TIES density the survival shares are computed at (default 0.2)")
+    p.add_argument("--no-signs", action="store_true",
+                   help="skip the sign-conflict report (it forms each layer's dense update)")
     p.add_argument("--json", action="store_true", help="print everything, per layer too, as JSON")
     p.add_argument("expr", nargs="*", metavar="EXPR",
                    help="optional composition whose interference to measure (-m modules it does "
@@ -79,11 +90,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         pem = sum(pemarith.load(path, name) for name, path in modules.items())
     d = diagnose(pem)
+    signs = None
+    if len(d.names) > 1 and not args.no_signs:
+        from pemarith.signs import sign_report
+
+        signs = sign_report(pem, args.density)
     if args.json:
         print(json.dumps({"expression": shown if text else None,
-                          **d.to_json()}, indent=2))
+                          **d.to_json(), "signs": signs.to_json() if signs else None}, indent=2))
         return 0
     names = list(d.names)
+    from pemarith.signs import shorten
+
+    short = shorten(list(d.gram))
     print(f"modules      {', '.join(names)} ({d.kind}, {len(d.gram)} layers)")
     print("update norm  " + "  ".join(f"{n} {v:.4g}" for n, v in d.norms().items())
           + "   (||D_i||_F, all layers)")
@@ -97,18 +116,34 @@ def run(args: argparse.Namespace) -> int:
                 per = d.pair_cosines(a, b)
                 lo, hi = min(per, key=per.get), max(per, key=per.get)
                 mid = statistics.median(per.values())
-                print(f"per layer, {a}~{b}: min {per[lo]:.3g} ({lo}), median {mid:.3g}, "
-                      f"max {per[hi]:.3g} ({hi})")
+                print(f"per layer, {a}~{b}: min {per[lo]:.3g} ({short[lo]}), median {mid:.3g}, "
+                      f"max {per[hi]:.3g} ({short[hi]})")
+                print("  -> " + _cosine_words(float(cos[i, names.index(b)]), a, b))
     if text:
         print(f"composition  {shown}")
         r = d.retained()
         print(f"retained norm  {fmt(r)}   ||sum c_i D_i|| / sum |c_i| ||D_i|| (1: aligned; "
               "near 0: the terms cancel)")
+        if r is not None:
+            print(f"  -> the merge keeps {r:.0%} of the norm its terms would have if they pointed the same way")
         if d.factorwise:
             print(f"factorwise     cos(F, E) {fmt(d.factorwise_cosine())}, cross terms "
                   f"{fmt(d.cross_ratio())} of the own terms (F: factorwise, E: exact update)")
+            fc, cr = d.factorwise_cosine(), d.cross_ratio()
+            if fc is not None and cr is not None:
+                print("  -> " + _factorwise_words(fc, cr))
         elif d.kind == "LORA":
             print("factorwise     -   (the ranks differ: only exact mode applies)")
+    if signs is not None:
+        conflict, keep, energy = signs.conflict(), signs.survives(), signs.survives_energy()
+        print(f"sign conflict  {fmt(conflict)}   of the entries two or more modules change")
+        if conflict is not None:
+            print(f"  -> in {conflict:.0%} of the shared entries the modules pull in opposite directions: a linear "
+                  "merge lets them cancel there, TIES keeps one sign")
+        print(f"survives at density {signs.density:g} (TIES): " + "  ".join(
+            f"{n} {fmt(keep[n])} of entries, {fmt(energy[n])} of norm^2" for n in names if keep[n] is not None))
+        for n in (n for n in names if keep[n] is not None and energy[n] is not None):
+            print(f"  -> TIES keeps {keep[n]:.0%} of {n}'s entries, carrying {energy[n]:.0%} of its squared norm")
     if args.layers:
         rows = {}
         for layer in d.gram:
@@ -121,7 +156,27 @@ def run(args: argparse.Namespace) -> int:
                 if d.factorwise:
                     row["cos(F, E)"] = d.factorwise_cosine(layer)
                     row["cross"] = d.cross_ratio(layer)
-            rows[layer] = row
+            if signs is not None:
+                row["conflict"] = signs.conflict(layer)
+            rows[short[layer]] = row
         print("per layer:")
         print("\n".join(table(rows, "layer")))
     return 0
+
+
+def _cosine_words(cos: float, a: str, b: str) -> str:
+    if abs(cos) < 0.1:
+        return f"{a} and {b} change nearly orthogonal directions: added, they barely interfere"
+    if cos >= 0.5:
+        return f"{a} and {b} change much the same directions: added, they reinforce each other"
+    if cos <= -0.5:
+        return f"{a} and {b} change opposite directions: added, they cancel"
+    return f"{a} and {b} overlap {'partly' if cos > 0 else 'partly against each other'} ({cos:+.2f})"
+
+
+def _factorwise_words(cos: float, cross: float) -> str:
+    if cos > 0.99:
+        head = f"factor-wise points where exact does (within {1 - cos:.1%} of cos 1)"
+    else:
+        head = f"factor-wise points elsewhere than exact (cos {cos:.2f})"
+    return f"{head}; its cross terms B_i A_j add {cross:.0%} of the own terms' norm"
