@@ -219,7 +219,7 @@ def test_sign_conflicts_and_survival_match_a_hand_count(mods, tmp_path):
     rep = sign_report(pem, 0.3)
     taus = _dense_taus({"a": mods["a"], "b": mods["b"]}, {"a": 0.7, "b": -0.4})
     conflicts = shared = kept_a = nz_a = 0
-    for layer, (ta, tb) in taus.items():
+    for ta, tb in taus.values():
         both = (ta != 0) & (tb != 0)
         shared += both.sum()
         conflicts += (both & (np.sign(ta) != np.sign(tb))).sum()

@@ -51,10 +51,10 @@ def test_live_weights_are_the_weighted_sum(checkpoints):
     session = FullSession(checkpoints, ["sst2"], data_dir=_data_dir(), limit=8)
     texts = ["a fine film .", "dull and long !"]
     sa, sb = (load_file(str(checkpoints[n] / "model.safetensors")) for n in ("a", "b"))
-    for l in (0.3, 1.0, -0.5):  # several values through one live model; a negative weight too
-        session.load_terms({"a": l, "b": 1 - l})
+    for lam in (0.3, 1.0, -0.5):  # several values through one live model; a negative weight too
+        session.load_terms({"a": lam, "b": 1 - lam})
         fresh = transformers.AutoModelForSequenceClassification.from_pretrained(checkpoints["a"])
-        fresh.load_state_dict({k: l * sa[k] + (1 - l) * sb[k] if sa[k].is_floating_point() else sa[k]
+        fresh.load_state_dict({k: lam * sa[k] + (1 - lam) * sb[k] if sa[k].is_floating_point() else sa[k]
                                for k in sa}, strict=False)
         fresh.eval()
         tok = transformers.AutoTokenizer.from_pretrained(checkpoints["a"])

@@ -116,7 +116,7 @@ def test_refine_finds_the_grid_best_with_fewer_evaluations():
     for peak in (0.05, 0.37, 0.637, 0.9, 1.0):
         calls: list[float] = []
 
-        def f(v: float) -> dict[str, float]:
+        def f(v: float, calls=calls, peak=peak) -> dict[str, float]:
             calls.append(v)
             return {"accuracy": 0.9 - 2.0 * (v - peak) ** 2 + 0.01 * math.sin(7 * v)}
 

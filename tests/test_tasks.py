@@ -136,7 +136,7 @@ def test_resplits_are_disjoint_covering_and_seeded(name):
     by_raw: dict[str, list[str]] = {}
     for split, part in task.splits.items():
         by_raw.setdefault(part.raw, []).append(split)
-    for raw, splits in by_raw.items():
+    for splits in by_raw.values():
         if len(splits) == 1:
             continue
         # Parts of one file: disjoint (by position; files may repeat a text) and covering.

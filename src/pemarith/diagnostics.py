@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def diagnose(modules: PEM | Mapping[str, str | os.PathLike[str]]) -> Diagnosis:
     if not isinstance(modules, PEM):
         if not modules:
             raise CompatibilityError("nothing to diagnose: give at least one module")
-        modules = sum(load(p, n) for n, p in modules.items())
+        modules = cast(PEM, sum(load(p, n) for n, p in modules.items()))
     pem = modules
     names = tuple(pem.terms)
     pem.check(mode="exact", keep=names[0])  # same kind, layers and update shapes; heads ignored

@@ -88,7 +88,7 @@ def cast(array: np.ndarray, code: str) -> np.ndarray:
         return np.asarray(array).astype(HELD[code])
 
 
-def finite_bytes(raw: bytes, code: str) -> bool:
+def finite_bytes(raw: bytes | bytearray, code: str) -> bool:
     """Whether every value stored in ``raw`` is finite (no NaN, no infinity)."""
     stored = np.frombuffer(raw, dtype=STORED[code])
     if code == "BF16":

@@ -153,11 +153,13 @@ class _Lin:
         return self.terms is None
 
 
-def _scale(terms: dict[str, float], c: float) -> dict[str, float]:
+def _scale(terms: dict[str, float] | None, c: float) -> dict[str, float]:
+    assert terms is not None  # callers check is_number first
     return {k: c * v for k, v in terms.items()}
 
 
-def _add(a: dict[str, float], b: dict[str, float], sign: float) -> dict[str, float]:
+def _add(a: dict[str, float] | None, b: dict[str, float] | None, sign: float) -> dict[str, float]:
+    assert a is not None and b is not None  # callers check is_number first
     # In place: every intermediate form is made by one reduction step and used once, so a long
     # generated sum costs linear, not quadratic, time.
     for k, v in b.items():

@@ -44,7 +44,7 @@ LOCK_SUFFIX = ".pemarith-lock"
 _NAME_LIMIT = 200  # characters of a path echoed in a message
 
 
-def _show(path: Path | str) -> str:
+def _show(path: str | os.PathLike[str]) -> str:
     text = str(path)
     return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT // 2] + "..." + text[-_NAME_LIMIT // 2:]
 

@@ -44,11 +44,11 @@ def truncate(B: np.ndarray, A: np.ndarray, rank: int) -> tuple[np.ndarray, np.nd
     (0 when ``B A = 0``). Columns beyond the number of kept triplets are zero.
     """
     d, k = B.shape[0], A.shape[1]
-    Rb = np.linalg.qr(B, mode="r")
-    Ra = np.linalg.qr(A.T, mode="r")
+    Rb = np.asarray(np.linalg.qr(B, mode="r"))  # mode "r": the R factor alone
+    Ra = np.asarray(np.linalg.qr(A.T, mode="r"))
     U, S, Vt = np.linalg.svd(Rb @ Ra.T, full_matrices=False)
     tol = S[0] * max(Rb.shape[1], 1) * np.finfo(np.float64).eps if S.size else 0.0
-    kept = int(min(rank, np.count_nonzero(S > tol)))
+    kept = min(int(rank), int(np.count_nonzero(S > tol)))
     total = float(np.sum(S**2))
     err = float(np.sqrt(np.sum(S[kept:] ** 2) / total)) if total > 0 else 0.0
     inv_root = 1.0 / np.sqrt(S[:kept])

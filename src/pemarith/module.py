@@ -72,6 +72,12 @@ class PEM:
     """
 
     __slots__ = ("_terms", "_adapters", "_mode", "_rank", "_method", "_base_model")
+    _terms: Mapping[str, float]
+    _adapters: Mapping[str, Adapter]
+    _mode: str | None
+    _rank: int | None
+    _method: MergeSpec | None
+    _base_model: str | None
 
     def __init__(self, terms: Mapping[str, float], adapters: Mapping[str, Adapter],
                  mode: str | None = None, rank: int | None = None, method: MergeSpec | None = None,
@@ -310,7 +316,7 @@ class PEM:
                 w = ads[names.index(keep)].tensor(key)
             else:  # an affine combination of full weights: sum_i c_i W_i with sum_i c_i = 1
                 wide = np.float64 if any(a.dtypes[key] == "F64" for a in ads) else np.float32
-                w = sum(c * a.tensor(key).astype(wide) for c, a in zip(coefs, ads))
+                w = np.asarray(sum(np.multiply(c, a.tensor(key).astype(wide)) for c, a in zip(coefs, ads)))
             yield key, {key: cast(np.asarray(w), codes[key])}, None
         for key in ads[0].frozen:
             yield key, {key: ads[0].tensor(key)}, None

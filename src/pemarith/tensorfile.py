@@ -15,7 +15,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -82,20 +82,21 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
         if not isinstance(entry, dict):
             raise AdapterError(f"{path}: corrupt safetensors header entry for {shown!r}")
         code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        shape, offsets = cast(list, shape), cast(list, offsets)  # checked just below
         if not (isinstance(code, str) and _int_list(shape) and _int_list(offsets) and len(offsets) == 2):
             raise AdapterError(f"{path}: corrupt safetensors header entry for {shown!r} (dtype must be a "
                                "string, shape and data_offsets lists of non-negative integers)")
         if code not in (ITEMSIZES if any_dtype else HELD):
             raise AdapterError(f"{path}: tensor {shown!r} has unsupported dtype {code[:20]}")
-        b, e = offsets
-        if b > e or base + e > size:
+        b, end = offsets
+        if b > end or base + end > size:
             raise AdapterError(
-                f"{path}: truncated or corrupt safetensors file (tensor {shown!r} at bytes {b}..{e} "
+                f"{path}: truncated or corrupt safetensors file (tensor {shown!r} at bytes {b}..{end} "
                 f"of a {size - base}-byte data section)"
             )
-        if e - b != math.prod(shape) * ITEMSIZES[code]:
+        if end - b != math.prod(shape) * ITEMSIZES[code]:
             raise AdapterError(f"{path}: corrupt safetensors header: {shown!r} size does not match its shape")
-        infos[key] = TensorInfo(code, tuple(shape), base + b, base + e)
+        infos[key] = TensorInfo(code, tuple(shape), base + b, base + end)
     at = base
     for key, info in sorted(infos.items(), key=lambda kv: (kv[1].start, kv[1].end)):
         if info.start != at:
@@ -161,7 +162,7 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
-    def write_bytes(self, key: str, raw: bytes) -> None:
+    def write_bytes(self, key: str, raw: bytes | bytearray) -> None:
         """Write the next tensor as it was stored elsewhere (any dtype), byte for byte."""
         k, code, shape = self._specs[self._next]
         if key != k or len(raw) != math.prod(shape) * ITEMSIZES[code]:
@@ -169,7 +170,7 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: bytes | bytearray) -> None:
         try:
             self._f.write(data)
         except OSError as e:  # ENOSPC, EIO: name the file (the output's temporary copy)

@@ -229,7 +229,7 @@ def _hub_records(task: Task, raw: str) -> tuple[Record, ...]:
         text = "".join(str(r[hub.text_a]) for r in rows)
         return tuple((line.strip(), None, None) for line in text.splitlines() if line.strip())
     out: list[Record] = []
-    for n, row in enumerate(rows):
+    for row in rows:
         missing = [c for c in (hub.text_a, hub.text_b, hub.label) if c and c not in row]
         if missing:
             raise PemarithError(

@@ -76,7 +76,7 @@ def combine(
     rank: int | None,
 ) -> tuple[dict[str, np.ndarray], float | None]:
     """``l_out = 1 + sum_i c_i (l_i - 1)`` (float64 in and out)."""
-    delta = sum(c * (t[_PART] - 1.0) for c, t in zip(coefs, tensors))
+    delta = np.asarray(sum(c * (t[_PART] - 1.0) for c, t in zip(coefs, tensors)))
     return {_PART: 1.0 + delta}, None
 
 

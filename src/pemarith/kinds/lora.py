@@ -231,8 +231,8 @@ def combine(
     As = [t[a_part] for t in tensors]
     Bs = [t[b_part] for t in tensors]
     if mode == "factorwise":
-        A = sum(abs(c) * Ai for c, Ai in zip(coefs, As))
-        B = sum(c * (si / s[0]) * Bi for c, si, Bi in zip(coefs, s, Bs))
+        A = np.asarray(sum(abs(c) * Ai for c, Ai in zip(coefs, As)))
+        B = np.asarray(sum(c * (si / s[0]) * Bi for c, si, Bi in zip(coefs, s, Bs)))
         return {a_part: A, b_part: B}, None
     B, A = lowrank.concat(Bs, As, [c * si for c, si in zip(coefs, s)])
     err = None
