@@ -315,6 +315,8 @@ def test_a_one_class_module_is_named_beside_m_minus_avg() -> None:
     assert one_class({"matthews_corr": 0.0, "accuracy": 0.69})
     assert one_class({"f1": 2 * 0.68 / 1.68, "accuracy": 0.68}) and one_class({"f1": 0.0})
     assert not one_class({"f1": 0.81, "accuracy": 0.68}) and not one_class({"accuracy": 0.5})
+    assert one_class({"accuracy": 0.5, "classes_predicted": 1})  # accuracy-only tasks: the count decides
+    assert not one_class({"accuracy": 0.5, "classes_predicted": 2})
     cells = [_cell("cola", "lora", s) for s in (0, 1)]
     cells[1]["one_class"] = ["s0"]
     sec = get_scenario("distribution-generalisation").sections(

@@ -190,6 +190,8 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
                                       progress).argmax(-1)
             out: dict[str, Any] = M.compute([n for n in names if n not in M.SPECIAL], preds, refs)
             out["n"] = len(rows)
+            if task.kind == "classification":  # 1: a degenerate, one-class module (reports flag it)
+                out["classes_predicted"] = int(len(np.unique(np.asarray(preds))))
             if predictions:
                 out["predictions"], out["labels"] = np.asarray(preds).tolist(), refs.tolist()
             return out

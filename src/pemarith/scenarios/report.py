@@ -33,8 +33,12 @@ def one_class(scores: Mapping[str, float | None]) -> bool:
     A constant prediction gives ``MCC = 0`` (sklearn's value when a column of the confusion
     matrix is empty), ``F1 = 0`` (all negative), or, all positive, ``F1 = 2p / (1 + p)`` with
     ``p`` the positive share, which is then the accuracy: ``F1 = 2 acc / (1 + acc)``. Accuracy
-    alone cannot tell (a one-class accuracy is the class share), so such a score is not flagged.
+    alone cannot tell (a one-class accuracy is the class share): there, the count of distinct
+    predicted classes that evaluation records (``classes_predicted``) decides; scores computed
+    before it was recorded are not flagged.
     """
+    if scores.get("classes_predicted") == 1:
+        return True
     mcc, f1, acc = (scores.get(k) for k in ("matthews_corr", "f1", "accuracy"))
     if mcc is not None and mcc == 0.0:
         return True
