@@ -317,6 +317,11 @@ def test_a_one_class_module_is_named_beside_m_minus_avg() -> None:
     assert not one_class({"f1": 0.81, "accuracy": 0.68}) and not one_class({"accuracy": 0.5})
     assert one_class({"accuracy": 0.5, "classes_predicted": 1})  # accuracy-only tasks: the count decides
     assert not one_class({"accuracy": 0.5, "classes_predicted": 2})
+    from pemarith.scenarios.report import class_shares
+
+    shares = class_shares([0] * 139 + [1] * 141)  # RTE's test half: 49.6% / 50.4%
+    assert one_class({"accuracy": 141 / 280}, shares) and not one_class({"accuracy": 0.55}, shares)
+    assert not one_class({"accuracy": 141 / 280, "classes_predicted": 2}, shares)  # the count wins
     cells = [_cell("cola", "lora", s) for s in (0, 1)]
     cells[1]["one_class"] = ["s0"]
     sec = get_scenario("distribution-generalisation").sections(

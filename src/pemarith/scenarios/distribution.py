@@ -23,7 +23,7 @@ from ..errors import PemarithError
 from ..hf.plot import pyplot, save_png
 from . import paper
 from .recipe import METHODS, RecipeError
-from .report import LABELS, fmt, fmt_paper, group, one_class, seconds, table, task_label
+from .report import LABELS, class_shares, fmt, fmt_paper, group, one_class, seconds, table, task_label
 from .runner import Context, ModuleSpec
 from .scenario import Scenario
 from .subsets import skew_table, subset_seed
@@ -67,6 +67,17 @@ class SkewOptions:
             raise RecipeError("[options] diff_init_offset must not be 0 (that is the same init)")
 
 
+def test_shares(ctx: Context, task: str, split_seed: int) -> list[float]:
+    """The class shares of the rows the test scores are computed on (the recipe's ``limit``)."""
+    from ..hf.data import load_split
+    from ..hf.tasks import get_task
+
+    if get_task(task).kind != "classification":
+        return []
+    rows = load_split(task, "test", data_dir=ctx.data_dir, seed=split_seed)[: ctx.recipe.sweep.limit]
+    return class_shares([r["label"] for r in rows])
+
+
 def skew_cell(ctx: Context, task: str, method: str, seed: int, mode: str = "factorwise",
               init: str = "same", fullset: bool = False) -> dict[str, Any]:
     """Train (or find) s0, s1 (and the full-set module), sweep the merge, score every row."""
@@ -91,7 +102,8 @@ def skew_cell(ctx: Context, task: str, method: str, seed: int, mode: str = "fact
         row["merged"] = sweep["pick"][split].get(metric)
         scores[split] = row
     var = r.sweep.var
-    degenerate = [n for n in ("s0", "s1") if one_class(bench.score(n, paths[n], "test"))]
+    shares = test_shares(ctx, task, bench.config().seed)  # the split the bench evaluates
+    degenerate = [n for n in ("s0", "s1") if one_class(bench.score(n, paths[n], "test"), shares)]
     return {
         "task": task, "method": method, "mode": mode, "init": init, "seed": seed,
         "metric": metric, "lambda": sweep["pick"][var], "scores": scores, "one_class": degenerate,
@@ -209,8 +221,10 @@ def main_table(results: Mapping[str, Any], split: str) -> str:
     align = "ll" + "rr" * len(tasks)
     text = table(header, rows, align)
     if flagged:
-        text += ("\n\nA module marked one-class predicts a single class on the test half (MCC 0, or F1 at its "
-                 "one-class value): `m - avg` there measures a degenerate module, not a composition. "
+        text += ("\n\nA module marked one-class predicts a single class on the test half (MCC 0, F1 at its "
+                 "one-class value, one predicted class counted, or an accuracy equal to a class's share of "
+                 "the test rows, which is what predicting that class alone scores): `m - avg` there measures "
+                 "a degenerate module, not a composition. "
                  + "; ".join(sorted(set(flagged))) + ".")
     return text
 

@@ -27,17 +27,30 @@ def task_label(task: str) -> str:
     return TASK_LABELS.get(task, task)
 
 
-def one_class(scores: Mapping[str, float | None]) -> bool:
+def class_shares(labels: Sequence[int]) -> list[float]:
+    """Each class's share of ``labels`` (the evaluated rows), for :func:`one_class`."""
+    n = len(labels)
+    return [labels.count(k) / n for k in sorted(set(labels))] if n else []
+
+
+def one_class(scores: Mapping[str, float | None], shares: Sequence[float] = ()) -> bool:
     """Whether scores are those of a classifier that predicts one class on the evaluated rows.
 
     A constant prediction gives ``MCC = 0`` (sklearn's value when a column of the confusion
     matrix is empty), ``F1 = 0`` (all negative), or, all positive, ``F1 = 2p / (1 + p)`` with
     ``p`` the positive share, which is then the accuracy: ``F1 = 2 acc / (1 + acc)``. Accuracy
     alone cannot tell (a one-class accuracy is the class share): there, the count of distinct
-    predicted classes that evaluation records (``classes_predicted``) decides; scores computed
-    before it was recorded are not flagged.
+    predicted classes that evaluation records (``classes_predicted``) decides.
+
+    With ``shares`` (each class's share of the evaluated rows, :func:`class_shares`), an accuracy
+    equal to one of them counts too: it is what a one-class module scores (a real classifier
+    lands there exactly only by chance), which flags scores stored without the count.
     """
     if scores.get("classes_predicted") == 1:
+        return True
+    acc0 = scores.get("accuracy")
+    if acc0 is not None and scores.get("classes_predicted") is None and any(
+            abs(acc0 - s) < 1e-9 for s in shares):
         return True
     mcc, f1, acc = (scores.get(k) for k in ("matthews_corr", "f1", "accuracy"))
     if mcc is not None and mcc == 0.0:
