@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keep", metavar="NAME",
                    help="module whose classifier head to keep when the coefficients do not sum "
                    "to 1")
-    p.add_argument("--task", required=True, help="a task name (see `pemarith tasks`)")
+    p.add_argument("--task", required=True, help="a task name (see `pemarith tasks`) or a task file (.yaml, lm-eval's vocabulary: docs/tasks.md)")
     p.add_argument("--split", default="validation", choices=("train", "validation", "test"),
                    help="default validation")
     add_data_args(p)

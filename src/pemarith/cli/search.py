@@ -89,7 +89,7 @@ def register(subparsers: Any) -> None:
                    type=module_arg, default=[], help="an adapter directory (repeat per module)")
     p.add_argument("--model", required=True, help="base model: minilm, smollm2, a directory or hub id")
     p.add_argument("--task", dest="tasks", action="append", required=True, metavar="TASK",
-                   help="task to evaluate (repeat to track several; see `pemarith tasks`)")
+                   help="task name or task file (.yaml, docs/tasks.md) to evaluate (repeat to track several; see `pemarith tasks`)")
     p.add_argument("-o", "--out", required=True, metavar="DIR",
                    help="output directory: trials, results, plots, and the records a rerun resumes from")
     p.add_argument("--var", dest="variables", action="append", type=_var, default=[],

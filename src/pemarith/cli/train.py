@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         "model directory for --peft full) with training.json beside it.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="minilm, smollm2, a model directory or hub id")
-    p.add_argument("--task", required=True, help="a task name (see `pemarith tasks`)")
+    p.add_argument("--task", required=True, help="a task name (see `pemarith tasks`) or a task file (.yaml, lm-eval's vocabulary: docs/tasks.md)")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--peft", choices=("lora", "ia3", "full"), default="lora",
                    help="module kind (default lora); full = full fine-tuning")
