@@ -15,6 +15,8 @@ import pytest
 from cli_fixtures import make_ia3, make_lora
 from safetensors.numpy import load_file, save_file
 
+from pemarith.cli import COMMANDS, main
+
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -317,8 +319,8 @@ def test_help_and_version():
 HEAVY = ("torch", "transformers", "peft")
 
 
-def _imports_after(argv: list[str]) -> list[str]:
-    """Run ``main(argv)`` in a fresh interpreter; return the heavy modules it imported."""
+def _imports_after(argv: list[str], watch: tuple[str, ...] = HEAVY) -> list[str]:
+    """Run ``main(argv)`` in a fresh interpreter; return the modules of ``watch`` it imported."""
     code = textwrap.dedent(f"""
         import sys
         from pemarith.cli import main
@@ -327,7 +329,7 @@ def _imports_after(argv: list[str]) -> list[str]:
         except SystemExit as exc:
             status = exc.code
         assert status in (0, None), status
-        print("HEAVY:" + ",".join(m for m in {HEAVY!r} if m in sys.modules))
+        print("HEAVY:" + ",".join(m for m in {watch!r} if m in sys.modules))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -345,6 +347,18 @@ def test_compose_and_inspect_import_no_torch(adapters, tmp_path):
     assert _imports_after(["compose", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
                            "-o", out, "--mode", "exact", "--rank", "2", "a - b"]) == []
     assert _imports_after(["inspect", str(adapters["a"])]) == []
+
+
+def test_a_named_command_registers_only_itself(adapters, capsys):
+    # start-up: `pemarith inspect` imports no other subcommand's module (issue 21) ...
+    others = tuple(f"pemarith.cli.{m}" for m in COMMANDS.values() if m not in ("inspect", "show"))
+    assert _imports_after(["inspect", str(adapters["a"])], others + ("pemarith.cli.inspect",)) == [
+        "pemarith.cli.inspect"]
+    # ... while the help and an unknown command still list every subcommand
+    with pytest.raises(SystemExit):
+        main(["nope"])
+    err = capsys.readouterr().err
+    assert all(f"'{name}'" in err for name in COMMANDS), err
 
 
 def test_top_level_help_imports_no_torch():

@@ -261,6 +261,7 @@ def inspect_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     a = Adapter(path)
     rules = a.kind
+    # The norms first: the sha256 then hashes the bytes they read, not the file a second time.
     norms = {layer: rules.update_norm(a, layer) for layer in a.layers}
     extra = {k: float(np.linalg.norm(a.tensor(k).astype(np.float64))) for k in a.extra}
     info: dict[str, Any] = {

@@ -51,14 +51,19 @@ Run `pemarith COMMAND --help` for the options of one command."""
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The ``pemarith`` parser with every subcommand of :data:`COMMANDS` (``argv`` is accepted
-    for compatibility; registering a subcommand never imports torch)."""
+    """The ``pemarith`` parser. With ``argv`` naming a subcommand of :data:`COMMANDS`, only that
+    subcommand's module is imported and registered (start-up: ``pemarith inspect`` does not pay
+    for the option tables of ``search`` or ``demo``); otherwise (``None``, ``--help``, an unknown
+    command) every subcommand is, so the help and the "invalid choice" error list them all.
+    Registering a subcommand never imports torch."""
     parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for module in COMMANDS.values():
-        importlib.import_module(f"{__name__}.{module}").register(subparsers)
+    command = None if argv is None else _first_command(argv)
+    for name, module in COMMANDS.items():
+        if command not in COMMANDS or name == command:
+            importlib.import_module(f"{__name__}.{module}").register(subparsers)
     return parser
 
 
