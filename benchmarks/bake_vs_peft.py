@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compose_vs_peft import ChildFailed, dir_bytes, measure, pemarith_cmd  # noqa: E402
-from floors import busy, copy_cmd, cp_cmd, uptime
+from floors import busy, copy_cmd, cp_cmd, precompile, uptime
 
 RANK, ALPHA = 16, 32
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write every run and the comparison here")
     args = p.parse_args(argv)
     print(f"# uptime before: {uptime()}")
+    print(precompile())
     load_before = os.getloadavg()[0]
     base = (args.base or default_base()).resolve()
     work = Path(tempfile.mkdtemp(prefix="pemarith-bake-bench-"))

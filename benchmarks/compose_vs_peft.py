@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from floors import busy, copy_cmd, cp_cmd, uptime
+from floors import busy, copy_cmd, cp_cmd, precompile, uptime
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS, VOCAB = 2048, 5632, 22, 32, 4, 32000
 KV_OUT = HIDDEN // HEADS * KV_HEADS  # 256
@@ -208,7 +208,8 @@ def measure(cmd: list[str], timeout: float | None = None) -> tuple[float, float,
         proc = subprocess.Popen(wrapped, stdout=out, stderr=err, env=env, start_new_session=True)
         timed_out, hwm = False, 0.0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            # no timeout: block in wait4 (exact wall time; polling would round it up to 20 ms)
+            pid, status, usage = os.wait4(proc.pid, 0 if timeout is None else os.WNOHANG)
             if pid:
                 break
             if timeout is not None and time.perf_counter() - start > timeout:
@@ -483,6 +484,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     n_max = max(args.modules)
     t = time.perf_counter()
     print(f"# uptime before: {uptime()}")
+    print(precompile())
     load_before = os.getloadavg()[0]
     suffix = "" if args.dtype == "float32" else "-bf16"
     adapters = [work / f"adapter{i}{suffix}" for i in range(n_max)]

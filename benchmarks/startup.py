@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compose_vs_peft import make_adapter, measure, pemarith_cmd  # noqa: E402
-from floors import busy, uptime  # noqa: E402
+from floors import busy, precompile, uptime  # noqa: E402
 
 GOAL = 2.0
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write every run here")
     args = p.parse_args(argv)
     print(f"# uptime before: {uptime()}")
+    print(precompile())
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="pemarith-startup-bench-"))
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,11 +300,33 @@ def output_config(
 
 
 def update_norm(adapter: Adapter, layer: str) -> float:
-    """``||s B A||_F`` from the factors: ``sqrt(trace((B^T B)(A A^T)))``, never forming ``B A``."""
+    """``||s B A||_F`` from the factors: ``sqrt(sum((B^T B) * (A A^T)))``, never forming ``B A``.
+
+    In float64, each factor copied into one reused scratch buffer (:func:`_float64`): the same
+    bits as ``astype(np.float64)``, without a fresh allocation per factor (a third of inspect's
+    time on a 50 MB adapter went to the page faults of those copies)."""
     parts = adapter.layers[layer]
-    A = adapter.tensor(_a_key(parts)).astype(np.float64)
-    B = adapter.tensor(_b_key(parts)).astype(np.float64)
-    return abs(scaling(adapter.config)) * math.sqrt(max(lowrank.inner(B, A, B, A), 0.0))
+    A = _float64(adapter.tensor(_a_key(parts)))
+    gram_a = A @ A.T
+    B = _float64(adapter.tensor(_b_key(parts)))
+    gram_b = B.T @ B
+    return abs(scaling(adapter.config)) * math.sqrt(max(float(np.sum(gram_b * gram_a)), 0.0))
+
+
+_SCRATCH = threading.local()
+_SCRATCH_MAX = 8 << 20  # elements (64 MB): larger factors get their own copy
+
+
+def _float64(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64 in this thread's scratch buffer (valid until the next call)."""
+    if x.dtype == np.float64 or x.size > _SCRATCH_MAX:
+        return x.astype(np.float64, copy=False)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < x.size:
+        buf = _SCRATCH.buf = np.empty(max(x.size, 1 << 16), np.float64)
+    out = buf[: x.size].reshape(x.shape)
+    np.copyto(out, x)
+    return out
 
 
 def _factors(tensors: Sequence[Mapping[str, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
