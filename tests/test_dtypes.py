@@ -8,8 +8,9 @@ import sys
 
 import ml_dtypes
 import numpy as np
+import pytest
 
-from pemarith.dtypes import bf16_bits_to_f32, cast, decode, encode, f32_to_bf16_bits
+from pemarith.dtypes import bf16_bits_to_f32, cast, decode, encode, f32_to_bf16_bits, finite_bytes
 
 
 def test_bf16_to_f32_on_all_65536_patterns():
@@ -39,6 +40,28 @@ def test_f32_to_bf16_rounds_like_ml_dtypes():
     nan = np.isnan(values)
     assert nan.sum() > 1000 and np.isnan(bf16_bits_to_f32(ours[nan])).all()  # NaN stays a (quiet) NaN
     assert ((ours[nan] & 0x7FFF) == 0x7FC0).all()
+
+
+def test_conversions_into_given_buffers():
+    # bake converts into buffers it reuses: the tensor's own bytes and a float32 scratch
+    values = _f32_edge_patterns()[: 3 * 65536 + 4].view(np.float32).reshape(-1, 4)
+    raw = bytearray(values.size * 2)
+    out = np.frombuffer(raw, dtype=np.uint16).reshape(values.shape)
+    assert f32_to_bf16_bits(values, out=out) is out
+    np.testing.assert_array_equal(out, f32_to_bf16_bits(values))
+    f32 = np.empty(values.shape, np.float32)
+    assert bf16_bits_to_f32(out, out=f32) is f32
+    np.testing.assert_array_equal(f32.view(np.uint32), bf16_bits_to_f32(out).view(np.uint32))
+    with pytest.raises(ValueError, match="C-contiguous uint16"):
+        f32_to_bf16_bits(values, out=np.empty((values.shape[1], values.shape[0]), np.uint16).T)
+
+
+@pytest.mark.parametrize("bad", [0x7F80, 0xFF80, 0x7FC1])
+def test_finite_bytes_finds_a_late_non_finite_bfloat16(bad):
+    bits = np.full(3 * 65536 + 7, 0x3F80, np.uint16)  # 1.0, over several chunks
+    assert finite_bytes(bits.tobytes(), "BF16")
+    bits[-1] = bad
+    assert not finite_bytes(bits.tobytes(), "BF16")
 
 
 def test_f64_to_bf16_rounds_once_like_ml_dtypes():

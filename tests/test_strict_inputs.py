@@ -76,15 +76,17 @@ def test_infinite_lora_alpha_is_refused(copy_adapter):
         pemarith.load(p)
 
 
-def test_bake_refuses_a_merge_that_overflows(adapters, tmp_path):
+@pytest.mark.parametrize("dtype, code, scale", [("half", "F16", 1e6), ("bfloat16", "BF16", 1e45)])
+def test_bake_refuses_a_merge_that_overflows(adapters, tmp_path, dtype, code, scale):
+    # the merge runs on bake's worker threads: their error reaches the caller, nothing is left
     base = tmp_path / "base"
     base.mkdir()
-    state = {k: v.half() for k, v in TinyModel().state_dict().items()}
+    state = {k: getattr(v, dtype)() for k, v in TinyModel().state_dict().items()}
     torch_save(state, str(base / "model.safetensors"))
     from pemarith.bake import bake
 
-    with pytest.raises(OutputError, match="not finite in F16"):
-        bake(1e6 * pemarith.load(adapters["a"]), base, tmp_path / "out", mode="exact")
+    with pytest.raises(OutputError, match=f"not finite in {code}"):
+        bake(scale * pemarith.load(adapters["a"]), base, tmp_path / "out", mode="exact")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
 
 

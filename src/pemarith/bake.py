@@ -10,20 +10,26 @@ other files and folders of the directory (config, tokenizer, a sentence-transfor
 Dense folder) are copied as they are; other weight files at the top (``*.bin``, ``*.gguf``, ...)
 and ``onnx/``/``openvino/`` exports, which would hold the unmerged weights, are left out.
 
-Memory stays near one base tensor: the composed module (small) is held whole, and each shard is
-streamed tensor by tensor into its copy. Each updated tensor is read into one buffer and merged
+Memory stays near a few base tensors: the composed module (small) is held whole, and each shard
+is streamed tensor by tensor into its copy. Each updated tensor is read into a buffer and merged
 there (float32 and float64 weights in place; bfloat16 and float16 ones in one float32 copy,
 encoded back into the buffer on the bits, :mod:`pemarith.dtypes`), ``s B A`` formed once, in
-blocks of rows, and the buffer written as it is. Like ``compose``, it needs no torch and no model code.
+blocks of rows, and the buffer written as it is. :data:`WORKERS` threads merge the next updated
+tensors while the calling thread writes, in the file's order; the buffers (``WORKERS + 1``, each
+the size of the largest updated tensor) are reused, so no tensor costs a fresh allocation. Like ``compose``, it needs no torch and no model code.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,9 @@ from .version import __version__
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# Threads that merge the updated tensors ahead of the writer (numpy releases the GIL in the
+# conversions and the products); at most WORKERS + 1 updated tensors are held at once.
+WORKERS = 2
 # Other copies of the base's weights are not copied: they would hold the unmerged weights.
 # Sub-folders are copied whole (a sentence-transformers Dense layer keeps its own weights there)
 # except those that hold exported copies of the model.
@@ -106,9 +115,9 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
     return infos, metas, index
 
 
-def _read_writable(path: Path, info: TensorInfo, key: str) -> bytearray:
-    """One tensor's stored bytes in a buffer of its own (merged in place, then written)."""
-    buf = bytearray(info.end - info.start)
+def _read_writable(path: Path, info: TensorInfo, key: str, scratch: bytearray) -> memoryview:
+    """One tensor's stored bytes in the front of ``scratch`` (merged in place, then written)."""
+    buf = memoryview(scratch)[:info.end - info.start]
     try:
         with open(path, "rb") as f:
             f.seek(info.start)
@@ -118,6 +127,22 @@ def _read_writable(path: Path, info: TensorInfo, key: str) -> bytearray:
     if n != len(buf):
         raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
     return buf
+
+
+class _Scratch:
+    """Per-thread float32 buffers for bfloat16 values, reused for every tensor (no fresh
+    allocation, and no page faults, per tensor)."""
+
+    def __init__(self, nbytes: int):
+        self._nbytes = nbytes
+        self._local = threading.local()
+
+    def float32(self, shape: tuple[int, ...]) -> np.ndarray:
+        n = math.prod(shape)
+        f32 = getattr(self._local, "f32", None)
+        if f32 is None or f32.size < n:
+            f32 = self._local.f32 = np.empty(max(n, self._nbytes // 2), np.float32)  # bf16: 2 bytes a value
+        return f32[:n].reshape(shape)
 
 
 def _plain_file_name(name: object) -> bool:
@@ -204,6 +229,40 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     provenance = json.dumps({"pemarith_version": __version__, "expression": str(pem),
                              "mode": mode or "factorwise", "rank": rank, "base": str(base), **spec.describe()})
     inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
+    workers = max(1, min(WORKERS, os.cpu_count() or 1))
+    largest = max((infos[owner[k]][k].end - infos[owner[k]][k].start for k in updates), default=0)
+    scratch = _Scratch(largest)
+    free = [bytearray(largest) for _ in range(workers + 1)]  # the tensors in flight, at most
+
+    def merge_one(src: Path, key: str, buf: bytearray) -> tuple[bytearray, memoryview, bool]:
+        """Read ``key`` into ``buf`` and merge its update there: (buf, its bytes, changed)."""
+        info = infos[owner[key]][key]
+        layer, what = updates[key]
+        if info.dtype not in DTYPES:
+            raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
+        raw = _read_writable(src, info, key, buf)
+        stored = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
+        work = {"F32": stored, "F64": stored, "BF16": None}.get(info.dtype)
+        if work is None:  # one float32 copy: bfloat16 on the bits, float16 by numpy
+            work = (bf16_bits_to_f32(stored, out=scratch.float32(info.shape)) if info.dtype == "BF16"
+                    else stored.astype(np.float32))
+        if what == "weight":
+            new = kind.merge_into(parts[layer], config, work, key)
+        else:
+            wkey = key.removesuffix(".bias") + ".weight"
+            new = kind.merge_bias(parts[layer], config, work, infos[owner[wkey]][wkey].shape, key)
+        if new is not None:
+            if new is not stored:  # encoded back into the buffer
+                if info.dtype == "BF16":  # rounded straight into the tensor's bytes
+                    f32_to_bf16_bits(np.asarray(new, dtype=np.float32), out=stored)
+                else:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        stored[...] = new
+            if not finite_bytes(raw, info.dtype):
+                raise OutputError(f"{key[:100]}: the merged weights are not finite in {info.dtype}; "
+                                  "use smaller coefficients")
+        return buf, raw, new is not None
+
     skipped: list[str] = []
     config_updated: list[str] = []
     weight_map: dict[str, str] = {}
@@ -218,48 +277,39 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
             meta = {**metas[shard], "pemarith": provenance}
             meta.setdefault("format", "pt")
             writer = SafetensorsWriter(tmp / shard, specs, meta)
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="pemarith-bake")
             try:
+                # the updates merge ahead on the workers, each in a free buffer (at most
+                # `workers + 1` tensors held), while this thread writes every tensor in order
+                ahead = deque(key for key in keys if key in updates and key not in replace)
+                pending: dict[str, Future[tuple[bytearray, memoryview, bool]]] = {}
                 for key in keys:
+                    while ahead and free:
+                        nxt = ahead.popleft()
+                        pending[nxt] = pool.submit(merge_one, src, nxt, free.pop())
                     info = infos[shard][key]
                     weight_map[key] = shard
                     if key in replace:
                         writer.write(key, cast(module[replace[key]], info.dtype))
-                        continue
-                    if key not in updates:
+                    elif key not in pending:
                         writer.write_bytes(key, read_bytes(src, info, key))
-                        continue
-                    layer, what = updates[key]
-                    if info.dtype not in DTYPES:
-                        raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
-                    raw = _read_writable(src, info, key)
-                    stored = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
-                    work = {"F32": stored, "F64": stored, "BF16": None}.get(info.dtype)
-                    if work is None:  # one float32 copy: bfloat16 on the bits, float16 by numpy
-                        work = bf16_bits_to_f32(stored) if info.dtype == "BF16" else stored.astype(np.float32)
-                    if what == "weight":
-                        new = kind.merge_into(parts[layer], config, work, key)
                     else:
-                        wkey = key.removesuffix(".bias") + ".weight"
-                        new = kind.merge_bias(parts[layer], config, work, infos[owner[wkey]][wkey].shape, key)
-                    if new is not None:
-                        if new is not stored:  # encoded back into the buffer
-                            if info.dtype == "BF16":
-                                stored[...] = f32_to_bf16_bits(np.asarray(new, dtype=np.float32))
-                            else:
-                                with np.errstate(over="ignore", invalid="ignore"):
-                                    stored[...] = new
-                        if not finite_bytes(raw, info.dtype):
-                            raise OutputError(f"{key[:100]}: the merged weights are not finite in {info.dtype}; "
-                                              "use smaller coefficients")
-                        merged[layer.removeprefix(PEFT_PREFIX)].append(key)
-                    writer.write_bytes(key, raw)
+                        buf, raw, changed = pending.pop(key).result()
+                        writer.write_bytes(key, raw)
+                        del raw  # the buffer's view: released before the buffer is reused
+                        free.append(buf)
+                        if changed:
+                            merged[updates[key][0].removeprefix(PEFT_PREFIX)].append(key)
                 for key in extra:
                     weight_map[key] = shard
                     writer.write(key, cast(module[replace[key]], first.dtypes[replace[key]]))
                 writer.close()
             except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
                 writer.abort()
                 raise
+            finally:
+                pool.shutdown(wait=True)
         if index is not None:
             total = sum((tmp / s).stat().st_size for s in shards)
             new_index = {**index, "metadata": {**(index.get("metadata") or {}), "total_size": total},

@@ -32,19 +32,43 @@ HELD: dict[str, np.dtype] = {
 STORED: dict[str, np.dtype] = {**HELD, "BF16": np.dtype("<u2")}
 
 
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    """float32 values of bfloat16 bit patterns (uint16): a 16-bit shift."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+_CHUNK = 1 << 16  # elements per step of the chunked conversions: their temporaries stay in cache
 
 
-def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
-    nan = np.isnan(values)
-    if nan.any():
-        rounded[nan] = (((bits[nan] >> 16) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(np.uint16)
-    return rounded
+def bf16_bits_to_f32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns (uint16): a 16-bit shift, in one pass. ``out``, a
+    C-contiguous float32 array of the same shape, receives them if given (no allocation)."""
+    bits = np.asarray(bits)
+    if out is None:
+        out = np.empty(bits.shape, np.float32)
+    np.left_shift(bits, 16, out=out.view(np.uint32), dtype=np.uint32)
+    return out
+
+
+def f32_to_bf16_bits(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest even, a chunk of
+    :data:`_CHUNK` elements at a time (no full-size temporaries). ``out``, a C-contiguous uint16
+    array of the same shape (e.g. the tensor's own bytes), receives them if given."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if out is None:
+        out = np.empty(values.shape, np.uint16)
+    if not out.flags.c_contiguous or out.shape != values.shape or out.dtype != np.uint16:
+        raise ValueError(f"out must be a C-contiguous uint16 array of shape {values.shape}")
+    bits, flat, fvals = values.reshape(-1).view(np.uint32), out.reshape(-1), values.reshape(-1)
+    step = np.empty(min(_CHUNK, bits.size), np.uint32)
+    for i in range(0, bits.size, _CHUNK):
+        c = bits[i:i + _CHUNK]
+        w = step[:c.size]
+        np.right_shift(c, 16, out=w)
+        np.bitwise_and(w, 1, out=w)
+        np.add(w, 0x7FFF, out=w)
+        np.add(w, c, out=w)  # (bits + 0x7FFF + lsb) >> 16; NaNs (which may wrap) are fixed below
+        np.right_shift(w, 16, out=w)
+        flat[i:i + c.size] = w
+        nan = np.isnan(fvals[i:i + _CHUNK])
+        if nan.any():
+            flat[i:i + c.size][nan] = (((c[nan] >> 16) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(np.uint16)
+    return out
 
 
 def f64_to_f32_odd(values: np.ndarray) -> np.ndarray:
@@ -88,9 +112,15 @@ def cast(array: np.ndarray, code: str) -> np.ndarray:
         return np.asarray(array).astype(HELD[code])
 
 
-def finite_bytes(raw: bytes | bytearray, code: str) -> bool:
+def finite_bytes(raw: bytes | bytearray | memoryview, code: str) -> bool:
     """Whether every value stored in ``raw`` is finite (no NaN, no infinity)."""
     stored = np.frombuffer(raw, dtype=STORED[code])
-    if code == "BF16":
-        return not bool(((stored & np.uint16(0x7F80)) == np.uint16(0x7F80)).any())
+    if code == "BF16":  # exponent all ones: inf or NaN; a chunk at a time (no full-size temporaries)
+        step = np.empty(min(_CHUNK, stored.size), np.uint16)
+        for i in range(0, stored.size, _CHUNK):
+            c = stored[i:i + _CHUNK]
+            w = np.bitwise_and(c, np.uint16(0x7F80), out=step[:c.size])
+            if (w == np.uint16(0x7F80)).any():
+                return False
+        return True
     return bool(np.isfinite(stored).all())

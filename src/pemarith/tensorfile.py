@@ -162,7 +162,7 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
-    def write_bytes(self, key: str, raw: bytes | bytearray) -> None:
+    def write_bytes(self, key: str, raw: bytes | bytearray | memoryview) -> None:
         """Write the next tensor as it was stored elsewhere (any dtype), byte for byte."""
         k, code, shape = self._specs[self._next]
         if key != k or len(raw) != math.prod(shape) * ITEMSIZES[code]:
@@ -170,7 +170,7 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
-    def _put(self, data: bytes | bytearray) -> None:
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self._f.write(data)
         except OSError as e:  # ENOSPC, EIO: name the file (the output's temporary copy)
