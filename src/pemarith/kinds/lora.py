@@ -395,11 +395,13 @@ def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weigh
     if shape != weight.shape:
         raise CompatibilityError(f"{key}: the LoRA update has shape {shape} but the base weight "
                                  f"has {weight.shape}; is this the adapter's base model?")
-    left = np.ascontiguousarray(scaling(config) * left, dtype=weight.dtype)
-    right = np.ascontiguousarray(right, dtype=weight.dtype)
-    rows = max(1, _MERGE_BLOCK // max(1, shape[1]))
-    for i in range(0, shape[0], rows):
-        weight[i:i + rows] += left[i:i + rows] @ right
+    # an overflow (inf) is no warning here: the caller refuses a non-finite result by name
+    with np.errstate(over="ignore", invalid="ignore"):
+        left = np.ascontiguousarray(scaling(config) * left, dtype=weight.dtype)
+        right = np.ascontiguousarray(right, dtype=weight.dtype)
+        rows = max(1, _MERGE_BLOCK // max(1, shape[1]))
+        for i in range(0, shape[0], rows):
+            weight[i:i + rows] += left[i:i + rows] @ right
     return weight
 
 
