@@ -86,15 +86,20 @@ def f64_to_f32_odd(values: np.ndarray) -> np.ndarray:
     return f
 
 
-def encode(array: np.ndarray, code: str) -> bytes:
-    """The little-endian bytes of ``array`` as a tensor of safetensors dtype ``code``."""
+def encode(array: np.ndarray, code: str) -> memoryview:
+    """The little-endian bytes of ``array`` as a tensor of safetensors dtype ``code``: a
+    read-only byte view of a contiguous array (no ``tobytes`` copy; ``array`` itself when it
+    already is one)."""
     if code == "BF16":
         if array.dtype.name == "bfloat16":  # an ml_dtypes array: its bits are already right
-            return np.ascontiguousarray(array).view(np.uint16).astype("<u2").tobytes()
-        values = f64_to_f32_odd(array) if array.dtype == np.float64 else np.asarray(array, dtype=np.float32)
-        return f32_to_bf16_bits(values).astype("<u2").tobytes()
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.ascontiguousarray(array, dtype=STORED[code]).tobytes()
+            out = np.ascontiguousarray(array).view(np.uint16).astype("<u2")
+        else:
+            values = f64_to_f32_odd(array) if array.dtype == np.float64 else np.asarray(array, dtype=np.float32)
+            out = f32_to_bf16_bits(values).astype("<u2", copy=False)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(array, dtype=STORED[code])
+    return out.reshape(-1).view(np.uint8).data.toreadonly()
 
 
 def decode(raw: bytes, code: str, shape: tuple[int, ...]) -> np.ndarray:

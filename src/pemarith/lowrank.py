@@ -20,7 +20,12 @@ def concat(
     (``sum r_i x k``). The weights go on ``A`` as in PEFT's ``add_weighted_adapter(..., "cat")``.
     """
     B = np.concatenate(list(Bs), axis=1)
-    A = np.concatenate([w * Ai for w, Ai in zip(weights, As)], axis=0)
+    As = list(As)
+    A = np.empty((sum(Ai.shape[0] for Ai in As), As[0].shape[1]), np.result_type(*As, 1.0))
+    row = 0
+    for w, Ai in zip(weights, As):  # each block scaled straight into place: no temporaries
+        np.multiply(Ai, w, out=A[row:row + Ai.shape[0]])
+        row += Ai.shape[0]
     return B, A
 
 
