@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
             base = to_bfloat16(base, work / "base-bf16")
         adapter = work / "adapter"
         make_adapter(adapter, base, dtype=args.dtype)
-        print(f"# {args.dtype} base {base} ({dir_bytes(base) / 1e6:.0f} MB); LoRA r={RANK} on {len(TARGETS)} targets "
-              f"of every layer ({dir_bytes(adapter) / 1e6:.1f} MB)")
+        base_dtype = json.loads((base / "config.json").read_text()).get("torch_dtype", "?")
+        print(f"# {base_dtype} base {base} ({dir_bytes(base) / 1e6:.0f} MB); LoRA r={RANK} on {len(TARGETS)} targets "
+              f"of every layer ({args.dtype}, {dir_bytes(adapter) / 1e6:.1f} MB)")
         print(f"# cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start, niceness {os.nice(0)}")
         runs: list[dict] = []
         tools = ("copy+fsync", "cp -r", "pemarith") + (() if args.skip_peft else ("peft",))
