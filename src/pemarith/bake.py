@@ -16,7 +16,8 @@ there (float32 and float64 weights in place; bfloat16 and float16 ones in one fl
 encoded back into the buffer on the bits, :mod:`pemarith.dtypes`), ``s B A`` formed once, in
 blocks of rows, and the buffer written as it is. :data:`WORKERS` threads merge the next updated
 tensors while the calling thread writes, in the file's order; the buffers (``WORKERS + 1``, each
-the size of the largest updated tensor) are reused, so no tensor costs a fresh allocation. Like ``compose``, it needs no torch and no model code.
+the size of the largest updated tensor) are reused, so no tensor costs a fresh allocation.
+Like ``compose``, it needs no torch and no model code.
 """
 
 from __future__ import annotations
@@ -291,9 +292,9 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     weight_map[key] = shard
                     if key in replace:
                         writer.write(key, cast(module[replace[key]], info.dtype))
-                    elif key not in pending:
+                    elif key not in updates:
                         writer.write_bytes(key, read_bytes(src, info, key))
-                    else:
+                    else:  # submitted above: every earlier update is written, so a buffer was free
                         buf, raw, changed = pending.pop(key).result()
                         writer.write_bytes(key, raw)
                         del raw  # the buffer's view: released before the buffer is reused
