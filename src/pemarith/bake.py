@@ -23,10 +23,8 @@ Like ``compose``, it needs no torch and no model code.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -38,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .bake_config import head_config
-from .dtypes import STORED, bf16_bits_to_f32, cast, f32_to_bf16_bits, finite_bytes
+from .dtypes import STORED, bf16_bits_to_f32, cast, f32_to_bf16_bits, finite_bytes, scratch
 from .errors import AdapterError, CompatibilityError, OutputError
 from .fs import output_dir
 from .io import (
@@ -116,9 +114,9 @@ def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str,
     return infos, metas, index
 
 
-def _read_writable(path: Path, info: TensorInfo, key: str, scratch: bytearray) -> memoryview:
-    """One tensor's stored bytes in the front of ``scratch`` (merged in place, then written)."""
-    buf = memoryview(scratch)[:info.end - info.start]
+def _read_writable(path: Path, info: TensorInfo, key: str, into: bytearray) -> memoryview:
+    """One tensor's stored bytes in the front of ``into`` (merged in place, then written)."""
+    buf = memoryview(into)[:info.end - info.start]
     try:
         with open(path, "rb") as f:
             f.seek(info.start)
@@ -128,22 +126,6 @@ def _read_writable(path: Path, info: TensorInfo, key: str, scratch: bytearray) -
     if n != len(buf):
         raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
     return buf
-
-
-class _Scratch:
-    """Per-thread float32 buffers for bfloat16 values, reused for every tensor (no fresh
-    allocation, and no page faults, per tensor)."""
-
-    def __init__(self, nbytes: int):
-        self._nbytes = nbytes
-        self._local = threading.local()
-
-    def float32(self, shape: tuple[int, ...]) -> np.ndarray:
-        n = math.prod(shape)
-        f32 = getattr(self._local, "f32", None)
-        if f32 is None or f32.size < n:
-            f32 = self._local.f32 = np.empty(max(n, self._nbytes // 2), np.float32)  # bf16: 2 bytes a value
-        return f32[:n].reshape(shape)
 
 
 def _plain_file_name(name: object) -> bool:
@@ -232,7 +214,6 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     largest = max((infos[owner[k]][k].end - infos[owner[k]][k].start for k in updates), default=0)
-    scratch = _Scratch(largest)
     free = [bytearray(largest) for _ in range(workers + 1)]  # the tensors in flight, at most
 
     def merge_one(src: Path, key: str, buf: bytearray) -> tuple[bytearray, memoryview, bool]:
@@ -245,8 +226,8 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
         stored = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
         work = {"F32": stored, "F64": stored, "BF16": None}.get(info.dtype)
         if work is None:  # one float32 copy: bfloat16 on the bits, float16 by numpy
-            work = (bf16_bits_to_f32(stored, out=scratch.float32(info.shape)) if info.dtype == "BF16"
-                    else stored.astype(np.float32))
+            work = (bf16_bits_to_f32(stored, out=scratch("bake.float32", info.shape, np.float32))
+                    if info.dtype == "BF16" else stored.astype(np.float32))
         if what == "weight":
             new = kind.merge_into(parts[layer], config, work, key)
         else:

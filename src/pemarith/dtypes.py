@@ -19,6 +19,9 @@ bfloat16 patterns and the float32 edge cases).
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 
 # safetensors code -> the numpy dtype pemarith holds such a tensor in (bfloat16: float32)
@@ -33,6 +36,21 @@ STORED: dict[str, np.dtype] = {**HELD, "BF16": np.dtype("<u2")}
 
 
 _CHUNK = 1 << 16  # elements per step of the chunked conversions: their temporaries stay in cache
+_SCRATCH = threading.local()
+
+
+def scratch(slot: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """A C-contiguous array of ``shape`` and ``dtype`` for this thread to convert into, reused
+    per ``slot`` (grown when too small): large conversions repeated tensor after tensor then
+    cost no fresh allocation, so no page faults. Valid until this thread's next call with the
+    same ``slot``; its values are undefined until written."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    buffers = _SCRATCH.__dict__
+    buf = buffers.get(slot)
+    if buf is None or buf.dtype != dtype or buf.size < n:
+        buf = buffers[slot] = np.empty(max(n, 1 << 16), dtype)
+    return buf[:n].reshape(shape)
 
 
 def bf16_bits_to_f32(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -20,8 +20,8 @@ def concat(
     (``sum r_i x k``). The weights go on ``A`` as in PEFT's ``add_weighted_adapter(..., "cat")``.
     """
     B = np.concatenate(list(Bs), axis=1)
-    As = list(As)
-    A = np.empty((sum(Ai.shape[0] for Ai in As), As[0].shape[1]), np.result_type(*As, 1.0))
+    As, weights = list(As), list(weights)
+    A = np.empty((sum(Ai.shape[0] for Ai in As), As[0].shape[1]), np.result_type(*As, *weights))
     row = 0
     for w, Ai in zip(weights, As):  # each block scaled straight into place: no temporaries
         np.multiply(Ai, w, out=A[row:row + Ai.shape[0]])
