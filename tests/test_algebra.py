@@ -179,3 +179,19 @@ def test_iter_tensors_and_output_config(adapters):
     assert got["base_model.model.emb.lora_embedding_B"].shape == (16, 12)
     assert (a + b).output_config("exact")["r"] == 12
     assert (a + a).output_config() == config(adapters["a"])
+
+
+@pytest.mark.parametrize("names,dtype", [(("a", "c8"), None), (("bf_a", "bf_b"), None), (("a", "c8"), "bfloat16")])
+def test_iter_tensors_equals_the_saved_file_layer_for_layer(adapters, tmp_path, names, dtype):
+    # exact mode builds each layer in buffers reused from layer to layer: what iter_tensors
+    # yielded must stay what it was (layers of equal shapes would otherwise show the last one)
+    pem = 0.7 * pemarith.load(adapters[names[0]], "x") - 1.3 * pemarith.load(adapters[names[1]], "y")
+    got = dict(pem.iter_tensors(mode="exact", dtype=dtype))
+    pem.save(tmp_path / "out", mode="exact", dtype=dtype)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as f:
+        saved = {k: f.get_tensor(k).float().numpy() for k in f.keys()}
+    assert set(got) == set(saved)
+    for k in saved:
+        np.testing.assert_array_equal(got[k], saved[k], err_msg=k)
+    assert not np.array_equal(got["base_model.model.lin0.lora_A.weight"], got["base_model.model.lin1.lora_A.weight"])

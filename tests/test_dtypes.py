@@ -3,6 +3,7 @@ and the core never imports ml_dtypes."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -10,7 +11,15 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pemarith.dtypes import bf16_bits_to_f32, cast, decode, encode, f32_to_bf16_bits, finite_bytes
+from pemarith.dtypes import (
+    bf16_bits_to_f32,
+    cast,
+    decode,
+    encode,
+    f32_to_bf16_bits,
+    f64_to_f32_odd,
+    finite_bytes,
+)
 
 
 def test_bf16_to_f32_on_all_65536_patterns():
@@ -76,6 +85,40 @@ def test_f64_to_bf16_rounds_once_like_ml_dtypes():
     with np.errstate(over="ignore"):
         theirs = x.astype(ml_dtypes.bfloat16).view(np.uint16)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def _round_to_odd_reference(x: np.ndarray) -> np.ndarray:
+    """The definition, one value at a time: the float32 toward zero, last bit set if inexact."""
+    out = []
+    for v in x.ravel().tolist():
+        if not math.isfinite(v):
+            out.append(np.float32(v))
+            continue
+        with np.errstate(over="ignore"):
+            f = np.float32(v)
+        if abs(float(f)) > abs(v):  # rounded away from zero (or overflowed): one step back
+            f = np.nextafter(f, np.float32(0))
+        if float(f) != v:
+            f = np.array(f).view(np.uint32) | np.uint32(1)
+            f = np.array(f, np.uint32).view(np.float32)[()]
+        out.append(np.float32(f))
+    return np.array(out, np.float32).reshape(x.shape)
+
+
+def test_f64_to_f32_rounds_to_odd_by_its_definition():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(20_000) * 10.0 ** rng.integers(-48, 40, 20_000),
+                        rng.standard_normal(2000).astype(np.float32).astype(np.float64),  # exact
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e39, -1e39, 3.4028235e38, 3.4028236e38,
+                         1e-46, -1e-46, 1e-50, -1e-50, 1.4e-45, 2.0 ** -149 * 1.5, 1e300, -1e300,
+                         1 + 2.0 ** -30, -(1 + 2.0 ** -30), 2.0 ** -126 * (1 - 2.0 ** -30)]])
+    ours = f64_to_f32_odd(x)
+    ref = _round_to_odd_reference(x)
+    np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
+    # any shape and layout; a scalar stays 0-d
+    grid = x[: 3 * 4000].reshape(3, 4000)[:, ::2]
+    np.testing.assert_array_equal(f64_to_f32_odd(grid).view(np.uint32), ref[: 12000].reshape(3, 4000)[:, ::2].view(np.uint32))
+    assert f64_to_f32_odd(np.float64(1.5)).shape == () and f64_to_f32_odd(np.empty((0, 3))).shape == (0, 3)
 
 
 def test_float16_and_round_trips():

@@ -91,17 +91,33 @@ def f32_to_bf16_bits(values: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 def f64_to_f32_odd(values: np.ndarray) -> np.ndarray:
     """float64 -> float32 rounded to odd: the float32 next to ``values`` toward zero, with its
-    last mantissa bit set when the conversion was inexact (NaN and infinities kept)."""
-    x = np.asarray(values, dtype=np.float64)
+    last mantissa bit set when the conversion was inexact (NaN and infinities kept).
+
+    From the nearest-even float32 ``f`` of ``x``: if ``f == x`` or ``f`` is odd, ``f`` is the
+    answer (an inexact odd ``f`` is the odd one of the two neighbours of ``x``); else the answer
+    is the other neighbour, one unit further out when ``|x| > |f|`` and one in when
+    ``|x| < |f|`` (an overflow to infinity comes back to the largest float32, which is odd). On
+    the bits ``|f|`` moves by +-1 whatever the sign; NaN compares false and stays. A chunk of
+    :data:`_CHUNK` at a time, with no full-size temporaries."""
+    x = np.asarray(values, dtype=np.float64, order="C")
+    out = np.empty(x.shape, np.float32)
+    flat, res, bits = x.reshape(-1), out.reshape(-1), out.reshape(-1).view(np.uint32)
+    n = min(_CHUNK, flat.size)
+    ax, af, even, up, down = np.empty(n), np.empty(n), np.empty(n, bool), np.empty(n, bool), np.empty(n, bool)
     with np.errstate(over="ignore", invalid="ignore"):
-        f = x.astype(np.float32)
-    finite = np.isfinite(x)
-    over = finite & (np.abs(f.astype(np.float64)) > np.abs(x))
-    f[over] = np.nextafter(f[over], np.float32(0))
-    inexact = finite & (f.astype(np.float64) != x)
-    bits = f.view(np.uint32)
-    bits[inexact] |= np.uint32(1)
-    return f
+        for i in range(0, flat.size, _CHUNK):
+            c = flat[i:i + _CHUNK]
+            m = c.size
+            np.copyto(res[i:i + m], c, casting="unsafe")  # nearest even
+            np.abs(c, out=ax[:m])
+            np.abs(res[i:i + m], out=af[:m])
+            b = bits[i:i + m]
+            np.equal(np.bitwise_and(b, 1), 0, out=even[:m])
+            np.logical_and(np.greater(ax[:m], af[:m], out=up[:m]), even[:m], out=up[:m])
+            np.logical_and(np.less(ax[:m], af[:m], out=down[:m]), even[:m], out=down[:m])
+            np.add(b, up[:m], out=b, casting="unsafe")
+            np.subtract(b, down[:m], out=b, casting="unsafe")
+    return out
 
 
 def encode(array: np.ndarray, code: str) -> memoryview:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import numpy as np
 
 from .dtypes import HELD, bf16_bits_to_f32, decode
 from .errors import AdapterError
+from .filehash import FileHash
 from .kinds import KINDS, Kind
 from .tensorfile import ITEMSIZES, SafetensorsWriter, TensorInfo, read_bytes, read_safetensors_header
 
@@ -141,9 +141,7 @@ class Adapter:
                                f"{', '.join(list(self.shapes)[:3])[:200]}), but {CONFIG_NAME} says "
                                f"peft_type {self.kind.name}: is the config of another adapter?")
         self.kind.validate_layout(self)
-        self._sha256: str | None = None
-        self._hasher = hashlib.sha256()
-        self._hashed = 0  # bytes of the file's prefix fed to the hasher
+        self._hash = FileHash(self.weights_path)
 
     @property
     def peft_type(self) -> str:
@@ -161,42 +159,17 @@ class Adapter:
             assert self._infos is not None
             info = self._infos[key]
             raw = read_bytes(self.weights_path, info, key)
-            self._feed(info.start, raw)
+            self._hash.feed(info.start, raw)
             array = decode(raw, info.dtype, info.shape)
         split = self.kind.split_key(key)
         _check_finite(array, key, split[0] if split else key.rsplit(".", 1)[0], self.weights_path)
         return array
 
-    def _feed(self, start: int, raw: bytes) -> None:
-        """Hash the file as its tensors are read (one pass over the bytes, not two): bytes at
-        the hashed prefix's end extend it; a read further on first hashes the gap (the header,
-        tensors skipped so far); a read inside the prefix was hashed already."""
-        if self._sha256 is not None or start + len(raw) <= self._hashed:
-            return
-        if start > self._hashed:
-            self._hash_range(self._hashed, start)
-        self._hasher.update(raw)
-        self._hashed = start + len(raw)
-
-    def _hash_range(self, start: int, end: int) -> None:
-        with open(self.weights_path, "rb") as f:
-            f.seek(start)
-            left = end - start
-            while left > 0:
-                chunk = f.read(min(left, 1 << 20))
-                if not chunk:
-                    raise AdapterError(f"{self.weights_path}: truncated while hashing")
-                self._hasher.update(chunk)
-                left -= len(chunk)
-        self._hashed = end
-
     def sha256(self) -> str:
-        """sha256 of the weights file (cached): of the bytes already read for the composition,
-        plus whatever of the file they did not cover."""
-        if self._sha256 is None:
-            self._hash_range(self._hashed, self.weights_path.stat().st_size)
-            self._sha256 = self._hasher.hexdigest()
-        return self._sha256
+        """sha256 of the weights file (cached): of the bytes already read for the composition
+        (hashed on a background thread as they were read: :mod:`pemarith.filehash`), plus
+        whatever of the file they did not cover."""
+        return self._hash.hexdigest()
 
     def same_file(self, other: Adapter) -> bool:
         return self.path == other.path

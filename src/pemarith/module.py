@@ -296,28 +296,29 @@ class PEM:
 
     def _iter_layers(self, mode: str, rank: int | None, keep: str | None, dtype: Any,
                      method: MergeSpec | None = None) -> Iterator[tuple[str, dict[str, np.ndarray], float | None]]:
+        """Each layer's output tensors, *not yet rounded* to their output dtype (the writer's
+        encoding rounds them once, as :func:`pemarith.dtypes.cast` would), and its SVD error."""
         spec = self.merge_spec(method)
         self.check(mode, rank, keep, spec)
         names = list(self._terms)
         ads = [self._adapters[n] for n in names]
         coefs = [self._terms[n] for n in names]
         kind = self.kind
-        codes = {k: c for k, c, _ in self._plan(mode, rank, dtype)}
         for layer in ads[0].layers:
-            tensors = layer_tensors(ads, layer)
-            if spec.is_linear:
-                out, err = kind.combine(tensors, coefs, ads, mode, rank)
+            if spec.is_linear:  # combine widens what it computes with (exact mode copies factors as held)
+                out, err = kind.combine(layer_tensors(ads, layer, held=True), coefs, ads, mode, rank)
             else:  # methods.py: the signed task vectors, merged, back to the kind's parts
+                tensors = layer_tensors(ads, layer)
                 merged = merge(kind.task_vectors(tensors, coefs, ads), spec, layer)
                 out, err = kind.from_task_vector(merged, tensors, rank)
-            yield layer, {f"{layer}.{p}": cast(v, codes[f"{layer}.{p}"]) for p, v in out.items()}, err
+            yield layer, {f"{layer}.{p}": v for p, v in out.items()}, err
         for key in ads[0].extra:
             if keep is not None:
                 w = ads[names.index(keep)].tensor(key)
             else:  # an affine combination of full weights: sum_i c_i W_i with sum_i c_i = 1
                 wide = np.float64 if any(a.dtypes[key] == "F64" for a in ads) else np.float32
                 w = np.asarray(sum(np.multiply(c, a.tensor(key).astype(wide)) for c, a in zip(coefs, ads)))
-            yield key, {key: cast(np.asarray(w), codes[key])}, None
+            yield key, {key: np.asarray(w)}, None
         for key in ads[0].frozen:
             yield key, {key: ads[0].tensor(key)}, None
 
@@ -327,8 +328,10 @@ class PEM:
         """Yield ``(key, array)`` of the composed adapter in PEFT's saved-key format (adapter
         name stripped, e.g. ``base_model.model.q_proj.lora_A.weight``), one layer at a time."""
         mode, rank = self._resolve(mode, rank)
+        codes = {k: c for k, c, _ in self._plan(mode, rank, dtype)}
         for _, tensors, _ in self._iter_layers(mode, rank, keep, dtype, self.merge_spec(method, **options)):
-            yield from tensors.items()
+            for key, array in tensors.items():
+                yield key, cast(array, codes[key])
 
     def save(self, out: str | os.PathLike[str], mode: str | None = None, rank: int | None = None,
              force: bool = False, keep: str | None = None, dtype: Any = None,
@@ -397,8 +400,11 @@ class PEM:
         }
 
 
-def layer_tensors(adapters: list[Adapter], layer: str) -> list[dict[str, np.ndarray]]:
-    """One layer's parts (``{part: float64 array}``) of each adapter, in order."""
+def layer_tensors(adapters: list[Adapter], layer: str, held: bool = False) -> list[dict[str, np.ndarray]]:
+    """One layer's parts (``{part: float64 array}``) of each adapter, in order; with ``held``,
+    as :data:`pemarith.dtypes.HELD` holds them (float32 for bfloat16), not widened."""
+    if held:
+        return [{p: a.tensor(key) for p, key in a.layers[layer].items()} for a in adapters]
     return [{p: a.tensor(key).astype(np.float64) for p, key in a.layers[layer].items()} for a in adapters]
 
 
