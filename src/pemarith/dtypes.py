@@ -120,16 +120,104 @@ def f64_to_f32_odd(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def values(array: np.ndarray) -> np.ndarray:
+    """The values of a tensor as stored (:data:`STORED`: bfloat16 as its ``uint16`` bits), held
+    as :data:`HELD` says: bfloat16 bits decoded to float32 (exact), any other array as it is."""
+    return bf16_bits_to_f32(array) if array.dtype == np.uint16 else array
+
+
+# significand bits (the implicit one included) of the values an array of each stored dtype holds
+SIGNIFICAND = {np.dtype("<u2"): 8, np.dtype("<f2"): 11, np.dtype("<f4"): 24, np.dtype("<f8"): 53}
+
+
+def significand_bits(w: float) -> int:
+    """Bits of the significand of ``w`` from its leading to its last set bit (0 for zero):
+    1 for a power of two, 2 for 0.75, 52 for 0.1; more than any float for infinity or NaN."""
+    if not math.isfinite(w):
+        return 99
+    n = abs(float(w)).as_integer_ratio()[0]
+    return (n >> ((n & -n).bit_length() - 1)).bit_length() if n else 0
+
+
+def exact_in_f32(dtype: np.dtype, w: float) -> bool:
+    """Whether ``a * w`` is exact in float32 for every ``a`` of the stored ``dtype`` whose product
+    stays in float32's normal range: a ``p``-bit times a ``q``-bit significand has at most
+    ``p + q`` bits (``p`` when ``w`` is a power of two), and float32 holds 24."""
+    p, q = SIGNIFICAND.get(np.dtype(dtype), 99), significand_bits(w)
+    return p + q <= 24 or (q <= 1 and p <= 24)
+
+
+def scale_f32(stored: np.ndarray, w: float, out: np.ndarray) -> bool:
+    """``out = values(stored) * w`` in float32, and whether every product is exact there.
+
+    For ``stored`` and ``w`` that :func:`exact_in_f32` accepts, a product is exact unless it
+    leaves float32's normal range: underflow to a subnormal (possible only for ``|w| < 1`` or
+    subnormal inputs) or overflow to infinity (only for ``|w| > 1``). Both are caught on the bits
+    of the result, ``u = |bits|``: with ``t = u - 1`` (wrapping, so zero, which is exact, goes to
+    the top) a subnormal has ``t < 0x7FFFFF``; an infinity ``u >= 0x7F800000``. Returns False
+    at once when ``exact_in_f32`` does not hold, or after the first inexact chunk (``out`` is then
+    partly written). A chunk of :data:`_CHUNK` at a time: the checks stay in cache."""
+    if not exact_in_f32(stored.dtype, w) or out.dtype != np.float32 or out.shape != stored.shape:
+        return False
+    src, res = stored.reshape(-1), out.reshape(-1)
+    bits = res.view(np.uint32)
+    u = np.empty(min(_CHUNK, src.size), np.uint32)
+    w32, grows = np.float32(w), abs(w) > 1
+    with np.errstate(over="ignore", under="ignore"):
+        for i in range(0, src.size, _CHUNK):
+            c = src[i:i + _CHUNK]
+            m = c.size
+            if c.dtype == np.uint16:
+                np.multiply(bf16_bits_to_f32(c, out=res[i:i + m]), w32, out=res[i:i + m])
+            else:
+                np.multiply(c, w32, out=res[i:i + m])
+            t = np.bitwise_and(bits[i:i + m], np.uint32(0x7FFFFFFF), out=u[:m])
+            if grows and t.max() >= 0x7F800000:
+                return False
+            if np.subtract(t, np.uint32(1), out=t).min() < 0x7FFFFF:
+                return False
+    return True
+
+
+def stack_scaled(blocks: list[np.ndarray], weights: list[float], slot: str) -> np.ndarray:
+    """``[w_1 a_1; ...; w_n a_n]``, the ``a_i`` as stored (stacked on axis 0).
+
+    In float32 when every product is exact there (:func:`scale_f32`; the values then are those
+    of the float64 result, so rounding either once to any output dtype gives the same bits),
+    else in float64 (one rounding per product). Into :func:`scratch` buffers of ``slot``: valid
+    until the next call with that slot."""
+    rows = sum(b.shape[0] for b in blocks)
+    shape = (rows, *blocks[0].shape[1:])
+    if all(exact_in_f32(b.dtype, w) for b, w in zip(blocks, weights)):
+        out, row = scratch(slot + ".f32", shape, np.float32), 0
+        for b, w in zip(blocks, weights):
+            if not scale_f32(b, w, out[row:row + b.shape[0]]):
+                break
+            row += b.shape[0]
+        else:
+            return out
+    out, row = scratch(slot + ".f64", shape, np.float64), 0
+    for b, w in zip(blocks, weights):  # numpy float64 weights: a Python float would be demoted to float32
+        np.multiply(values(b), np.float64(w), out=out[row:row + b.shape[0]])
+        row += b.shape[0]
+    return out
+
+
 def encode(array: np.ndarray, code: str) -> memoryview:
     """The little-endian bytes of ``array`` as a tensor of safetensors dtype ``code``: a
     read-only byte view of a contiguous array (no ``tobytes`` copy; ``array`` itself when it
-    already is one)."""
-    if code == "BF16":
+    already is one). A ``uint16`` array is bfloat16 bits (as :data:`STORED` holds them): as
+    they are for ``BF16``, decoded for any other ``code``."""
+    if array.dtype == np.uint16:  # bfloat16 bits (as STORED holds them)
+        if code != "BF16":
+            return encode(bf16_bits_to_f32(array), code)
+        out = np.ascontiguousarray(array, dtype="<u2")
+    elif code == "BF16":
         if array.dtype.name == "bfloat16":  # an ml_dtypes array: its bits are already right
             out = np.ascontiguousarray(array).view(np.uint16).astype("<u2")
         else:
-            values = f64_to_f32_odd(array) if array.dtype == np.float64 else np.asarray(array, dtype=np.float32)
-            out = f32_to_bf16_bits(values).astype("<u2", copy=False)
+            f32 = f64_to_f32_odd(array) if array.dtype == np.float64 else np.asarray(array, dtype=np.float32)
+            out = f32_to_bf16_bits(f32).astype("<u2", copy=False)
     else:
         with np.errstate(over="ignore", invalid="ignore"):
             out = np.ascontiguousarray(array, dtype=STORED[code])
@@ -145,6 +233,7 @@ def decode(raw: bytes, code: str, shape: tuple[int, ...]) -> np.ndarray:
 def cast(array: np.ndarray, code: str) -> np.ndarray:
     """``array`` rounded to dtype ``code`` and held as :data:`HELD` says: exactly the values
     that writing it as ``code`` stores (an overflow becomes inf, without a numpy warning)."""
+    array = values(np.asarray(array))
     if code == "BF16":
         return bf16_bits_to_f32(np.frombuffer(encode(array, code), dtype="<u2").reshape(array.shape))
     with np.errstate(over="ignore", invalid="ignore"):

@@ -22,11 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import HELD, bf16_bits_to_f32, decode
+from .dtypes import HELD, STORED, bf16_bits_to_f32, finite_bytes, values
 from .errors import AdapterError
 from .filehash import FileHash
 from .kinds import KINDS, Kind
-from .tensorfile import ITEMSIZES, SafetensorsWriter, TensorInfo, read_bytes, read_safetensors_header
+from .tensorfile import (
+    ITEMSIZES,
+    SafetensorsWriter,
+    TensorInfo,
+    TensorReader,
+    read_bytes,
+    read_safetensors_header,
+)
 
 __all__ = ["ITEMSIZES", "Adapter", "SafetensorsWriter", "TensorInfo", "dtype_code", "inspect_adapter",
            "is_adapter_output", "read_bytes", "read_safetensors_header", "write_json"]
@@ -113,6 +120,7 @@ class Adapter:
         if (self.path / SAFETENSORS_NAME).is_file():
             self.weights_path = self.path / SAFETENSORS_NAME
             self._infos, _ = read_safetensors_header(self.weights_path)
+            self._reader = TensorReader(self.weights_path)
             self.shapes = {k: i.shape for k, i in self._infos.items()}
             self.dtypes = {k: i.dtype for k, i in self._infos.items()}
         elif (self.path / BIN_NAME).is_file():
@@ -152,17 +160,26 @@ class Adapter:
         return self.config.get("base_model_name_or_path")
 
     def tensor(self, key: str) -> np.ndarray:
-        """Read one tensor (in its stored dtype); NaN/Inf is an ``AdapterError`` naming it."""
-        if self._bin is not None:
+        """Read one tensor, held as :data:`pemarith.dtypes.HELD` says (bfloat16 as float32,
+        exactly); NaN/Inf is an ``AdapterError`` naming it."""
+        return values(self.stored(key))
+
+    def stored(self, key: str) -> np.ndarray:
+        """Read one tensor as stored (:data:`pemarith.dtypes.STORED`: bfloat16 as its uint16
+        bits, read-only); NaN/Inf is an ``AdapterError`` naming it."""
+        if self._bin is not None:  # converted on loading (bfloat16 to float32)
             array = self._bin[key]
+            finite = bool(np.isfinite(array).all())
         else:
             assert self._infos is not None
             info = self._infos[key]
-            raw = read_bytes(self.weights_path, info, key)
+            raw = self._reader.read(info, key)
             self._hash.feed(info.start, raw)
-            array = decode(raw, info.dtype, info.shape)
-        split = self.kind.split_key(key)
-        _check_finite(array, key, split[0] if split else key.rsplit(".", 1)[0], self.weights_path)
+            array = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
+            finite = finite_bytes(raw, info.dtype)
+        if not finite:
+            split = self.kind.split_key(key)
+            _check_finite(values(array), key, split[0] if split else key.rsplit(".", 1)[0], self.weights_path)
         return array
 
     def sha256(self) -> str:

@@ -305,8 +305,8 @@ class PEM:
         coefs = [self._terms[n] for n in names]
         kind = self.kind
         for layer in ads[0].layers:
-            if spec.is_linear:  # combine widens what it computes with (exact mode copies factors as held)
-                out, err = kind.combine(layer_tensors(ads, layer, held=True), coefs, ads, mode, rank)
+            if spec.is_linear:  # combine widens what it computes with (exact mode copies factors as stored)
+                out, err = kind.combine(layer_tensors(ads, layer, stored=True), coefs, ads, mode, rank)
             else:  # methods.py: the signed task vectors, merged, back to the kind's parts
                 tensors = layer_tensors(ads, layer)
                 merged = merge(kind.task_vectors(tensors, coefs, ads), spec, layer)
@@ -400,11 +400,11 @@ class PEM:
         }
 
 
-def layer_tensors(adapters: list[Adapter], layer: str, held: bool = False) -> list[dict[str, np.ndarray]]:
-    """One layer's parts (``{part: float64 array}``) of each adapter, in order; with ``held``,
-    as :data:`pemarith.dtypes.HELD` holds them (float32 for bfloat16), not widened."""
-    if held:
-        return [{p: a.tensor(key) for p, key in a.layers[layer].items()} for a in adapters]
+def layer_tensors(adapters: list[Adapter], layer: str, stored: bool = False) -> list[dict[str, np.ndarray]]:
+    """One layer's parts (``{part: float64 array}``) of each adapter, in order; with ``stored``,
+    as :data:`pemarith.dtypes.STORED` holds them (bfloat16 as its uint16 bits), not decoded."""
+    if stored:
+        return [{p: a.stored(key) for p, key in a.layers[layer].items()} for a in adapters]
     return [{p: a.tensor(key).astype(np.float64) for p, key in a.layers[layer].items()} for a in adapters]
 
 

@@ -9,9 +9,13 @@ near one layer.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import struct
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +127,44 @@ def read_bytes(path: Path, info: TensorInfo, key: str) -> bytes:
     if len(raw) != info.end - info.start:
         raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
     return raw
+
+
+class TensorReader:
+    """One file's tensors, read by offset: ``os.pread`` on one descriptor, opened at the first
+    read and closed with the reader (a file opened per tensor costs more than reading a small
+    one); :func:`read_bytes` where there is no ``pread`` or the process is out of descriptors.
+    Thread-safe; a forked child shares the descriptor, which ``pread`` does not move."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def read(self, info: TensorInfo, key: str) -> bytes:
+        fd = self._descriptor()
+        if fd is None:
+            return read_bytes(self.path, info, key)
+        try:
+            raw = os.pread(fd, info.end - info.start, info.start)
+        except OSError as e:
+            raise AdapterError(f"{self.path}: cannot read ({e})") from None
+        if len(raw) != info.end - info.start:
+            raise AdapterError(f"{self.path}: truncated while reading tensor {key!r}")
+        return raw
+
+    def _descriptor(self) -> int | None:
+        if self._fd is None and hasattr(os, "pread"):
+            with self._lock:
+                if self._fd is None:
+                    try:
+                        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    except OSError as e:
+                        if e.errno in (errno.EMFILE, errno.ENFILE):
+                            return None
+                        raise AdapterError(f"{self.path}: cannot read ({e})") from None
+                    weakref.finalize(self, os.close, fd)
+                    self._fd = fd
+        return self._fd
 
 
 class SafetensorsWriter:

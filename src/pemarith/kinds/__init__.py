@@ -26,8 +26,9 @@ class Kind:
     - ``signature(adapter, layer, mode) -> {what: shape}``: what must agree across inputs.
     - ``out_shapes(adapters, layer, mode, rank) -> {part: shape}``: output parts, write order.
     - ``combine(tensors, coefs, adapters, mode, rank) -> ({part: array}, svd_error | None)``:
-      ``tensors`` as held (``pemarith.dtypes.HELD``); it widens what it computes with, and its
-      outputs are rounded to the output dtype once, by the writer.
+      ``tensors`` as stored (``pemarith.dtypes.STORED``: bfloat16 as its uint16 bits;
+      ``dtypes.values`` decodes); it widens what it computes with, and its outputs (float
+      arrays, or bfloat16 bits passed through) are rounded to the output dtype once, by the writer.
     - ``output_config(config, adapters, mode, rank) -> dict``: the result's adapter_config.json.
     - ``update_norm(adapter, layer) -> float`` and ``describe(adapter) -> dict``: for inspect.
     - ``gram(tensors, adapters) -> (n, n) array`` and

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..dtypes import values
 from ..errors import AdapterError, CompatibilityError
 
 if TYPE_CHECKING:
@@ -75,8 +76,8 @@ def combine(
     mode: str,
     rank: int | None,
 ) -> tuple[dict[str, np.ndarray], float | None]:
-    """``l_out = 1 + sum_i c_i (l_i - 1)`` (held in, float64 out)."""
-    delta = np.asarray(sum(c * (t[_PART].astype(np.float64) - 1.0) for c, t in zip(coefs, tensors)))
+    """``l_out = 1 + sum_i c_i (l_i - 1)`` (as stored in, float64 out)."""
+    delta = np.asarray(sum(c * (values(t[_PART]).astype(np.float64) - 1.0) for c, t in zip(coefs, tensors)))
     return {_PART: 1.0 + delta}, None
 
 

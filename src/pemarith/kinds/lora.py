@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import lowrank
-from ..dtypes import scratch
+from ..dtypes import scratch, stack_scaled, values
 from ..errors import AdapterError, CompatibilityError
 
 if TYPE_CHECKING:
@@ -220,13 +220,14 @@ def combine(
     mode: str,
     rank: int | None,
 ) -> tuple[dict[str, np.ndarray], float | None]:
-    """Combine one layer (factors as held in, float64 or held factors out) and its SVD error if any.
+    """Combine one layer (factors as stored in) and its SVD error if any.
 
     factorwise: ``A = sum_i |c_i| A_i``, ``B = sum_i c_i (s_i / s_out) B_i``, ``s_out = s_1``
     (in float64). exact: ``A = [c_1 s_1 A_1; ...; c_n s_n A_n]``, ``B = [B_1, ..., B_n]`` so
-    that ``B A = sum_i c_i s_i B_i A_i`` with ``s_out = 1``: ``B`` is the stored factors
-    side by side, as held (exact: no float64 copy of the half that needs no arithmetic), each
-    ``c_i s_i A_i`` is computed in float64 and rounded once on writing; truncated to ``rank``
+    that ``B A = sum_i c_i s_i B_i A_i`` with ``s_out = 1``: ``B`` is the stored factors side
+    by side, as stored (bits and all, when the inputs share a dtype: no arithmetic), each
+    ``c_i s_i A_i`` is computed in float32 where that is exact, else in float64
+    (:func:`pemarith.dtypes.stack_scaled`), and rounded once on writing; truncated to ``rank``
     by SVD (in float64) if given.
     """
     a_part = next(p for p in _A_PARTS if p in tensors[0])
@@ -235,22 +236,22 @@ def combine(
     As = [t[a_part] for t in tensors]
     Bs = [t[b_part] for t in tensors]
     if mode == "factorwise":
-        A = np.asarray(sum(abs(c) * Ai.astype(np.float64) for c, Ai in zip(coefs, As)))
-        B = np.asarray(sum(c * (si / s[0]) * Bi.astype(np.float64) for c, si, Bi in zip(coefs, s, Bs)))
+        A = np.asarray(sum(abs(c) * values(Ai).astype(np.float64) for c, Ai in zip(coefs, As)))
+        B = np.asarray(sum(c * (si / s[0]) * values(Bi).astype(np.float64) for c, si, Bi in zip(coefs, s, Bs)))
         return {a_part: A, b_part: B}, None
     # numpy float64 weights (not Python floats, which numpy 2 demotes to float32 with a float32 A)
     weights = [np.float64(c * si) for c, si in zip(coefs, s)]
     if rank is not None:
-        B, A = lowrank.concat(Bs, As, weights)
+        B, A = lowrank.concat([values(b) for b in Bs], [values(a) for a in As], weights)
         B, A, err = lowrank.truncate(B.astype(np.float64), A, rank)
         return {a_part: A, b_part: B}, err
     # the result is only written (or copied by iter_tensors' cast) before the next layer: into
     # buffers reused from layer to layer (a fresh 20 MB array per layer costs its page faults)
-    R0 = sum(Ai.shape[0] for Ai in As)
-    out = (scratch("lora.concat.B", (Bs[0].shape[0], R0), np.result_type(*Bs)),
-           scratch("lora.concat.A", (R0, As[0].shape[1]), np.float64))
-    B, A = lowrank.concat(Bs, As, weights, out)
-    return {a_part: A, b_part: B}, None
+    if len({b.dtype for b in Bs}) > 1:  # mixed dtypes: side by side as values, not bits
+        Bs = [values(b) for b in Bs]
+    B = scratch("lora.concat.B", (Bs[0].shape[0], sum(b.shape[1] for b in Bs)), np.result_type(*Bs))
+    np.concatenate(Bs, axis=1, out=B)
+    return {a_part: stack_scaled(As, weights, "lora.concat.A"), b_part: B}, None
 
 
 def check_method(adapters: Mapping[str, Adapter], mode: str, rank: int | None, method: str) -> None:
