@@ -246,9 +246,15 @@ def pemarith_cmd() -> list[str]:
     return [script] if script else [sys.executable, "-m", "pemarith.cli"]
 
 
-def run_pemarith(pair: str, adapters: list[Path], out: Path) -> Run:
+def coefficient(weight: float | None, n: int) -> float:
+    """Each module's coefficient: ``--weight`` or, by default, 1/n (a power of two for the
+    usual n, which lets exact compose scale the A factors in float32)."""
+    return 1 / n if weight is None else weight
+
+
+def run_pemarith(pair: str, adapters: list[Path], out: Path, weight: float | None = None) -> Run:
     names = [f"m{i}" for i in range(len(adapters))]
-    weight = 1 / len(adapters)
+    weight = coefficient(weight, len(adapters))
     expr = " + ".join(f"{weight!r}*{n}" for n in names)
     cmd = [*pemarith_cmd(), "compose", "--json", "-o", str(out), *PAIRS[pair][0]]
     for name, path in zip(names, adapters):
@@ -260,9 +266,11 @@ def run_pemarith(pair: str, adapters: list[Path], out: Path) -> Run:
     return Run("pemarith", pair, len(adapters), wall, rss, detail)
 
 
-def run_peft(pair: str, adapters: list[Path], out: Path, dtype: str, timeout: float) -> Run:
+def run_peft(pair: str, adapters: list[Path], out: Path, dtype: str, timeout: float,
+             weight: float | None = None) -> Run:
     cmd = [sys.executable, os.path.abspath(__file__), "_peft", "--combination", PAIRS[pair][1],
-           "--out", str(out), "--dtype", dtype, *map(str, adapters)]
+           "--out", str(out), "--dtype", dtype, "--weight", repr(coefficient(weight, len(adapters))),
+           *map(str, adapters)]
     wall, rss, stdout, timed_out = measure(cmd, timeout)
     detail = {"timed_out": True} if timed_out else json.loads(stdout.strip().splitlines()[-1])
     return Run("peft", pair, len(adapters), wall, rss, detail)
@@ -293,7 +301,7 @@ def peft_child(args: argparse.Namespace) -> None:
     phases["load_adapters_s"] = time.perf_counter() - t
     t = time.perf_counter()
     extra = {"svd_rank": RANK} if args.combination == "svd" else {}
-    model.add_weighted_adapter(names, [1 / len(names)] * len(names), "combined",
+    model.add_weighted_adapter(names, [args.weight] * len(names), "combined",
                                combination_type=args.combination, **extra)
     phases["combine_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -395,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", choices=list(PAIRS), default=list(PAIRS), metavar="MODE",
                    help=f"pemarith modes to measure (default: all of {', '.join(map(repr, PAIRS))})")
     p.add_argument("--skip-peft", action="store_true", help="measure pemarith only")
+    p.add_argument("--weight", type=float,
+                   help="every module's coefficient (default 1/n; e.g. 0.3, whose products with the "
+                        "factors need float64, where 1/n for n a power of two does not)")
     p.add_argument("--peft-timeout", type=float, default=1200.0,
                    help="kill a PEFT run after this many seconds and report lower bounds "
                    "(default 1200; PEFT svd needed > 3300 s on 2 loaded cores)")
@@ -427,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         child.add_argument("--combination", required=True)
         child.add_argument("--out", required=True)
         child.add_argument("--dtype", default="float32")
+        child.add_argument("--weight", type=float, required=True)
         child.add_argument("adapters", nargs="+")
         peft_child(child.parse_args())
         return
@@ -466,9 +478,9 @@ def measure_all(args: argparse.Namespace, adapters: list[Path], files: list[Path
                         evict(files[:n])
                     try:
                         if tool == "pemarith":
-                            run = run_pemarith(pair, inputs, out)
+                            run = run_pemarith(pair, inputs, out, args.weight)
                         else:
-                            run = run_peft(pair, inputs, out, dtype, args.peft_timeout)
+                            run = run_peft(pair, inputs, out, dtype, args.peft_timeout, args.weight)
                     except ChildFailed as exc:
                         print(f"  rep {rep + 1} n={n} {tool:8s} {pair:16s} FAILED: {exc}")
                         continue
@@ -501,6 +513,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
           f"warm {warm_bw / 1e9:.2f} GB/s")
     print(f"# cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start, "
           f"niceness {os.nice(0)}")
+    print(f"# each module's coefficient: {'1/n' if args.weight is None else repr(args.weight)}")
 
     runs: list[Run] = []
     out = work / "out"
@@ -553,7 +566,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         print("# LOADED: the load beyond this benchmark exceeded 1.0; do not publish these figures")
     if args.json:
         args.json.write_text(json.dumps({
-            "cold_read_bytes_per_s": cold_bw, "warm_read_bytes_per_s": warm_bw,
+            "weight": args.weight, "cold_read_bytes_per_s": cold_bw, "warm_read_bytes_per_s": warm_bw,
             "floors": {f"{p}|{n}": v for (p, n), v in floors.items()},
             "runs": [r.__dict__ for r in runs],
         }, indent=2))

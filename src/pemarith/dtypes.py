@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -151,35 +152,46 @@ def scale_f32(stored: np.ndarray, w: float, out: np.ndarray) -> bool:
     """``out = values(stored) * w`` in float32, and whether every product is exact there.
 
     For ``stored`` and ``w`` that :func:`exact_in_f32` accepts, a product is exact unless it
-    leaves float32's normal range: underflow to a subnormal (possible only for ``|w| < 1`` or
-    subnormal inputs) or overflow to infinity (only for ``|w| > 1``). Both are caught on the bits
-    of the result, ``u = |bits|``: with ``t = u - 1`` (wrapping, so zero, which is exact, goes to
-    the top) a subnormal has ``t < 0x7FFFFF``; an infinity ``u >= 0x7F800000``. Returns False
-    at once when ``exact_in_f32`` does not hold, or after the first inexact chunk (``out`` is then
-    partly written). A chunk of :data:`_CHUNK` at a time: the checks stay in cache."""
+    leaves float32's normal range. For ``|w| <= 1`` that is underflow, to a subnormal or to zero,
+    ruled out on the inputs before multiplying: ``min |a| * |w| >= 2**-126`` over the nonzero
+    ``a`` (the smallest nonzero magnitude is ``min(u - 1) + 1`` on the bits ``u = |bits|``, the
+    subtraction wrapping so that zeros go to the top). For ``|w| > 1`` it is overflow to infinity
+    (``u >= 0x7F800000``) or a subnormal result (``u - 1 < 0x7FFFFF``; from subnormal inputs
+    only), caught on the bits of the result. Returns False at once when ``exact_in_f32`` does not
+    hold, or after the first inexact chunk (``out`` is then partly written). A chunk of
+    :data:`_CHUNK` at a time: the checks stay in cache."""
     if not exact_in_f32(stored.dtype, w) or out.dtype != np.float32 or out.shape != stored.shape:
         return False
     src, res = stored.reshape(-1), out.reshape(-1)
     bits = res.view(np.uint32)
     u = np.empty(min(_CHUNK, src.size), np.uint32)
-    w32, grows = np.float32(w), abs(w) > 1
+    w32, small = np.float32(w), abs(w) <= 1
     with np.errstate(over="ignore", under="ignore"):
         for i in range(0, src.size, _CHUNK):
             c = src[i:i + _CHUNK]
             m = c.size
+            r, rb, t = res[i:i + m], bits[i:i + m], u[:m]
             if c.dtype == np.uint16:
-                np.multiply(bf16_bits_to_f32(c, out=res[i:i + m]), w32, out=res[i:i + m])
+                bf16_bits_to_f32(c, out=r)
             else:
-                np.multiply(c, w32, out=res[i:i + m])
-            t = np.bitwise_and(bits[i:i + m], np.uint32(0x7FFFFFFF), out=u[:m])
-            if grows and t.max() >= 0x7F800000:
-                return False
-            if np.subtract(t, np.uint32(1), out=t).min() < 0x7FFFFF:
-                return False
+                r[...] = c
+            if small:
+                np.bitwise_and(rb, np.uint32(0x7FFFFFFF), out=t)
+                lowest = int(np.subtract(t, np.uint32(1), out=t).min()) + 1  # 2**32 when all zero
+                if lowest < 0x7F800000 and float(np.uint32(lowest).view(np.float32)) * abs(w) < 2.0 ** -126:
+                    return False
+                np.multiply(r, w32, out=r)
+            else:
+                np.multiply(r, w32, out=r)
+                np.bitwise_and(rb, np.uint32(0x7FFFFFFF), out=t)
+                if t.max() >= 0x7F800000:
+                    return False
+                if np.subtract(t, np.uint32(1), out=t).min() < 0x7FFFFF:
+                    return False
     return True
 
 
-def stack_scaled(blocks: list[np.ndarray], weights: list[float], slot: str) -> np.ndarray:
+def stack_scaled(blocks: Sequence[np.ndarray], weights: Sequence[float], slot: str) -> np.ndarray:
     """``[w_1 a_1; ...; w_n a_n]``, the ``a_i`` as stored (stacked on axis 0).
 
     In float32 when every product is exact there (:func:`scale_f32`; the values then are those
