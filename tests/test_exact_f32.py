@@ -1,6 +1,7 @@
 """The float32 fast path of exact compose (pemarith.dtypes.scale_f32/stack_scaled) gives the
 float64 products' values or declines, never a different value; tensors read by pread on one
-descriptor per file (pemarith.tensorfile.TensorReader) equal the bytes on disk."""
+descriptor per file (pemarith.tensorfile.TensorReader) equal the bytes on disk, and so does a
+tensor copied in chunks by the writer (SafetensorsWriter.copy_tensor, bake's unchanged tensors)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pemarith.dtypes import (
     values,
 )
 from pemarith.errors import AdapterError
-from pemarith.tensorfile import TensorReader, read_bytes, read_safetensors_header
+from pemarith.tensorfile import SafetensorsWriter, TensorReader, read_bytes, read_safetensors_header
 
 
 def test_significand_bits():
@@ -156,3 +157,27 @@ def test_tensor_reader_is_shared_by_a_forked_child(stfile):
     got = os.read(r, 1)
     os.waitpid(pid, 0)
     assert got == b"1" and reader.read(infos["b"], "b") == read_bytes(path, infos["b"], "b")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 24])
+def test_copy_tensor_writes_the_bytes_in_chunks(stfile, tmp_path, chunk):
+    path, infos = stfile
+    out = tmp_path / "out.safetensors"
+    specs = [(k, i.dtype, i.shape) for k, i in infos.items()]
+    writer = SafetensorsWriter(out, specs, {"format": "pt"})
+    for k, info in infos.items():
+        writer.copy_tensor(k, path, info, chunk=chunk)
+    writer.close()
+    got, _ = read_safetensors_header(out)
+    assert {k: read_bytes(out, got[k], k) for k in got} == {k: read_bytes(path, i, k) for k, i in infos.items()}
+
+
+def test_copy_tensor_names_a_truncated_source(stfile, tmp_path):
+    path, infos = stfile
+    writer = SafetensorsWriter(tmp_path / "out.safetensors",
+                               [(k, i.dtype, i.shape) for k, i in infos.items()], {})
+    os.truncate(path, infos["b"].start + 2)
+    writer.copy_tensor("a", path, infos["a"])
+    with pytest.raises(AdapterError, match="truncated while reading tensor 'b'"):
+        writer.copy_tensor("b", path, infos["b"], chunk=1)
+    writer.abort()

@@ -45,7 +45,6 @@ from .io import (
     SafetensorsWriter,
     TensorInfo,
     is_adapter_output,
-    read_bytes,
     read_safetensors_header,
     write_json,
 )
@@ -274,7 +273,7 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                     if key in replace:
                         writer.write(key, cast(module[replace[key]], info.dtype))
                     elif key not in updates:
-                        writer.write_bytes(key, read_bytes(src, info, key))
+                        writer.copy_tensor(key, src, info)
                     else:  # submitted above: every earlier update is written, so a buffer was free
                         buf, raw, changed = pending.pop(key).result()
                         writer.write_bytes(key, raw)

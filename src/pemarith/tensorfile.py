@@ -212,6 +212,29 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
+    def copy_tensor(self, key: str, path: Path, info: TensorInfo, chunk: int = 1 << 24) -> None:
+        """Write the next tensor as ``path`` stores it at ``info``, byte for byte, a ``chunk`` at
+        a time through one reused buffer: a large tensor that is only copied (an embedding)
+        is never held whole."""
+        k, code, shape = self._specs[self._next]
+        n = info.end - info.start
+        if key != k or n != math.prod(shape) * ITEMSIZES[code]:
+            raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} ({n} bytes)")
+        buf = memoryview(bytearray(min(chunk, n)))
+        try:
+            with open(path, "rb") as f:
+                f.seek(info.start)
+                left = n
+                while left:
+                    got = f.readinto(buf[:min(left, len(buf))])
+                    if not got:
+                        raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
+                    self._put(buf[:got])
+                    left -= got
+        except OSError as e:
+            raise AdapterError(f"{path}: cannot read ({e})") from None
+        self._next += 1
+
     def _put(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self._f.write(data)
