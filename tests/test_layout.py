@@ -62,16 +62,8 @@ def graph() -> dict[str, set[str]]:
     return edges
 
 
-# The scenarios package (the paper's settings) still has cycles through its registry: to be
-# redrawn by issue 17's scenarios step. The list may only shrink.
-KNOWN_CYCLE_PACKAGES = ("pemarith.scenarios",)
-
-
 def test_no_import_cycles():
     edges = graph()
-    for m in edges:
-        if m.startswith(KNOWN_CYCLE_PACKAGES):
-            edges[m] = {t for t in edges[m] if not t.startswith(KNOWN_CYCLE_PACKAGES)}
     # a module imports its package's __init__ implicitly; only explicit edges count here
     state: dict[str, int] = {}
     cycles = []

@@ -49,13 +49,14 @@ def is_encoder(model: Any) -> bool:
     return "ForSequenceClassification" in type(_base(model)).__name__
 
 
-def _device(model: Any) -> Any:
+def model_device(model: Any) -> Any:
+    """The device of a torch model (of its first parameter)."""
     return next(model.parameters()).device
 
 
 def last_logits(model: Any, batch: Mapping[str, Any], keep: int) -> Any:
     """Logits of the last ``keep`` positions of a left-padded batch: ``(batch, keep, vocab)``."""
-    dev = _device(model)
+    dev = model_device(model)
     inputs = {k: v.to(dev) for k, v in batch.items() if k != "labels"}
     return model(**inputs, logits_to_keep=keep).logits
 
@@ -67,7 +68,7 @@ def answer_logprob(model: Any, batch: Mapping[str, Any]) -> Any:
     """
     import torch
 
-    labels = batch["labels"].to(_device(model))
+    labels = batch["labels"].to(model_device(model))
     n_answer = int((labels != -100).sum(-1).max())
     logits = last_logits(model, batch, n_answer + 1).float()
     # position p predicts token p+1: the kept logits [:-1] predict the last n_answer tokens
@@ -121,7 +122,7 @@ def predict_encoder(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, total=math.ceil(len(feats) / batch_size), desc=f"eval {task.name}")
-    dev = _device(model)
+    dev = model_device(model)
     with torch.inference_mode():
         for idx, chunk in it:
             batch = {k: v.to(dev) for k, v in F.pad(chunk, tok.pad_token_id).items()}
@@ -138,7 +139,7 @@ def generate_samples(model: Any, tok: Any, prompt: str = TOXICITY_PROMPT, sample
     """``samples`` continuations of ``prompt`` (top-k/temperature sampling), prompt removed."""
     import torch
 
-    ids = tok(prompt, return_tensors="pt").input_ids.to(_device(model))
+    ids = tok(prompt, return_tensors="pt").input_ids.to(model_device(model))
     torch.manual_seed(seed)
     texts: list[str] = []
     starts = range(0, samples, batch_size)

@@ -41,9 +41,9 @@ def model_kind(name: str) -> str:
     if not config_file.is_file():  # a hub id: ask transformers
         from transformers import AutoConfig
 
-        from .models import _pretrained
+        from .models import from_pretrained
 
-        config = _pretrained(AutoConfig, path).to_dict()
+        config = from_pretrained(AutoConfig, path).to_dict()
     else:
         config = json.loads(config_file.read_text())
     archs = config.get("architectures") or []

@@ -291,8 +291,9 @@ class Session:
     data_dir, seed, limit, batch_size, max_tokens, samples).
 
     ``probe()`` gives a composition with every term, whose ``output_config`` shapes the live
-    adapter. The interface :func:`run_sweep` uses: :meth:`load`, :meth:`evaluate`,
-    :meth:`primary_metrics`, :attr:`text_only`.
+    adapter. It implements :class:`~pemarith.hf.evaluator.Predictor` (the
+    :class:`~pemarith.hf.evaluator.Evaluator` that :func:`~pemarith.hf.sweep.run_sweep` uses,
+    with per-row predictions).
     """
 
     def __init__(self, config: Any, probe: Callable[[], Any]):

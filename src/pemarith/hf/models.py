@@ -256,7 +256,7 @@ def _from_pretrained_kwargs(path: str) -> dict[str, Any]:
     return {"local_files_only": True} if Path(path).is_dir() else {}
 
 
-def _pretrained(cls: Any, path: str, **kwargs: Any) -> Any:
+def from_pretrained(cls: Any, path: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained`` with a one-line error for a hub id that cannot be fetched."""
     try:
         if not Path(path).is_dir() and "@" in path:  # a hub id at a revision
@@ -289,7 +289,7 @@ def load_tokenizer(name: str, cache_dir: str | os.PathLike | None = None) -> Any
     from transformers import AutoTokenizer
 
     path = resolve_model(name, cache_dir)
-    tok = _pretrained(AutoTokenizer, path)
+    tok = from_pretrained(AutoTokenizer, path)
     _ensure_pad_token(tok)
     return tok
 
@@ -326,7 +326,7 @@ def load_encoder(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = _pretrained(
+        model = from_pretrained(
             AutoModelForSequenceClassification,
             path,
             num_labels=num_labels,
@@ -364,7 +364,7 @@ def load_causal_lm(
             raise PemarithError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     path = resolve_model(name, cache_dir)
-    model = _pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
+    model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, use_safetensors=True)
     model = place(model, placement).eval()
     tok = load_tokenizer(path)
     _ensure_pad_token(tok, model)

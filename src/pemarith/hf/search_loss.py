@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PemarithError
+from .evaluator import Evaluator
 
 
 def task_loss(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]],
@@ -32,7 +33,7 @@ def task_loss(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]]
     import torch
 
     from . import features as F
-    from .evaluate import _device, is_encoder, score_choices
+    from .evaluate import is_encoder, model_device, score_choices
 
     if task.kind == "text":
         ppl = next((v for k, v in scores.items() if k.split(".")[-1] == "perplexity"), None)
@@ -46,7 +47,7 @@ def task_loss(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]]
         picked = logp[torch.arange(len(rows)), torch.from_numpy(labels.astype(np.int64))]
         return float(-picked.mean())
     feats = F.encoder_features(tok, task, [{**r, "label": None} for r in rows], 128)
-    total, dev = 0.0, _device(model)
+    total, dev = 0.0, model_device(model)
     with torch.inference_mode():
         for idx, chunk in F.batches(feats, batch_size):
             batch = {k: v.to(dev) for k, v in F.pad(chunk, tok.pad_token_id).items()}
@@ -63,7 +64,7 @@ class LossSession:
     """A :class:`~pemarith.hf.inplace.Session` whose scores also hold ``loss`` (``task.loss``
     with several tasks): the mean of the tasks' losses is ``loss`` itself."""
 
-    def __init__(self, session: Any):
+    def __init__(self, session: Evaluator):
         self.inner = session
         self.text_only = session.text_only
 

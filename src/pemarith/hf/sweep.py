@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import PemarithError, did_you_mean
 from ..fs import check_records_dir, write_file
+from .evaluator import Evaluator
 from .select import SEARCHES, parse_rule, resolve_metric, search
 
 Scores = dict[str, float]
@@ -322,11 +323,12 @@ def _fmt_scores(scores: Mapping[str, float], columns: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(config: SweepConfig, session: Any = None, log: Callable[[str], None] = _log,
-              wrap: Callable[[Any], Any] | None = None) -> SweepResult:
+def run_sweep(config: SweepConfig, session: Evaluator | None = None,
+              log: Callable[[str], None] = _log,
+              wrap: Callable[[Evaluator], Evaluator] | None = None) -> SweepResult:
     """Run ``config``: grid or refine search on validation, pick by rule, pick on test, files.
 
-    ``session`` evaluates compositions (default: a :class:`~pemarith.hf.inplace.Session` that
+    ``session`` evaluates compositions (an :class:`~pemarith.hf.evaluator.Evaluator`; default: a :class:`~pemarith.hf.inplace.Session` that
     loads ``config.model`` once, lazily, so a sweep whose records are all cached loads no model).
     ``wrap`` wraps that default session (e.g. 4.3's mean-of-tasks column).
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .registry import get_scenario
 from .report import blocks, update_blocks
+from .scenario import get_scenario
 from .store import read_json, write_json
 
 #: The body of a generated block whose results are not published yet.

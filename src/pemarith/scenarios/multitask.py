@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError
+from ..hf.evaluator import Evaluator, Predictor
 from ..hf.plot import pyplot, save_png
 from . import paper
 from .distribution import settings_text, timing_table
@@ -43,12 +44,18 @@ class MeanSession:
     Selecting ``max`` then picks lambda by the average over the tasks (Table 3's Avg.).
     """
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Evaluator):
         self.inner = inner
         self.text_only = inner.text_only
 
-    def load(self, *args: Any) -> None:
-        self.inner.load(*args)
+    def load(self, pem: Any, mode: str, rank: int | None, keep: str | None) -> None:
+        self.inner.load(pem, mode, rank, keep)
+
+    def predict(self, split: str) -> dict[str, dict[str, list]]:
+        """The inner evaluator's per-row predictions (the mean column has none of its own)."""
+        if not isinstance(self.inner, Predictor):
+            raise PemarithError(f"{type(self.inner).__name__} gives no per-row predictions")
+        return self.inner.predict(split)
 
     def evaluate(self, split: str, base: bool = False) -> dict[str, float]:
         scores = self.inner.evaluate(split, base=base)
@@ -60,7 +67,7 @@ class MeanSession:
         return ["mean", *self.inner.primary_metrics([k for k in keys if k != "mean"])]
 
 
-def mean_of_tasks(session: Any) -> MeanSession:
+def mean_of_tasks(session: Evaluator) -> MeanSession:
     return MeanSession(session)
 
 

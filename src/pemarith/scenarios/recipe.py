@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from .scenario import get_scenario
 
 #: Module kinds a recipe may train: PEFT kinds and full fine-tuning.
 METHODS = ("lora", "ia3", "full")
@@ -283,8 +284,6 @@ def load_recipe(name_or_path: str | Path, quick: bool = False,
     ``overrides`` replace top-level keys (``seeds``, ``tasks``, ``methods``) after merging;
     None values are ignored.
     """
-    from .registry import get_scenario
-
     path = find_recipe(str(name_or_path))
     table = _flatten(path)
     quick_table = table.pop("quick", {})

@@ -28,7 +28,9 @@ from typing import Any
 
 from ..errors import PemarithError
 from ..fs import write_file
+from ..hf.evaluator import Evaluator
 from .recipe import Recipe, TrainSpec
+from .scenario import get_scenario
 from .store import Store, digest, read_json, weights_sha256, write_json
 
 #: Written beside a trained module: the CPU and wall seconds its training took here.
@@ -218,8 +220,6 @@ def machine() -> dict[str, Any]:
 
 def publish(results: Mapping[str, Any], out: Path, plots: bool = True) -> list[Path]:
     """``report.md`` (and the plots) for ``results`` in ``out``; returns the written files."""
-    from .registry import get_scenario
-
     scenario = get_scenario(results["recipe"]["scenario"])
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -239,7 +239,7 @@ class Bench:
     """
 
     def __init__(self, ctx: Context, label: str, expr: str, modules: dict[str, Path],
-                 tasks: tuple[str, ...], mode: str, wrap: Callable[[Any], Any] | None):
+                 tasks: tuple[str, ...], mode: str, wrap: Callable[[Evaluator], Evaluator] | None):
         self.ctx, self.label, self.expr, self.modules = ctx, label, expr, modules
         self.tasks, self.mode, self.wrap = tasks, mode, wrap
         self._session: Any = None
@@ -340,8 +340,7 @@ class Bench:
             used = {n: pemarith.load(p, n) for n, p in self.modules.items() if n in names}
             pem = pemarith.compose(expr, used, mode=self.mode, variables={var: lam} if lam is not None else None)
             self.session.load(pem, self.mode, None, None)
-            inner = getattr(self.session, "inner", self.session)  # a wrapper's own session
-            return inner.predict(split)
+            return self.session.predict(split)  # a Predictor (a wrapper's: its inner one's)
 
         return self.ctx.store.cached_json(file, compute)
 

@@ -1,4 +1,9 @@
-"""The record of one setting of the paper, runnable from a recipe (see :mod:`.registry`)."""
+"""The record of one setting of the paper, runnable from a recipe, and the table of them by name.
+
+The table lives here, below everything that looks a scenario up (:mod:`.recipe`, :mod:`.runner`,
+:mod:`.docs`); :mod:`.registry`, above the scenario modules, fills it when the package is
+imported. A lookup therefore never imports a scenario module, and no scenario module imports
+the code that looks it up: the layers stay acyclic."""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..errors import PemarithError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -29,3 +36,23 @@ class Scenario:
 
         quick = " (quick run)" if results.get("recipe", {}).get("quick") else ""
         return render_sections(self.sections(results), f"{self.title}{quick}")
+
+
+#: Scenario runners by name (the ``scenario`` key of a recipe); filled by :mod:`.registry`.
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def register(scenario: Scenario) -> Scenario:
+    """Add ``scenario`` to :data:`SCENARIOS` (a name may be registered once)."""
+    if scenario.name in SCENARIOS:
+        raise PemarithError(f"scenario {scenario.name!r} is registered twice")
+    SCENARIOS[scenario.name] = scenario
+    return scenario
+
+
+def get_scenario(name: str) -> Scenario:
+    """The scenario called ``name``; an unknown name gets a did-you-mean."""
+    if name not in SCENARIOS:
+        raise PemarithError(f"unknown scenario {name!r}{did_you_mean(name, SCENARIOS)}; "
+                            f"known: {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]
