@@ -60,7 +60,12 @@ def baked_forward(out: Path, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("make, heads", [(make_lora, ()), (make_lora, ("head",)),
                                          (make_ia3, ()), (make_ia3, ("head",))])
-def test_one_module_matches_peft(base, tmp_path, make, heads):
+@pytest.mark.parametrize("block", [None, 7, 40])
+def test_one_module_matches_peft(base, tmp_path, monkeypatch, make, heads, block):
+    """Also merged a few rows at a time (``block`` elements: one row, or several rows and a ragged
+    last block), as large weights are."""
+    if block is not None:
+        monkeypatch.setattr("pemarith.bake.BLOCK_ELEMENTS", block)
     adapter = make(tmp_path / "a", seed=3, heads=heads)
     report = bake(pemarith.load(adapter, "a"), base, tmp_path / "out")
     x = tokens()
@@ -219,8 +224,12 @@ def test_real_minilm_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
-def test_gpt2_conv1d_fan_in_fan_out(tmp_path, kind):
-    """GPT-2 stores Conv1D weights as in x out (fan_in_fan_out): the update is applied transposed."""
+@pytest.mark.parametrize("block", [None, 100])
+def test_gpt2_conv1d_fan_in_fan_out(tmp_path, monkeypatch, kind, block):
+    """GPT-2 stores Conv1D weights as in x out (fan_in_fan_out): the update is applied transposed,
+    also a block of rows at a time (``block`` elements)."""
+    if block is not None:
+        monkeypatch.setattr("pemarith.bake.BLOCK_ELEMENTS", block)
     from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -16,8 +16,13 @@ from pemarith.bake import bake
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("make", [make_lora, make_ia3])
-def test_half_precision_base(tmp_path, dtype, make):
+@pytest.mark.parametrize("block", [None, 5, 24])
+def test_half_precision_base(tmp_path, monkeypatch, dtype, make, block):
+    """Also widened, merged and rounded back a few rows at a time (``block`` elements)."""
     import ml_dtypes
+
+    if block is not None:
+        monkeypatch.setattr("pemarith.bake.BLOCK_ELEMENTS", block)
 
     base = tmp_path / "base"
     base.mkdir()

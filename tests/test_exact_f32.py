@@ -159,14 +159,17 @@ def test_tensor_reader_is_shared_by_a_forked_child(stfile):
     assert got == b"1" and reader.read(infos["b"], "b") == read_bytes(path, infos["b"], "b")
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 1 << 24])
-def test_copy_tensor_writes_the_bytes_in_chunks(stfile, tmp_path, chunk):
+@pytest.mark.parametrize("chunk, buffer", [(1, 0), (7, 0), (1 << 24, 0), (1 << 24, 3), (2, 5)])
+def test_copy_tensor_writes_the_bytes_in_chunks(stfile, tmp_path, chunk, buffer):
+    """Through a new buffer, or one the caller reuses for every tensor (``buffer`` bytes; the
+    smaller of it and ``chunk`` at a time)."""
     path, infos = stfile
+    shared = bytearray(b"x" * buffer) if buffer else None
     out = tmp_path / "out.safetensors"
     specs = [(k, i.dtype, i.shape) for k, i in infos.items()]
     writer = SafetensorsWriter(out, specs, {"format": "pt"})
     for k, info in infos.items():
-        writer.copy_tensor(k, path, info, chunk=chunk)
+        writer.copy_tensor(k, path, info, chunk=chunk, buffer=shared)
     writer.close()
     got, _ = read_safetensors_header(out)
     assert {k: read_bytes(out, got[k], k) for k in got} == {k: read_bytes(path, i, k) for k, i in infos.items()}

@@ -10,13 +10,14 @@ other files and folders of the directory (config, tokenizer, a sentence-transfor
 Dense folder) are copied as they are; other weight files at the top (``*.bin``, ``*.gguf``, ...)
 and ``onnx/``/``openvino/`` exports, which would hold the unmerged weights, are left out.
 
-Memory stays near a few base tensors: the composed module (small) is held whole, and each shard
-is streamed tensor by tensor into its copy. Each updated tensor is read into a buffer and merged
-there (float32 and float64 weights in place; bfloat16 and float16 ones in one float32 copy,
-encoded back into the buffer on the bits, :mod:`pemarith.dtypes`), ``s B A`` formed once, in
-blocks of rows, and the buffer written as it is. :data:`WORKERS` threads merge the next updated
-tensors while the calling thread writes, in the file's order; the buffers (``WORKERS + 1``, each
-the size of the largest updated tensor) are reused, so no tensor costs a fresh allocation.
+Memory stays near one base tensor plus the module: the composed module is held whole (float32,
+or float64 where a base tensor or a module is float64), and each shard is streamed tensor by
+tensor into its copy. Each updated tensor is read into one reused buffer (the size of the largest
+updated tensor) and merged there a block of rows at a time (:data:`BLOCK_ELEMENTS`; float32 and
+float64 weights in place; bfloat16 and float16 ones widened to float32 a block at a time and
+rounded back into the buffer on the bits, :mod:`pemarith.dtypes`), ``s B A`` formed once, and
+the buffer written as it is. :data:`WORKERS` threads share the blocks of each tensor. The
+tensors that do not change are copied through the same buffer.
 Like ``compose``, it needs no torch and no model code.
 """
 
@@ -26,9 +27,8 @@ import json
 import os
 import shutil
 import time
-from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,10 @@ from .version import __version__
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PEFT_PREFIX = "base_model.model."
-# Threads that merge the updated tensors ahead of the writer (numpy releases the GIL in the
-# conversions and the products); at most WORKERS + 1 updated tensors are held at once.
+# Threads that merge the blocks of rows of each updated tensor (numpy releases the GIL in the
+# conversions and the products), and the elements in a block (4 MiB of float32).
 WORKERS = 2
+BLOCK_ELEMENTS = 1 << 20
 # Other copies of the base's weights are not copied: they would hold the unmerged weights.
 # Sub-folders are copied whole (a sentence-transformers Dense layer keeps its own weights there)
 # except those that hold exported copies of the model.
@@ -154,6 +155,48 @@ def _locate(name: str, keys: Mapping[str, str]) -> str | None:
     return None
 
 
+def _row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``[(i, j)]``: the blocks of rows of a weight merged one at a time (about
+    :data:`BLOCK_ELEMENTS` each; a weight that is not 2-d is one block)."""
+    if len(shape) != 2:
+        return [(0, shape[0] if shape else 0)]
+    rows = max(1, BLOCK_ELEMENTS // max(1, shape[1]))
+    return [(i, min(i + rows, shape[0])) for i in range(0, shape[0], rows)] or [(0, 0)]
+
+
+def _widened(stored: np.ndarray, code: str) -> np.ndarray:
+    """A float32 or float64 array of ``stored``'s values: itself for float32/float64, else a float32
+    copy in this thread's scratch (bfloat16 by a shift of the bits, float16 by numpy)."""
+    if code in ("F32", "F64"):
+        return stored
+    work = scratch("bake.float32", stored.shape, np.float32)
+    if code == "BF16":
+        return bf16_bits_to_f32(stored, out=work)
+    work[...] = stored
+    return work
+
+
+def _encode_into(stored: np.ndarray, values: np.ndarray, code: str) -> None:
+    """Round ``values`` into ``stored`` (the tensor's bytes; bfloat16 on the bits) unless it is them."""
+    if values is stored:
+        return
+    if code == "BF16":
+        f32_to_bf16_bits(np.asarray(values, dtype=np.float32), out=stored)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored[...] = values
+
+
+def _merge_rows(kind: Any, parts: Mapping[str, np.ndarray], config: Mapping[str, Any], stored: np.ndarray,
+                code: str, key: str, i: int, j: int) -> None:
+    """Merge the update into rows ``i:j`` of ``stored``, in place (widened and rounded back a block
+    at a time, so no full-size copy of the weight is made)."""
+    block = stored[i:j] if stored.ndim == 2 else stored
+    work = _widened(block, code)
+    kind.merge_into(parts, config, work, key, stored.shape, i)
+    _encode_into(block, work, code)
+
+
 def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mode: str | None = None,
          rank: int | None = None, keep: str | None = None, force: bool = False,
          protect: tuple[str | os.PathLike[str], ...] = (), method: Any = None, density: float | None = None,
@@ -169,7 +212,6 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     config = pem.output_config(mode, rank)
     kind = pem.kind
     spec = pem.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed)
-    module = dict(pem.iter_tensors(mode, rank, keep, dtype=np.float64, method=spec))  # small: held whole
     first = next(iter(pem.adapters.values()))
 
     # plan: base key -> (layer, "weight" | "bias") for updates, or the module key that replaces it
@@ -186,6 +228,12 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
         bkey = wkey.removesuffix(".weight") + ".bias"
         if bkey in owner:
             updates[bkey] = (layer, "bias")
+    # the composed module, held whole (small): float64 where a base tensor or a module is float64,
+    # else float32, what the merge computes with (bfloat16 would round the factors before the merge)
+    f64 = any(infos[owner[k]][k].dtype == "F64" for k in updates) or any(
+        "F64" in a.dtypes.values() for a in pem.adapters.values())
+    wide = np.float64 if f64 else np.float32
+    module = dict(pem.iter_tensors(mode, rank, keep, dtype=wide, method=spec))
     replace: dict[str, str] = {}
     added: list[str] = []
     for key in first.extra:
@@ -213,36 +261,35 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     largest = max((infos[owner[k]][k].end - infos[owner[k]][k].start for k in updates), default=0)
-    free = [bytearray(largest) for _ in range(workers + 1)]  # the tensors in flight, at most
+    buffer = bytearray(largest)  # the one updated tensor held: read, merged in place, written
 
-    def merge_one(src: Path, key: str, buf: bytearray) -> tuple[bytearray, memoryview, bool]:
-        """Read ``key`` into ``buf`` and merge its update there: (buf, its bytes, changed)."""
+    def merge_one(src: Path, key: str, pool: ThreadPoolExecutor) -> tuple[memoryview, bool]:
+        """Read ``key`` into the buffer and merge its update there: (its bytes, changed)."""
         info = infos[owner[key]][key]
         layer, what = updates[key]
         if info.dtype not in DTYPES:
             raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
-        raw = _read_writable(src, info, key, buf)
+        raw = _read_writable(src, info, key, buffer)
         stored = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
-        work = {"F32": stored, "F64": stored, "BF16": None}.get(info.dtype)
-        if work is None:  # one float32 copy: bfloat16 on the bits, float16 by numpy
-            work = (bf16_bits_to_f32(stored, out=scratch("bake.float32", info.shape, np.float32))
-                    if info.dtype == "BF16" else stored.astype(np.float32))
         if what == "weight":
-            new = kind.merge_into(parts[layer], config, work, key)
+            blocks = _row_blocks(info.shape)
+            if len(blocks) == 1:
+                _merge_rows(kind, parts[layer], config, stored, info.dtype, key, *blocks[0])
+            else:  # the blocks of rows merge on the workers (numpy releases the GIL)
+                list(pool.map(lambda b: _merge_rows(kind, parts[layer], config, stored, info.dtype, key, *b),
+                              blocks))
+            changed = True
         else:
             wkey = key.removesuffix(".bias") + ".weight"
-            new = kind.merge_bias(parts[layer], config, work, infos[owner[wkey]][wkey].shape, key)
-        if new is not None:
-            if new is not stored:  # encoded back into the buffer
-                if info.dtype == "BF16":  # rounded straight into the tensor's bytes
-                    f32_to_bf16_bits(np.asarray(new, dtype=np.float32), out=stored)
-                else:
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        stored[...] = new
-            if not finite_bytes(raw, info.dtype):
-                raise OutputError(f"{key[:100]}: the merged weights are not finite in {info.dtype}; "
-                                  "use smaller coefficients")
-        return buf, raw, new is not None
+            new = kind.merge_bias(parts[layer], config, _widened(stored, info.dtype), infos[owner[wkey]][wkey].shape,
+                                  key)
+            if new is not None:
+                _encode_into(stored, np.asarray(new), info.dtype)
+            changed = new is not None
+        if changed and not finite_bytes(raw, info.dtype):
+            raise OutputError(f"{key[:100]}: the merged weights are not finite in {info.dtype}; "
+                              "use smaller coefficients")
+        return raw, changed
 
     skipped: list[str] = []
     config_updated: list[str] = []
@@ -260,25 +307,17 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
             writer = SafetensorsWriter(tmp / shard, specs, meta)
             pool = ThreadPoolExecutor(workers, thread_name_prefix="pemarith-bake")
             try:
-                # the updates merge ahead on the workers, each in a free buffer (at most
-                # `workers + 1` tensors held), while this thread writes every tensor in order
-                ahead = deque(key for key in keys if key in updates and key not in replace)
-                pending: dict[str, Future[tuple[bytearray, memoryview, bool]]] = {}
                 for key in keys:
-                    while ahead and free:
-                        nxt = ahead.popleft()
-                        pending[nxt] = pool.submit(merge_one, src, nxt, free.pop())
                     info = infos[shard][key]
                     weight_map[key] = shard
                     if key in replace:
                         writer.write(key, cast(module[replace[key]], info.dtype))
                     elif key not in updates:
-                        writer.copy_tensor(key, src, info)
-                    else:  # submitted above: every earlier update is written, so a buffer was free
-                        buf, raw, changed = pending.pop(key).result()
+                        writer.copy_tensor(key, src, info, buffer=buffer if len(buffer) >= 1 << 20 else None)
+                    else:
+                        raw, changed = merge_one(src, key, pool)
                         writer.write_bytes(key, raw)
                         del raw  # the buffer's view: released before the buffer is reused
-                        free.append(buf)
                         if changed:
                             merged[updates[key][0].removeprefix(PEFT_PREFIX)].append(key)
                 for key in extra:

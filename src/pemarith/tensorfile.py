@@ -212,15 +212,16 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
-    def copy_tensor(self, key: str, path: Path, info: TensorInfo, chunk: int = 1 << 24) -> None:
+    def copy_tensor(self, key: str, path: Path, info: TensorInfo, chunk: int = 1 << 24,
+                    buffer: bytearray | None = None) -> None:
         """Write the next tensor as ``path`` stores it at ``info``, byte for byte, a ``chunk`` at
-        a time through one reused buffer: a large tensor that is only copied (an embedding)
-        is never held whole."""
+        a time through one buffer (``buffer``, the caller's to reuse, else a new one): a large
+        tensor that is only copied (an embedding) is never held whole."""
         k, code, shape = self._specs[self._next]
         n = info.end - info.start
         if key != k or n != math.prod(shape) * ITEMSIZES[code]:
             raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} ({n} bytes)")
-        buf = memoryview(bytearray(min(chunk, n)))
+        buf = memoryview(buffer if buffer else bytearray(min(chunk, n)))[:chunk]
         try:
             with open(path, "rb") as f:
                 f.seek(info.start)

@@ -34,8 +34,9 @@ class Kind:
     - ``gram(tensors, adapters) -> (n, n) array`` and
       ``factorwise_terms(tensors, coefs, adapters) -> {name: norm^2 or inner} | None``: for
       ``diagnostics`` (None where factorwise equals exact, or does not apply).
-    - ``merge_into(parts, config, weight, key) -> weight`` (in place in ``weight``, a float32 or
-      float64 array the caller owns) and
+    - ``merge_into(parts, config, weight, key, shape=None, start=0) -> weight`` (in place in
+      ``weight``, a float32 or float64 array the caller owns: all of the base weight, or its rows
+      ``start:start + len(weight)`` of a weight of ``shape``) and
       ``merge_bias(parts, config, bias, weight_shape, key) -> bias | None`` (None: unchanged):
       one layer's update applied to the base model's weights (``bake``).
     - ``check_method(adapters, mode, rank, method)``: compatibility for a merge method other than

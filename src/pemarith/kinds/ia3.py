@@ -138,15 +138,22 @@ def _scales_output(vec: np.ndarray, config: Mapping[str, Any], shape: tuple[int,
 
 
 def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
-               key: str) -> np.ndarray:
+               key: str, shape: tuple[int, ...] | None = None, start: int = 0) -> np.ndarray:
     """PEFT's (IA)3 merge, in place in ``weight`` (float32 or float64, owned by the caller), which
     is returned: an output scaling ``l`` (shape ``(out, 1)``) scales the rows, ``W' = l W``; a
     feedforward layer's input scaling (``(1, in)``) the columns, ``W' = W l``.
-    ``fan_in_fan_out`` weights (``in x out``) are scaled the same way, transposed."""
+    ``fan_in_fan_out`` weights (``in x out``) are scaled the same way, transposed. ``weight`` may
+    be a block of rows of ``W`` (``shape``: all of ``W``'s; the block starts at row ``start``)."""
     vec = parts[_PART]
-    _scales_output(vec, config, weight.shape, key)
-    view = weight.T if config.get("fan_in_fan_out") else weight
-    view *= vec.astype(weight.dtype)
+    shape = tuple(shape or weight.shape)
+    _scales_output(vec, config, shape, key)
+    if weight.shape[1:] != shape[1:] or start + len(weight) > shape[0]:
+        raise CompatibilityError(f"{key}: rows {start}:{start + len(weight)} of shape {weight.shape[1:]} "
+                                 f"are not a block of the base weight's {shape}")
+    factor = vec.T if config.get("fan_in_fan_out") else vec  # in W's orientation: (rows, 1) or (1, cols)
+    if factor.shape[0] != 1:
+        factor = factor[start:start + len(weight)]
+    weight *= factor.astype(weight.dtype)
     return weight
 
 

@@ -374,29 +374,30 @@ def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequenc
 
 
 def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
-               key: str) -> np.ndarray:
+               key: str, shape: tuple[int, ...] | None = None, start: int = 0) -> np.ndarray:
     """``W += s B A``, in place in ``weight`` (a float32 or float64 array the caller owns), which
-    is returned.
+    is returned. ``weight`` may be a block of rows of ``W`` (``shape``: all of ``W``'s; the block
+    starts at row ``start``): ``W[i:j] += (s B)[i:j] @ A`` needs only those rows of ``B``.
 
     The update is transposed for embeddings (whose weight is ``num_embeddings x dim``) and for
     ``fan_in_fan_out`` layers (GPT-2's Conv1D stores ``in x out``), as PEFT's own merge does:
     ``W += (s A^T) B^T``. The product is formed once, in ``weight``'s dtype, a block of rows at a
-    time (``W[i:j] += (s B)[i:j] @ A``), so no full-size temporary is made.
+    time, so no full-size temporary is made.
     """
     a_part = next(p for p in _A_PARTS if p in parts)
     B, A = parts[_B_FOR_A[a_part]], parts[a_part]
     transposed = a_part == "lora_embedding_A" or bool(config.get("fan_in_fan_out"))
     left, right = (A.T, B.T) if transposed else (B, A)
-    shape = (left.shape[0], right.shape[1])
-    if shape != weight.shape:
-        raise CompatibilityError(f"{key}: the LoRA update has shape {shape} but the base weight "
-                                 f"has {weight.shape}; is this the adapter's base model?")
+    full = (left.shape[0], right.shape[1])
+    if full != tuple(shape or weight.shape) or weight.shape[1:] != full[1:] or start + len(weight) > full[0]:
+        raise CompatibilityError(f"{key}: the LoRA update has shape {full} but the base weight "
+                                 f"has {tuple(shape or weight.shape)}; is this the adapter's base model?")
     # an overflow (inf) is no warning here: the caller refuses a non-finite result by name
     with np.errstate(over="ignore", invalid="ignore"):
-        left = np.ascontiguousarray(scaling(config) * left, dtype=weight.dtype)
+        left = np.ascontiguousarray(scaling(config) * left[start:start + len(weight)], dtype=weight.dtype)
         right = np.ascontiguousarray(right, dtype=weight.dtype)
-        rows = max(1, _MERGE_BLOCK // max(1, shape[1]))
-        for i in range(0, shape[0], rows):
+        rows = max(1, _MERGE_BLOCK // max(1, full[1]))
+        for i in range(0, len(weight), rows):
             weight[i:i + rows] += left[i:i + rows] @ right
     return weight
 
