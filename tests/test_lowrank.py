@@ -27,20 +27,15 @@ def test_concat_is_the_weighted_sum():
     np.testing.assert_allclose(B @ A, sum(wi * Bi @ Ai for wi, Bi, Ai in zip(w, Bs, As)), atol=1e-12)
 
 
-def test_concat_into_given_buffers():
+def test_concat_keeps_numpy_promotion():
     rng = np.random.default_rng(1)
     Bs = [rng.standard_normal((6, r)).astype(np.float32) for r in (2, 3)]
     As = [rng.standard_normal((r, 5)).astype(np.float32) for r in (2, 3)]
     w = [np.float64(0.1), np.float64(-3.0)]
-    fresh = lowrank.concat(Bs, As, w)
-    assert fresh[0].dtype == np.float32 and fresh[1].dtype == np.float64  # numpy's promotion
-    out = (np.full((6, 5), np.nan, np.float32), np.full((5, 5), np.nan))
-    got = lowrank.concat(Bs, As, w, out)
-    assert got[0] is out[0] and got[1] is out[1]
-    np.testing.assert_array_equal(got[0], fresh[0])
-    np.testing.assert_array_equal(got[1], fresh[1])
-    with pytest.raises(ValueError, match="out must hold"):
-        lowrank.concat(Bs, As, w, (np.empty((6, 5)), out[1]))  # float64 B: not what promotion gives
+    B, A = lowrank.concat(Bs, As, w)
+    assert B.dtype == np.float32 and A.dtype == np.float64  # numpy's promotion
+    np.testing.assert_array_equal(B, np.concatenate(Bs, axis=1))
+    np.testing.assert_array_equal(A, np.concatenate([w[0] * As[0].astype(np.float64), w[1] * As[1]]))
 
 
 @pytest.mark.parametrize("d,k", [(20, 12), (12, 40), (6, 5)])

@@ -11,29 +11,18 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def concat(
-    Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], weights: Sequence[float],
-    out: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def concat(Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], weights: Sequence[float]
+           ) -> tuple[np.ndarray, np.ndarray]:
     """``sum_i w_i B_i A_i`` as one pair of factors, losslessly.
 
     Returns ``B = [B_1, ..., B_n]`` (``d x sum r_i``) and ``A = [w_1 A_1; ...; w_n A_n]``
-    (``sum r_i x k``). The weights go on ``A`` as in PEFT's ``add_weighted_adapter(..., "cat")``.
-    ``out``, a pair ``(B, A)`` of arrays of those shapes and of the dtypes numpy's promotion
-    gives (``result_type`` of the ``B_i``; of the ``A_i`` and the weights), receives them if
-    given (e.g. buffers reused from layer to layer: no fresh allocation).
+    (``sum r_i x k``), in the dtypes numpy's promotion gives (``result_type`` of the ``B_i``; of
+    the ``A_i`` and the weights). The weights go on ``A`` as in PEFT's
+    ``add_weighted_adapter(..., "cat")``.
     """
     As, weights = list(As), list(weights)
-    shape_b = (Bs[0].shape[0], sum(Bi.shape[1] for Bi in Bs))
-    shape_a = (sum(Ai.shape[0] for Ai in As), As[0].shape[1])
-    types = (np.result_type(*Bs), np.result_type(*As, *weights))
-    if out is None:
-        out = np.empty(shape_b, types[0]), np.empty(shape_a, types[1])
-    for o, shape, dtype in zip(out, (shape_b, shape_a), types):
-        if o.shape != shape or o.dtype != dtype:
-            raise ValueError(f"out must hold {shape} {dtype}, got {o.shape} {o.dtype}")
-    B, A = out
-    np.concatenate(list(Bs), axis=1, out=B)
+    B = np.concatenate(list(Bs), axis=1)
+    A = np.empty((sum(Ai.shape[0] for Ai in As), As[0].shape[1]), np.result_type(*As, *weights))
     row = 0
     for w, Ai in zip(weights, As):  # each block scaled straight into place: no temporaries
         np.multiply(Ai, w, out=A[row:row + Ai.shape[0]])
