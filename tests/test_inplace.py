@@ -200,3 +200,27 @@ def test_merging_leaves_no_drift(mods, kind):
     after = live.model.unload().state_dict()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+def test_the_kinds_live_rules():
+    """What must agree between a live adapter and a composition, and how each saved tensor goes
+    in: the kinds' table (``live_check``, ``live_tensor``), not rules of the in-place module."""
+    from pemarith.hf.inplace import incompatibilities
+    from pemarith.kinds import KINDS
+
+    lora = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q", "v"]}
+    assert incompatibilities(lora, {**lora, "target_modules": ("v", "q"), "r": 4}) == []  # sets; smaller rank
+    assert incompatibilities(lora, {**lora, "r": 16}) == ["rank 16 > live rank 8"]
+    assert incompatibilities(lora, {**lora, "target_modules": ["q"]}) == ["target_modules ['q', 'v'] vs ['q']"]
+    assert incompatibilities(lora, {"peft_type": "IA3"}) == ["peft_type LORA vs IA3"]
+    with pytest.raises(CompatibilityError, match="rank_pattern is not supported in place"):
+        incompatibilities(lora, {**lora, "rank_pattern": {"q": 2}})
+    rule = KINDS["LORA"].live_tensor
+    new = {**lora, "r": 4, "lora_alpha": 16}  # s = 4 against the live 2
+    assert rule("base_model.model.l.q.lora_A.weight", lora, new) == (1.0, 0)
+    assert rule("base_model.model.l.q.lora_B.weight", lora, new) == (2.0, 1)
+    assert rule("base_model.model.emb.lora_embedding_B", lora, new) == (2.0, 1)
+    assert rule("base_model.model.head.weight", lora, new) == (1.0, None)  # modules_to_save
+    ia3 = {"peft_type": "IA3", "target_modules": ["k"], "feedforward_modules": []}
+    assert incompatibilities(ia3, {**ia3, "feedforward_modules": ["k"]}) == ["feedforward_modules [] vs ['k']"]
+    assert KINDS["IA3"].live_tensor("base_model.model.k.ia3_l", ia3, ia3) == (1.0, None)

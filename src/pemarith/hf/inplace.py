@@ -15,7 +15,9 @@ How a composition maps onto the live adapter:
 - LoRA with a smaller rank than the live adapter (exact mode when a term is dropped, or a single
   module used as a reference line) is zero-padded: extra rows of A and columns of B that are zero
   add nothing to ``B A``. A scaling ``s = lora_alpha / r`` (``/ sqrt(r)`` under rsLoRA) that
-  differs from the live one is folded into B, so ``s_live * B' A == s * B A``.
+  differs from the live one is folded into B, so ``s_live * B' A == s * B A``. These rules, and
+  which config fields must agree, are each kind's ``live_check``/``live_tensor``
+  (:mod:`pemarith.kinds`); nothing here branches on the kind.
 - A composition the live adapter cannot hold (other targets, larger rank, another kind) rebuilds
   the adapter once from the new config.
 - Every parameter of the live adapter must be written: a missing or unknown key is an error.
@@ -31,7 +33,6 @@ and evaluation of the live (or base) model on the tasks' splits.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,17 +40,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CompatibilityError, PemarithError, did_you_mean
+from ..kinds import KINDS
 
 DEFAULT_ADAPTER = "default"
-
-# Config fields that change what a weight means; they must agree between the live adapter and a
-# composition written into it. (r, lora_alpha and use_rslora are reconciled by padding/scaling.)
-_LORA_FIXED = ("target_modules", "modules_to_save", "fan_in_fan_out", "use_dora", "bias",
-               "layers_to_transform", "layers_pattern", "exclude_modules", "lora_bias")
-_IA3_FIXED = ("target_modules", "feedforward_modules", "modules_to_save", "fan_in_fan_out",
-              "layers_to_transform", "layers_pattern", "exclude_modules")
-_FIXED = {"LORA": _LORA_FIXED, "IA3": _IA3_FIXED}
-
 
 def peft_config(config: dict[str, Any]) -> Any:
     """A ``peft.PeftConfig`` from an ``adapter_config.json`` dict (inference mode)."""
@@ -57,25 +50,12 @@ def peft_config(config: dict[str, Any]) -> Any:
 
     fields = {k: v for k, v in config.items() if not k.startswith("pemarith")}
     peft_type = str(fields.get("peft_type", "")).upper()
-    if peft_type not in _FIXED:
+    if peft_type not in KINDS:
         raise PemarithError(f"cannot sweep a {fields.get('peft_type')!r} adapter in place; "
-                            "supported: LORA, IA3")
+                            f"supported: {', '.join(KINDS)}")
     cfg = PeftConfig.from_peft_type(**fields)
     cfg.inference_mode = True
     return cfg
-
-
-def lora_scaling(config: dict[str, Any]) -> float:
-    """``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` under rsLoRA (PEFT's definition)."""
-    r, alpha = int(config["r"]), float(config.get("lora_alpha", 8))
-    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-
-
-def _norm(value: Any) -> Any:
-    # target_modules may be a list in one config and a set in another; compare as sets.
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return frozenset(value)
-    return value
 
 
 def _kind(config: dict[str, Any]) -> str:
@@ -83,20 +63,11 @@ def _kind(config: dict[str, Any]) -> str:
 
 
 def incompatibilities(live: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Why a composition with config ``new`` cannot be written into an adapter built from ``live``."""
+    """Why a composition with config ``new`` cannot be written into an adapter built from
+    ``live``: another kind, or what the kind's ``live_check`` names (``pemarith.kinds``)."""
     if _kind(live) != _kind(new):
         return [f"peft_type {_kind(live)} vs {_kind(new)}"]
-    out = []
-    for key in _FIXED.get(_kind(new), ()):
-        if _norm(live.get(key)) != _norm(new.get(key)):
-            out.append(f"{key} {live.get(key)!r} vs {new.get(key)!r}")
-    if _kind(new) == "LORA":
-        for key in ("rank_pattern", "alpha_pattern"):
-            if live.get(key) or new.get(key):
-                out.append(f"{key} is not supported in place")
-        if int(new["r"]) > int(live["r"]):
-            out.append(f"rank {new['r']} > live rank {live['r']}")
-    return out
+    return list(KINDS[_kind(new)].live_check(live, new))
 
 
 def _as_float(arr: np.ndarray) -> np.ndarray:
@@ -104,14 +75,6 @@ def _as_float(arr: np.ndarray) -> np.ndarray:
     if arr.dtype not in (np.float16, np.float32, np.float64):
         arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr)
-
-
-def _lora_part(key: str) -> str | None:
-    if ".lora_A." in key or ".lora_embedding_A" in key:
-        return "A"
-    if ".lora_B." in key or ".lora_embedding_B" in key:
-        return "B"
-    return None
 
 
 class LiveAdapter:
@@ -214,13 +177,11 @@ class LiveAdapter:
         self._unmerge()
         problems = incompatibilities(self.config, config)
         if problems:
-            if _kind(self.config) != _kind(config) or any("pattern" in p for p in problems):
+            if _kind(self.config) != _kind(config):
                 raise CompatibilityError("cannot write this composition into the live adapter: "
                                          + "; ".join(problems))
             self.rebuild(config)
-        b_factor = 1.0
-        if _kind(config) == "LORA":
-            b_factor = lora_scaling(config) / lora_scaling(self.config)
+        rule = KINDS[_kind(config)].live_tensor
         seen: set[str] = set()
         with torch.no_grad():
             for key, arr in tensors:
@@ -229,11 +190,11 @@ class LiveAdapter:
                     raise CompatibilityError(f"the composition has a tensor {key} that the live "
                                              f"adapter lacks{did_you_mean(key, self.targets)}")
                 value = torch.from_numpy(_as_float(np.asarray(arr)))
-                part = _lora_part(key) if _kind(config) == "LORA" else None
-                if part == "B" and b_factor != 1.0:
-                    value = value * b_factor
+                factor, pad_dim = rule(key, self.config, config)
+                if factor != 1.0:
+                    value = value * factor
                 if tuple(value.shape) != tuple(target.shape):
-                    value = self._pad(key, part, value, target)
+                    value = self._pad(key, pad_dim, value, target)
                 target.copy_(value)
                 seen.add(key)
         missing = [k for k in self.targets if k not in seen]
@@ -247,11 +208,10 @@ class LiveAdapter:
         self.loads += 1
 
     @staticmethod
-    def _pad(key: str, part: str | None, value: Any, target: Any) -> Any:
-        """Zero-pad a lower-rank LoRA factor: A on its rows (dim 0), B on its columns (dim 1)."""
+    def _pad(key: str, dim: int | None, value: Any, target: Any) -> Any:
+        """Zero-pad ``value`` along ``dim`` (the kind's ``live_tensor`` names it) to ``target``'s shape."""
         import torch
 
-        dim = {"A": 0, "B": 1}.get(part or "")
         ok = (dim is not None and value.dim() == target.dim()
               and all(v == t for i, (v, t) in enumerate(zip(value.shape, target.shape)) if i != dim)
               and value.shape[dim] <= target.shape[dim])

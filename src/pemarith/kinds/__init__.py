@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import ia3, lora
+from . import ia3, lora, lora_model
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class Kind:
       ``start:start + len(weight)`` of a weight of ``shape``) and
       ``merge_bias(parts, config, bias, weight_shape, key) -> bias | None`` (None: unchanged):
       one layer's update applied to the base model's weights (``bake``).
+    - ``live_check(live_config, new_config) -> [why not]`` and
+      ``live_tensor(key, live_config, new_config) -> (factor, pad_dim | None)``: writing a
+      composition into a live PEFT adapter (``hf.inplace``): what must agree (else the adapter is
+      rebuilt), and how each saved tensor is scaled and zero-padded into the live one.
     - ``check_method(adapters, mode, rank, method)``: compatibility for a merge method other than
       linear (``pemarith.methods``), ``task_vectors(tensors, coefs, adapters) -> [tau_i]`` (the
       signed dense update of one layer per module) and
@@ -61,6 +65,8 @@ class Kind:
     factorwise_terms: Callable[..., Any]
     merge_into: Callable[..., Any]
     merge_bias: Callable[..., Any]
+    live_check: Callable[..., Any]
+    live_tensor: Callable[..., Any]
     check_method: Callable[..., Any]
     task_vectors: Callable[..., Any]
     from_task_vector: Callable[..., Any]
@@ -69,12 +75,16 @@ class Kind:
         return f"Kind({self.name!r}, modes={self.modes!r})"
 
     @classmethod
-    def from_module(cls, mod: ModuleType) -> Kind:
-        return cls(name=mod.NAME, modes=mod.MODES, **{
-            f: getattr(mod, f) for f in cls.__dataclass_fields__ if f not in ("name", "modes")
+    def from_modules(cls, *mods: ModuleType) -> Kind:
+        """The rules named by the fields, found in ``mods`` (the first that has each)."""
+        def rule(name: str) -> Any:
+            return next(getattr(m, name) for m in mods if hasattr(m, name))
+
+        return cls(name=mods[0].NAME, modes=mods[0].MODES, **{
+            f: rule(f) for f in cls.__dataclass_fields__ if f not in ("name", "modes")
         })
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in map(Kind.from_module, (lora, ia3))}
+KINDS: dict[str, Kind] = {k.name: k for k in (Kind.from_modules(lora, lora_model), Kind.from_modules(ia3))}
 
 __all__ = ["KINDS", "Kind"]

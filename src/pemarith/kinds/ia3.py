@@ -17,6 +17,7 @@ import numpy as np
 
 from ..dtypes import values
 from ..errors import AdapterError, CompatibilityError
+from .live import config_differences
 
 if TYPE_CHECKING:
     from ..io import Adapter
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 NAME = "IA3"
 MODES = ("factorwise", "exact")
 _PART = "ia3_l"
+# Config fields that must agree between a live adapter and a composition written into it.
+LIVE_FIXED = ("target_modules", "feedforward_modules", "modules_to_save", "fan_in_fan_out",
+              "layers_to_transform", "layers_pattern", "exclude_modules")
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -163,6 +167,17 @@ def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias:
     for a feedforward layer's input scaling."""
     vec = parts[_PART]
     return bias * vec.reshape(bias.shape) if _scales_output(vec, config, weight_shape, key) else None
+
+
+def live_check(live: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Why a composition with adapter config ``new`` does not fit a live adapter built from
+    ``live`` (the caller rebuilds it): a field of :data:`LIVE_FIXED` differs."""
+    return config_differences(LIVE_FIXED, live, new)
+
+
+def live_tensor(key: str, live: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[float, int | None]:
+    """``(1.0, None)``: an (IA)3 tensor is written into a live adapter as it is (same shape)."""
+    return 1.0, None
 
 
 def describe(adapter: Adapter) -> dict[str, Any]:

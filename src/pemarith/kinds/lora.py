@@ -35,9 +35,8 @@ NAME = "LORA"
 MODES = ("factorwise", "exact")
 
 _KEY = re.compile(r"^(?P<layer>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$")
-_A_PARTS = ("lora_A.weight", "lora_embedding_A")
-_B_FOR_A = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
-_MERGE_BLOCK = 1 << 18  # elements of the update formed at a time by merge_into (1 MiB of float32)
+A_PARTS = ("lora_A.weight", "lora_embedding_A")
+B_FOR_A = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
 
 # Config keys that change what the stored factors mean: composing them as plain LoRA would be
 # silently wrong, so each is refused by name when set (non-empty, non-false).
@@ -106,7 +105,7 @@ def validate_layout(adapter: Adapter) -> None:
             raise AdapterError(f"{where}: unsupported LoRA tensor {key!r}")
     r = adapter.config["r"]
     for layer, parts in adapter.layers.items():
-        for a_part, b_part in _B_FOR_A.items():
+        for a_part, b_part in B_FOR_A.items():
             if (a_part in parts) != (b_part in parts):
                 raise AdapterError(f"{where}: module {layer!r} has only one of {a_part} and {b_part}")
         if len(parts) != 2:
@@ -125,11 +124,11 @@ def validate_layout(adapter: Adapter) -> None:
 
 
 def _a_key(parts: Mapping[str, str]) -> str:
-    return next(parts[p] for p in _A_PARTS if p in parts)
+    return next(parts[p] for p in A_PARTS if p in parts)
 
 
 def _b_key(parts: Mapping[str, str]) -> str:
-    return next(parts[_B_FOR_A[p]] for p in _A_PARTS if p in parts)
+    return next(parts[B_FOR_A[p]] for p in A_PARTS if p in parts)
 
 
 def scaling(config: Mapping[str, Any]) -> float:
@@ -207,10 +206,10 @@ def out_rank(adapters: Sequence[Adapter], mode: str, rank: int | None) -> int:
 def out_shapes(adapters: Sequence[Adapter], layer: str, mode: str, rank: int | None) -> dict[str, tuple[int, ...]]:
     """Output parts of one layer, in write order (A then B), with their shapes."""
     parts = adapters[0].layers[layer]
-    a_part = next(p for p in _A_PARTS if p in parts)
+    a_part = next(p for p in A_PARTS if p in parts)
     sa, sb = adapters[0].shapes[parts[a_part]], adapters[0].shapes[_b_key(parts)]
     r = out_rank(adapters, mode, rank)
-    return {a_part: (r, sa[1]), _B_FOR_A[a_part]: (sb[0], r)}
+    return {a_part: (r, sa[1]), B_FOR_A[a_part]: (sb[0], r)}
 
 
 def combine(
@@ -230,8 +229,8 @@ def combine(
     (:func:`pemarith.dtypes.stack_scaled`), and rounded once on writing; truncated to ``rank``
     by SVD (in float64) if given.
     """
-    a_part = next(p for p in _A_PARTS if p in tensors[0])
-    b_part = _B_FOR_A[a_part]
+    a_part = next(p for p in A_PARTS if p in tensors[0])
+    b_part = B_FOR_A[a_part]
     s = [scaling(a.config) for a in adapters]
     As = [t[a_part] for t in tensors]
     Bs = [t[b_part] for t in tensors]
@@ -288,7 +287,7 @@ def from_task_vector(merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarr
     """The rank-``rank`` factors of ``merged`` by a truncated SVD, ``B = U_R S_R``, ``A = V_R^T``
     (scaling 1, as exact mode writes), and the relative error ``||M - B A||_F / ||M||_F``; a
     rank above that of ``merged`` is padded with zero factors."""
-    a_part = next(p for p in _A_PARTS if p in tensors[0])
+    a_part = next(p for p in A_PARTS if p in tensors[0])
     U, S, Vt = np.linalg.svd(merged, full_matrices=False)
     k = min(rank, S.size)
     A = np.zeros((rank, merged.shape[1]))
@@ -296,7 +295,7 @@ def from_task_vector(merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarr
     A[:k], B[:, :k] = Vt[:k], U[:, :k] * S[:k]
     total = float(np.sqrt(np.sum(S**2)))
     err = float(np.sqrt(np.sum(S[k:] ** 2)) / total) if total > 0 else 0.0
-    return {a_part: A, _B_FOR_A[a_part]: B}, err
+    return {a_part: A, B_FOR_A[a_part]: B}, err
 
 
 def output_config(
@@ -326,8 +325,8 @@ def update_norm(adapter: Adapter, layer: str) -> float:
 
 
 def _factors(tensors: Sequence[Mapping[str, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    a_part = next(p for p in _A_PARTS if p in tensors[0])
-    return [t[_B_FOR_A[a_part]] for t in tensors], [t[a_part] for t in tensors]
+    a_part = next(p for p in A_PARTS if p in tensors[0])
+    return [t[B_FOR_A[a_part]] for t in tensors], [t[a_part] for t in tensors]
 
 
 def gram(tensors: Sequence[Mapping[str, np.ndarray]], adapters: Sequence[Adapter]) -> np.ndarray:
@@ -371,41 +370,6 @@ def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequenc
     return {"cross": lowrank.inner(B, cross, B, cross), "own": lowrank.inner(B, own, B, own),
             "factorwise": lowrank.inner(B, every, B, every), "exact": lowrank.inner(B, plain, B, plain),
             "factorwise.exact": lowrank.inner(B, every, B, plain)}
-
-
-def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
-               key: str, shape: tuple[int, ...] | None = None, start: int = 0) -> np.ndarray:
-    """``W += s B A``, in place in ``weight`` (a float32 or float64 array the caller owns), which
-    is returned. ``weight`` may be a block of rows of ``W`` (``shape``: all of ``W``'s; the block
-    starts at row ``start``): ``W[i:j] += (s B)[i:j] @ A`` needs only those rows of ``B``.
-
-    The update is transposed for embeddings (whose weight is ``num_embeddings x dim``) and for
-    ``fan_in_fan_out`` layers (GPT-2's Conv1D stores ``in x out``), as PEFT's own merge does:
-    ``W += (s A^T) B^T``. The product is formed once, in ``weight``'s dtype, a block of rows at a
-    time, so no full-size temporary is made.
-    """
-    a_part = next(p for p in _A_PARTS if p in parts)
-    B, A = parts[_B_FOR_A[a_part]], parts[a_part]
-    transposed = a_part == "lora_embedding_A" or bool(config.get("fan_in_fan_out"))
-    left, right = (A.T, B.T) if transposed else (B, A)
-    full = (left.shape[0], right.shape[1])
-    if full != tuple(shape or weight.shape) or weight.shape[1:] != full[1:] or start + len(weight) > full[0]:
-        raise CompatibilityError(f"{key}: the LoRA update has shape {full} but the base weight "
-                                 f"has {tuple(shape or weight.shape)}; is this the adapter's base model?")
-    # an overflow (inf) is no warning here: the caller refuses a non-finite result by name
-    with np.errstate(over="ignore", invalid="ignore"):
-        left = np.ascontiguousarray(scaling(config) * left[start:start + len(weight)], dtype=weight.dtype)
-        right = np.ascontiguousarray(right, dtype=weight.dtype)
-        rows = max(1, _MERGE_BLOCK // max(1, full[1]))
-        for i in range(0, len(weight), rows):
-            weight[i:i + rows] += left[i:i + rows] @ right
-    return weight
-
-
-def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,
-               weight_shape: tuple[int, ...], key: str) -> None:
-    """None: LoRA leaves the bias as it is."""
-    return None
 
 
 def describe(adapter: Adapter) -> dict[str, Any]:

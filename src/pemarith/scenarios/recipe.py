@@ -47,10 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from ..hf.train import PEFT_TYPES
 from .scenario import get_scenario
 
 #: Module kinds a recipe may train: PEFT kinds and full fine-tuning.
-METHODS = ("lora", "ia3", "full")
+METHODS = PEFT_TYPES  # what a recipe trains: train's own names (one name per idea)
 #: Where recipe names are looked up (``pemarith reproduce NAME``), in order.
 EXPERIMENTS_DIRS = (Path.cwd() / "experiments", Path(__file__).resolve().parents[3] / "experiments")
 
