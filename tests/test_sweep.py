@@ -196,6 +196,36 @@ def test_sweep_outputs(adapters, tmp_path):
     assert (tmp_path / "s" / "sweep.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_the_plan_is_parsed_and_checked_once_not_per_value(adapters, tmp_path, monkeypatch):
+    """The expression is parsed once per sweep and the inputs' compatibility checked once per set
+    of modules, however many grid values are evaluated."""
+    import pemarith.expr
+    import pemarith.module
+
+    parses, checks = [], []
+    parser_init, check = pemarith.expr._Parser.__init__, pemarith.module.check_adapters
+
+    def counting_parser(self, text):
+        parses.append(text)
+        parser_init(self, text)
+
+    def counting_check(names, *args):
+        checks.append(tuple(names))
+        check(names, *args)
+
+    monkeypatch.setattr(pemarith.expr._Parser, "__init__", counting_parser)
+    monkeypatch.setattr(pemarith.module, "check_adapters", counting_check)
+    counts = []
+    for grid in ("0:1:0.1", "0:1:0.02"):
+        parses.clear(), checks.clear()
+        session = FakeSession()
+        run_sweep(_config(adapters, tmp_path / grid, grid=grid, plot=False), session=session, log=lambda m: None)
+        assert len(session.evaluated) > 11
+        assert parses.count("l*a + (1-l)*b") == 1
+        counts.append(len(checks))
+    assert counts[0] == counts[1] <= 6  # {a, b}, {a} and {b}, each for compose and for writing
+
+
 def test_resume_after_interruption(adapters, tmp_path):
     out = tmp_path / "resume"
     first = FakeSession(fail_after=4)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 
 from .errors import CompatibilityError
-from .expr import normal_form
+from .expr import Expression
 from .io import Adapter
 from .methods import MergeSpec
 from .module import PEM
@@ -22,11 +22,12 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> PEM:
     return PEM({name: 1.0}, {name: adapter})
 
 
-def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
+def compose(expr: str | Expression, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
             rank: int | None = None, variables: Mapping[str, float] | None = None,
             method: str | MergeSpec = "linear", density: float | None = None, majority_sign: str = "total",
             seed: int = 0, base_model: str | None = None, **vars: float) -> PEM:
-    """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``) over ``modules``.
+    """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``; text, or an
+    :class:`~pemarith.expr.Expression` parsed once for many values) over ``modules``.
 
     ``modules`` maps the expression's names to adapter paths or PEMs (a PEM is used with its
     own term names). ``mode``/``rank`` become the defaults of ``.save()``; compatibility is
@@ -38,14 +39,15 @@ def compose(expr: str, modules: Mapping[str, str | os.PathLike[str] | PEM], mode
     one); ``base_model`` says they are the same weights whatever they name, and is recorded.
     """
     spec = method if isinstance(method, MergeSpec) else MergeSpec(method, density, majority_sign, seed)
-    terms = normal_form(expr, list(modules), variables, **vars)
+    expression = expr if isinstance(expr, Expression) else Expression(expr)
+    terms = expression.normal_form(list(modules), variables, **vars)
     acc: PEM | None = None
     for name, c in terms.items():
         value = modules[name]
         p = value if isinstance(value, PEM) else load(value, name=name)
         acc = c * p if acc is None else acc + c * p
     if acc is None:
-        raise CompatibilityError(f"nothing to compose: {expr!r} has no modules")
+        raise CompatibilityError(f"nothing to compose: {expression.text!r} has no modules")
     result = PEM(acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec,
                  base_model or acc._base_model)
     result._check_inputs(mode, rank, spec)  # the modules_to_save rule waits for save(keep=...)

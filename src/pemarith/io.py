@@ -115,6 +115,9 @@ class Adapter:
         self.kind: Kind = KINDS[peft_type]
         self.kind.validate_config(self.config, self.path)
 
+        # the compositions led by this adapter that passed PEM's input check, which depends on
+        # the adapters, mode, rank and method, not on the coefficients: a sweep checks once
+        self.checked: set[tuple[Any, ...]] = set()
         self._infos: dict[str, TensorInfo] | None = None
         self._bin: dict[str, np.ndarray] | None = None
         if (self.path / SAFETENSORS_NAME).is_file():

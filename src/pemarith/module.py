@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .base_names import same_base
+from .compat import check_adapters
 from .dtypes import cast
 from .errors import CompatibilityError, PemarithError, did_you_mean
 from .expr import format_terms
@@ -229,48 +229,18 @@ class PEM:
             )
 
     def _check_inputs(self, mode: str, rank: int | None, method: MergeSpec | None = None) -> None:
+        """Whether the adapters compose in ``mode`` (any coefficients): done once per set of
+        adapters, mode, rank, method and base model (remembered in the first adapter's ``checked``)."""
         names = list(self._terms)
         ads = self._adapters
         if not names:
             raise CompatibilityError("nothing to compose: the expression has no modules")
-        first, a0 = names[0], ads[names[0]]
-        if mode not in a0.kind.modes:
-            raise PemarithError(f"unknown mode {mode!r}{did_you_mean(mode, a0.kind.modes)}; "
-                                f"choose one of {', '.join(a0.kind.modes)}")
-        for n in names[1:]:
-            a = ads[n]
-            # The layers actually adapted are compared, not target_modules: PEFT writes
-            # "all-linear" as the list of full module paths it matched.
-            if a0.peft_type != a.peft_type:
-                raise CompatibilityError(f"{first!r} and {n!r} have different PEFT type: "
-                                         f"{a0.peft_type!r} vs {a.peft_type!r}")
-            if self._base_model is None and not same_base(a0.base_model, a.base_model):
-                raise CompatibilityError(
-                    f"{first!r} and {n!r} have different base model: {a0.base_model!r} vs {a.base_model!r}; "
-                    "if they are the same weights, pass base_model=NAME (--base-model NAME) to record NAME")
-            _same_keys(first, set(a0.layers), n, set(a.layers), "adapts")
-            _same_keys(first, set(a0.extra), n, set(a.extra), "saves (modules_to_save)")
-            _same_keys(first, set(a0.frozen), n, set(a.frozen), "saves base weights (save_embedding_layers)")
-            for key in a0.frozen:
-                if a0.dtypes[key] != a.dtypes[key] or not np.array_equal(a0.tensor(key), a.tensor(key)):
-                    raise CompatibilityError(
-                        f"{key!r}: {first!r} and {n!r} hold different copies of this frozen base weight "
-                        "(save_embedding_layers); they were not trained on the same base model")
-        if method is None or method.is_linear:
-            a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
-        else:
-            a0.kind.check_method(dict(ads), mode, rank, method.method)
-        for n in names[1:]:
-            a = ads[n]
-            for layer in a0.layers:
-                s0, s = a0.kind.signature(a0, layer, mode), a.kind.signature(a, layer, mode)
-                if s0 != s:
-                    diff = "; ".join(f"{k} {s0[k]} vs {s[k]}" for k in s0 if s0[k] != s.get(k))
-                    raise CompatibilityError(f"module {layer!r}: {first!r} and {n!r} differ in shape: {diff}")
-            for key in a0.extra:
-                if a0.shapes[key] != a.shapes[key]:
-                    raise CompatibilityError(
-                        f"{key!r}: {first!r} has shape {a0.shapes[key]} but {n!r} has {a.shapes[key]}")
+        a0 = ads[names[0]]
+        key = (tuple(names), tuple(ads[n] for n in names), mode, rank, method, self._base_model)
+        if key in a0.checked:
+            return
+        check_adapters(names, ads, mode, rank, method, self._base_model)
+        a0.checked.add(key)
 
     def output_config(self, mode: str | None = None, rank: int | None = None) -> dict[str, Any]:
         """The adapter_config.json of the composed adapter."""
@@ -406,11 +376,3 @@ def layer_tensors(adapters: list[Adapter], layer: str, stored: bool = False) -> 
     if stored:
         return [{p: a.stored(key) for p, key in a.layers[layer].items()} for a in adapters]
     return [{p: a.tensor(key).astype(np.float64) for p, key in a.layers[layer].items()} for a in adapters]
-
-
-def _same_keys(n0: str, k0: set[str], n: str, k: set[str], verb: str) -> None:
-    if k0 != k:
-        only0, only = sorted(k0 - k), sorted(k - k0)
-        parts = ([f"only {n0!r} {verb} {', '.join(only0[:5])}" + (" ..." if len(only0) > 5 else "")] if only0 else [])
-        parts += [f"only {n!r} {verb} {', '.join(only[:5])}" + (" ..." if len(only) > 5 else "")] if only else []
-        raise CompatibilityError(f"{n0!r} and {n!r} differ in modules: {'; '.join(parts)}")

@@ -27,6 +27,7 @@ sampler, seed, objective, ...); the budget is not in it, so a rerun may extend t
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -131,11 +132,18 @@ class Prepared:
     probe: dict[str, float]
     config: SearchConfig
 
+    @functools.cached_property
+    def expression(self) -> Any:
+        """The expression, parsed once for every trial."""
+        from ..expr import Expression
+
+        return Expression(self.config.expr)
+
     def compose(self, params: Mapping[str, float]) -> Any:
         import pemarith
 
         c = self.config
-        return pemarith.compose(c.expr, self.used, mode=c.mode, rank=c.rank, **params)
+        return pemarith.compose(self.expression, self.used, mode=c.mode, rank=c.rank, variables=dict(params))
 
 
 def prepare(config: SearchConfig, log: Callable[[str], None] = _log) -> Prepared:

@@ -378,9 +378,9 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
         raise PemarithError(f"--keep {config.keep!r} is not a module of the expression"
                             f"{did_you_mean(config.keep, used)}")
 
-    def compose(value: float) -> Any:
-        return pemarith.compose(config.expr, used, mode=config.mode, rank=config.rank,
-                                **{config.var: value})
+    def compose(value: float) -> Any:  # the expression parsed once; the inputs checked once
+        return pemarith.compose(expression, used, mode=config.mode, rank=config.rank,
+                                variables={config.var: value})
 
     fingerprint = {
         "expr": config.expr, "var": config.var, "model": config.model, "tasks": list(config.tasks),
