@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pemarith"
 MAX_LINES = 420
 # Files that are still over the limit, each to be split by issue 17 (sweep, scenarios): the
 # list may only shrink.
-TOO_LONG_FOR_NOW = {"hf/sweep.py", "scenarios/unlearning.py", "hf/train.py"}
+TOO_LONG_FOR_NOW = {"scenarios/unlearning.py", "hf/train.py"}
 
 
 def module_name(path: Path) -> str:

@@ -249,7 +249,7 @@ def test_sigkill_never_leaves_a_partial_output(tmp_path):
 
 
 def test_sweep_directory_is_checked_too(tmp_path, monkeypatch):
-    from pemarith.hf.sweep import RecordCache
+    from pemarith.hf.sweep_records import RecordCache
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results.csv").write_text("the user's")

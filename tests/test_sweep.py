@@ -18,8 +18,10 @@ import pytest
 
 import pemarith
 from pemarith.errors import PemarithError
+from pemarith.hf.grid import parse_grid
 from pemarith.hf.select import parse_rule, resolve_metric, search
-from pemarith.hf.sweep import RecordCache, SweepConfig, parse_grid, run_sweep
+from pemarith.hf.sweep import SweepConfig, run_sweep
+from pemarith.hf.sweep_records import RecordCache
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -140,9 +140,10 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
     layout of :func:`pemarith.hf.sweep.run_sweep`; returns the results dict.
     """
     from ..expr import Expression, format_terms
+    from .grid import parse_grid
     from .select import parse_rule
     from .select import search as run_search
-    from .sweep import RecordCache, parse_grid
+    from .sweep_records import RecordCache
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -152,8 +152,8 @@ class SweepSpec:
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        from ..hf.grid import parse_grid
         from ..hf.select import SEARCHES, parse_rule
-        from ..hf.sweep import parse_grid
 
         parse_grid(self.grid)
         parse_rule(self.select)
