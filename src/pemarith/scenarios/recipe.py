@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
-from ..hf.train import PEFT_TYPES
+from ..hf.train_config import PEFT_TYPES
 from .scenario import get_scenario
 
 #: Module kinds a recipe may train: PEFT kinds and full fine-tuning.
