@@ -49,9 +49,19 @@ def target_shapes(config: dict) -> dict[str, tuple[int, int]]:
     """``target -> (in_features, out_features)`` of a Llama-shaped model."""
     h, inter = config["hidden_size"], config["intermediate_size"]
     head = config.get("head_dim") or h // config["num_attention_heads"]
-    q, kv = head * config["num_attention_heads"], head * config.get("num_key_value_heads", config["num_attention_heads"])
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    q, kv = (
+        head * config["num_attention_heads"],
+        head * config.get("num_key_value_heads", config["num_attention_heads"]),
+    )
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
 
 
 def to_bfloat16(base: Path, out: Path) -> Path:
@@ -68,8 +78,9 @@ def to_bfloat16(base: Path, out: Path) -> Path:
             shutil.copy2(item, out / item.name)
     for shard, keys in infos.items():
         code = {k: "BF16" if i.dtype in STORED else i.dtype for k, i in keys.items()}
-        writer = SafetensorsWriter(out / shard, [(k, code[k], i.shape) for k, i in keys.items()],
-                                   {**metas[shard], "format": "pt"})
+        writer = SafetensorsWriter(
+            out / shard, [(k, code[k], i.shape) for k, i in keys.items()], {**metas[shard], "format": "pt"}
+        )
         for k, i in keys.items():
             raw = read_bytes(base / shard, i, k)
             if i.dtype in STORED:
@@ -95,14 +106,28 @@ def make_adapter(path: Path, base: Path, seed: int = 0, dtype: str = "float32") 
         for target, (fan_in, fan_out) in target_shapes(config).items():
             parent = "self_attn" if target in TARGETS[:4] else "mlp"
             key = f"base_model.model.model.layers.{layer}.{parent}.{target}"
-            tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((RANK, fan_in)) / fan_in ** 0.5).astype(np.float32)
+            tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((RANK, fan_in)) / fan_in**0.5).astype(
+                np.float32
+            )
             tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((fan_out, RANK)) * 0.01).astype(np.float32)
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base),
-        "r": RANK, "lora_alpha": ALPHA, "lora_dropout": 0.0, "bias": "none",
-        "target_modules": list(TARGETS), "fan_in_fan_out": False, "use_rslora": False}))
+    (path / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": str(base),
+                "r": RANK,
+                "lora_alpha": ALPHA,
+                "lora_dropout": 0.0,
+                "bias": "none",
+                "target_modules": list(TARGETS),
+                "fan_in_fan_out": False,
+                "use_rslora": False,
+            }
+        )
+    )
 
 
 def peft_child(base: str, adapter: str, out: str) -> None:
@@ -134,8 +159,11 @@ def compare(ours: Path, theirs: Path) -> dict:
     from pemarith.io import read_bytes, read_safetensors_header
 
     def tensors(d: Path) -> dict:
-        return {k: (f, i) for f in sorted(d.glob("*.safetensors"))
-                for k, i in read_safetensors_header(f, any_dtype=True)[0].items()}
+        return {
+            k: (f, i)
+            for f in sorted(d.glob("*.safetensors"))
+            for k, i in read_safetensors_header(f, any_dtype=True)[0].items()
+        }
 
     def value(f: Path, info, key: str) -> np.ndarray:
         raw = read_bytes(f, info, key)
@@ -151,8 +179,12 @@ def compare(ours: Path, theirs: Path) -> dict:
             worst = float("inf")
             continue
         worst = max(worst, float(np.max(np.abs(x - y))) if x.size else 0.0)
-    return {"common": len(set(a) & set(b)), "only_pemarith": sorted(set(a) - set(b)),
-            "only_peft": sorted(set(b) - set(a)), "max_abs_diff": worst}
+    return {
+        "common": len(set(a) & set(b)),
+        "only_pemarith": sorted(set(a) - set(b)),
+        "only_peft": sorted(set(b) - set(a)),
+        "max_abs_diff": worst,
+    }
 
 
 def default_base() -> Path:
@@ -168,8 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base", type=Path, help="a Llama-shaped checkpoint dir (default: packaged SmolLM2)")
     p.add_argument("--repeats", type=int, default=5, help="runs per tool (median; default 5)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="bfloat16: convert the base (and the adapter) to bfloat16 first")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="bfloat16: convert the base (and the adapter) to bfloat16 first",
+    )
     p.add_argument("--skip-peft", action="store_true", help="pemarith and the floors only")
     p.add_argument("--json", type=Path, help="also write every run and the comparison here")
     args = p.parse_args(argv)
@@ -184,32 +220,67 @@ def main(argv: list[str] | None = None) -> None:
         adapter = work / "adapter"
         make_adapter(adapter, base, dtype=args.dtype)
         base_dtype = json.loads((base / "config.json").read_text()).get("torch_dtype", "?")
-        print(f"# {base_dtype} base {base} ({dir_bytes(base) / 1e6:.0f} MB); LoRA r={RANK} on {len(TARGETS)} targets "
-              f"of every layer ({args.dtype}, {dir_bytes(adapter) / 1e6:.1f} MB)")
-        print(f"# cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start, niceness {os.nice(0)}")
+        print(
+            f"# {base_dtype} base {base} ({dir_bytes(base) / 1e6:.0f} MB); LoRA r={RANK} on {len(TARGETS)} targets "
+            f"of every layer ({args.dtype}, {dir_bytes(adapter) / 1e6:.1f} MB)"
+        )
+        print(
+            f"# cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start, niceness {os.nice(0)}"
+        )
         runs: list[dict] = []
         tools = ("copy+fsync", "cp -r", "pemarith") + (() if args.skip_peft else ("peft",))
         for rep in range(args.repeats):
             for tool in tools:
                 out = work / f"out-{tool}"
                 shutil.rmtree(out, ignore_errors=True)
-                cmd = {"pemarith": [*pemarith_cmd(), "bake", "--base", str(base), "-m", f"a={adapter}", "-o",
-                                    str(out), "a"],
-                       "peft": [sys.executable, os.path.abspath(__file__), "_peft", str(base), str(adapter), str(out)],
-                       "copy+fsync": copy_cmd([base], out), "cp -r": cp_cmd([base], out)}[tool]
+                cmd = {
+                    "pemarith": [
+                        *pemarith_cmd(),
+                        "bake",
+                        "--base",
+                        str(base),
+                        "-m",
+                        f"a={adapter}",
+                        "-o",
+                        str(out),
+                        "a",
+                    ],
+                    "peft": [
+                        sys.executable,
+                        os.path.abspath(__file__),
+                        "_peft",
+                        str(base),
+                        str(adapter),
+                        str(out),
+                    ],
+                    "copy+fsync": copy_cmd([base], out),
+                    "cp -r": cp_cmd([base], out),
+                }[tool]
                 try:
                     wall, rss, stdout, _ = measure(cmd)
                 except ChildFailed as exc:
                     print(f"  rep {rep + 1} {tool:8s} FAILED: {exc}")
                     continue
                 detail = json.loads(stdout.strip().splitlines()[-1]) if tool == "peft" else {}
-                runs.append({"tool": tool, "wall_s": wall, "max_rss_mb": rss, "bytes_written": dir_bytes(out),
-                             **detail})
-                print(f"  rep {rep + 1} {tool:10s} {wall:8.2f} s {rss:8.0f} MB  load {os.getloadavg()[0]:.2f}",
-                      flush=True)
+                runs.append(
+                    {
+                        "tool": tool,
+                        "wall_s": wall,
+                        "max_rss_mb": rss,
+                        "bytes_written": dir_bytes(out),
+                        **detail,
+                    }
+                )
+                print(
+                    f"  rep {rep + 1} {tool:10s} {wall:8.2f} s {rss:8.0f} MB  load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
         same = compare(work / "out-pemarith", work / "out-peft") if not args.skip_peft else None
-        med = {t: {k: statistics.median(r[k] for r in runs if r["tool"] == t) for k in ("wall_s", "max_rss_mb")}
-               for t in tools if any(r["tool"] == t for r in runs)}
+        med = {
+            t: {k: statistics.median(r[k] for r in runs if r["tool"] == t) for k in ("wall_s", "max_rss_mb")}
+            for t in tools
+            if any(r["tool"] == t for r in runs)
+        }
         print()
         print(f"# medians over {args.repeats} repeat(s)")
         print("| tool | wall s | peak RSS MB |")
@@ -220,19 +291,27 @@ def main(argv: list[str] | None = None) -> None:
             if floor in med and "pemarith" in med:
                 print(f"pemarith / {floor}: {med['pemarith']['wall_s'] / med[floor]['wall_s']:.2f}x")
         if "peft" in med and "pemarith" in med:
-            print(f"\nspeed-up {med['peft']['wall_s'] / med['pemarith']['wall_s']:.1f}x, memory ratio "
-                  f"{med['pemarith']['max_rss_mb'] / med['peft']['max_rss_mb']:.3f} (pemarith / PEFT)")
+            print(
+                f"\nspeed-up {med['peft']['wall_s'] / med['pemarith']['wall_s']:.1f}x, memory ratio "
+                f"{med['pemarith']['max_rss_mb'] / med['peft']['max_rss_mb']:.3f} (pemarith / PEFT)"
+            )
             keys = ("import_s", "base_model_s", "load_adapter_s", "merge_s", "save_s")
             peft_runs = [r for r in runs if r["tool"] == "peft"]
-            print("PEFT phases (median s): " + ", ".join(
-                f"{k} {statistics.median(r[k] for r in peft_runs):.1f}" for k in keys))
+            print(
+                "PEFT phases (median s): "
+                + ", ".join(f"{k} {statistics.median(r[k] for r in peft_runs):.1f}" for k in keys)
+            )
         if same is not None:
-            print(f"outputs: {same['common']} tensors in both, max |difference| {same['max_abs_diff']:.3g}; "
-                  f"only in pemarith's: {same['only_pemarith'] or 'none'}; "
-                  f"only in PEFT's: {same['only_peft'] or 'none'}")
+            print(
+                f"outputs: {same['common']} tensors in both, max |difference| {same['max_abs_diff']:.3g}; "
+                f"only in pemarith's: {same['only_pemarith'] or 'none'}; "
+                f"only in PEFT's: {same['only_peft'] or 'none'}"
+            )
         if args.json:
-            args.json.write_text(json.dumps({"base": str(base), "runs": runs, "medians": med,
-                                             "comparison": same}, indent=2) + "\n")
+            args.json.write_text(
+                json.dumps({"base": str(base), "runs": runs, "medians": med, "comparison": same}, indent=2)
+                + "\n"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"# uptime after: {uptime()}")

@@ -201,8 +201,11 @@ def measure(cmd: list[str], timeout: float | None = None) -> tuple[float, float,
     """
     # Offline: PEFT would otherwise look the synthetic base model up on the hub.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile("r") as rss_file:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as rss_file,
+    ):
         wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd] if GNU_TIME else cmd
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, stdout=out, stderr=err, env=env, start_new_session=True)
@@ -261,16 +264,31 @@ def run_pemarith(pair: str, adapters: list[Path], out: Path, weight: float | Non
         cmd += ["-m", f"{name}={path}"]
     wall, rss, stdout, _ = measure([*cmd, "--", expr])
     report = json.loads(stdout)
-    detail = {"in_process_s": report.get("seconds"), "bytes_written": dir_bytes(out),
-              "max_layer_error": report.get("max_layer_error")}
+    detail = {
+        "in_process_s": report.get("seconds"),
+        "bytes_written": dir_bytes(out),
+        "max_layer_error": report.get("max_layer_error"),
+    }
     return Run("pemarith", pair, len(adapters), wall, rss, detail)
 
 
-def run_peft(pair: str, adapters: list[Path], out: Path, dtype: str, timeout: float,
-             weight: float | None = None) -> Run:
-    cmd = [sys.executable, os.path.abspath(__file__), "_peft", "--combination", PAIRS[pair][1],
-           "--out", str(out), "--dtype", dtype, "--weight", repr(coefficient(weight, len(adapters))),
-           *map(str, adapters)]
+def run_peft(
+    pair: str, adapters: list[Path], out: Path, dtype: str, timeout: float, weight: float | None = None
+) -> Run:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "_peft",
+        "--combination",
+        PAIRS[pair][1],
+        "--out",
+        str(out),
+        "--dtype",
+        dtype,
+        "--weight",
+        repr(coefficient(weight, len(adapters))),
+        *map(str, adapters),
+    ]
     wall, rss, stdout, timed_out = measure(cmd, timeout)
     detail = {"timed_out": True} if timed_out else json.loads(stdout.strip().splitlines()[-1])
     return Run("peft", pair, len(adapters), wall, rss, detail)
@@ -287,10 +305,16 @@ def peft_child(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     torch.manual_seed(0)
     torch.set_default_dtype(getattr(torch, args.dtype))
-    config = LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                         num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
-                         max_position_embeddings=2048, tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        vocab_size=VOCAB,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     phases["base_model_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -301,8 +325,9 @@ def peft_child(args: argparse.Namespace) -> None:
     phases["load_adapters_s"] = time.perf_counter() - t
     t = time.perf_counter()
     extra = {"svd_rank": RANK} if args.combination == "svd" else {}
-    model.add_weighted_adapter(names, [args.weight] * len(names), "combined",
-                               combination_type=args.combination, **extra)
+    model.add_weighted_adapter(
+        names, [args.weight] * len(names), "combined", combination_type=args.combination, **extra
+    )
     phases["combine_s"] = time.perf_counter() - t
     t = time.perf_counter()
     model.save_pretrained(args.out, selected_adapters=["combined"])
@@ -343,8 +368,11 @@ def summarise(runs: list[Run], floors: dict[tuple[str, int], dict]) -> str:
             fl = floors[(pair, n)]
             cold, warm = w / fl["cold_s"], w / fl["warm_s"]
             io = f"{cold:.1f}x, {warm:.1f}x {'(met)' if cold <= IO_FLOOR_GOAL else '(NOT met)'}"
-            peft_s = f"{'> ' if cut else ''}{pw:.1f} (n={len(theirs)}" + (
-                ", killed)" if cut else ")") if theirs else "skipped"
+            peft_s = (
+                f"{'> ' if cut else ''}{pw:.1f} (n={len(theirs)}" + (", killed)" if cut else ")")
+                if theirs
+                else "skipped"
+            )
             peft_mb = f"{'>= ' if cut else ''}{pm:.0f}" if theirs else "-"
             lines.append(
                 f"| {n} | {pair} vs {combination} | {w:.2f} | {m:.0f} | {peft_s} | {peft_mb} "
@@ -355,12 +383,14 @@ def summarise(runs: list[Run], floors: dict[tuple[str, int], dict]) -> str:
 
 def phase_table(runs: list[Run]) -> str:
     keys = ["import_s", "base_model_s", "load_adapters_s", "combine_s", "save_s"]
-    lines = ["| modules | PEFT combination | " + " | ".join(keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
+    lines = ["| modules | PEFT combination | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for n in sorted({r.modules for r in runs}):
         for pair, (_, combination) in PAIRS.items():
-            theirs = [r for r in runs if r.tool == "peft" and r.pair == pair and r.modules == n
-                      and not r.detail.get("timed_out")]
+            theirs = [
+                r
+                for r in runs
+                if r.tool == "peft" and r.pair == pair and r.modules == n and not r.detail.get("timed_out")
+            ]
             if theirs:
                 cells = [f"{median([r.detail[k] for r in theirs]):.1f}" for k in keys]
                 lines.append(f"| {n} | {combination} | " + " | ".join(cells) + " |")
@@ -370,20 +400,29 @@ def phase_table(runs: list[Run]) -> str:
 def floor_table(runs: list[Run]) -> str:
     """Median wall time of each floor and every pemarith mode's ratio to the fsynced copy."""
     pairs = [p for p in PAIRS if any(r.tool == "pemarith" and r.pair == p for r in runs)]
-    lines = ["| modules | numpy + fsynced copy s | cp -r s | "
-             + " | ".join(f"pemarith {p} / fsynced copy" for p in pairs) + " | goal (exact) |",
-             "|---|---|---|" + "---|" * len(pairs) + "---|"]
+    lines = [
+        "| modules | numpy + fsynced copy s | cp -r s | "
+        + " | ".join(f"pemarith {p} / fsynced copy" for p in pairs)
+        + " | goal (exact) |",
+        "|---|---|---|" + "---|" * len(pairs) + "---|",
+    ]
     for n in sorted({r.modules for r in runs if r.pair == "floor"}):
         copy = median([r.wall_s for r in runs if r.tool == "copy+fsync" and r.modules == n])
         cp = median([r.wall_s for r in runs if r.tool == "cp -r" and r.modules == n])
-        ratios = {p: median([r.wall_s for r in runs if r.tool == "pemarith" and r.pair == p and r.modules == n])
-                  / copy for p in pairs}
+        ratios = {
+            p: median([r.wall_s for r in runs if r.tool == "pemarith" and r.pair == p and r.modules == n])
+            / copy
+            for p in pairs
+        }
         goal = "-"
         if n in COPY_FLOOR_GOAL and "exact" in ratios:
             need = COPY_FLOOR_GOAL[n]
             goal = f"{'met' if ratios['exact'] <= need else 'NOT met'} (<= {need}x)"
-        lines.append(f"| {n} | {copy:.2f} | {cp:.2f} | " + " | ".join(f"{ratios[p]:.2f}x" for p in pairs)
-                     + f" | {goal} |")
+        lines.append(
+            f"| {n} | {copy:.2f} | {cp:.2f} | "
+            + " | ".join(f"{ratios[p]:.2f}x" for p in pairs)
+            + f" | {goal} |"
+        )
     return "\n".join(lines)
 
 
@@ -391,34 +430,68 @@ def floor_table(runs: list[Run]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modules", type=int, nargs="+", default=[2, 4, 8],
-                   help="numbers of adapters to compose (default: 2 4 8)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--modules",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8],
+        help="numbers of adapters to compose (default: 2 4 8)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="runs per configuration (median; default 5)")
-    p.add_argument("--peft-svd-modules", type=int, nargs="*", default=[2],
-                   help="module counts for which PEFT svd runs (slow: ~300 s, ~6 GB for 2)")
+    p.add_argument(
+        "--peft-svd-modules",
+        type=int,
+        nargs="*",
+        default=[2],
+        help="module counts for which PEFT svd runs (slow: ~300 s, ~6 GB for 2)",
+    )
     p.add_argument("--peft-svd-repeats", type=int, default=1)
     p.add_argument("--skip-peft-svd", action="store_true")
-    p.add_argument("--modes", nargs="+", choices=list(PAIRS), default=list(PAIRS), metavar="MODE",
-                   help=f"pemarith modes to measure (default: all of {', '.join(map(repr, PAIRS))})")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(PAIRS),
+        default=list(PAIRS),
+        metavar="MODE",
+        help=f"pemarith modes to measure (default: all of {', '.join(map(repr, PAIRS))})",
+    )
     p.add_argument("--skip-peft", action="store_true", help="measure pemarith only")
-    p.add_argument("--weight", type=float,
-                   help="every module's coefficient (default 1/n; e.g. 0.3, whose products with the "
-                        "factors need float64, where 1/n for n a power of two does not)")
-    p.add_argument("--peft-timeout", type=float, default=1200.0,
-                   help="kill a PEFT run after this many seconds and report lower bounds "
-                   "(default 1200; PEFT svd needed > 3300 s on 2 loaded cores)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="dtype of the adapters (default float32)")
-    p.add_argument("--peft-dtype", choices=["float32", "bfloat16"],
-                   help="dtype of PEFT's random base model (default: that of the adapters)")
-    p.add_argument("--skip-floors", action="store_true",
-                   help="do not measure the copy floors (numpy + fsynced copy, cp -r)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: --modules 2 --repeats 1 --skip-peft-svd")
-    p.add_argument("--warm", action="store_true",
-                   help="do not evict the inputs from the page cache before each run")
+    p.add_argument(
+        "--weight",
+        type=float,
+        help="every module's coefficient (default 1/n; e.g. 0.3, whose products with the "
+        "factors need float64, where 1/n for n a power of two does not)",
+    )
+    p.add_argument(
+        "--peft-timeout",
+        type=float,
+        default=1200.0,
+        help="kill a PEFT run after this many seconds and report lower bounds "
+        "(default 1200; PEFT svd needed > 3300 s on 2 loaded cores)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype of the adapters (default float32)",
+    )
+    p.add_argument(
+        "--peft-dtype",
+        choices=["float32", "bfloat16"],
+        help="dtype of PEFT's random base model (default: that of the adapters)",
+    )
+    p.add_argument(
+        "--skip-floors",
+        action="store_true",
+        help="do not measure the copy floors (numpy + fsynced copy, cp -r)",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: --modules 2 --repeats 1 --skip-peft-svd")
+    p.add_argument(
+        "--warm", action="store_true", help="do not evict the inputs from the page cache before each run"
+    )
     p.add_argument("--workdir", type=Path, help="where adapters and outputs go (default: a tmp dir)")
     p.add_argument("--keep-workdir", action="store_true")
     p.add_argument("--json", type=Path, help="also write every run as JSON here")
@@ -452,21 +525,28 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def measure_all(args: argparse.Namespace, adapters: list[Path], files: list[Path], out: Path,
-                runs: list[Run]) -> None:
+def measure_all(
+    args: argparse.Namespace, adapters: list[Path], files: list[Path], out: Path, runs: list[Run]
+) -> None:
     """Every planned run, pemarith and PEFT alternating, appended to ``runs`` as it ends."""
     for rep in range(args.repeats):
         for n in args.modules:
             inputs = adapters[:n]
-            for floor, cmd in ([] if args.skip_floors else
-                               [("copy+fsync", copy_cmd(files[:n], out)), ("cp -r", cp_cmd(inputs, out))]):
+            for floor, cmd in (
+                []
+                if args.skip_floors
+                else [("copy+fsync", copy_cmd(files[:n], out)), ("cp -r", cp_cmd(inputs, out))]
+            ):
                 shutil.rmtree(out, ignore_errors=True)
                 if not args.warm:
                     evict(files[:n])
                 wall, rss, _, _ = measure(cmd)
                 runs.append(Run(floor, "floor", n, wall, rss))
-                print(f"  rep {rep + 1} n={n} {floor:27s} {wall:8.2f} s {rss:8.0f} MB  "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+                print(
+                    f"  rep {rep + 1} n={n} {floor:27s} {wall:8.2f} s {rss:8.0f} MB  "
+                    f"load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
             for pair in args.modes:
                 plan = [("pemarith", None)]
                 do_svd = n in args.peft_svd_modules and rep < args.peft_svd_repeats
@@ -485,11 +565,14 @@ def measure_all(args: argparse.Namespace, adapters: list[Path], files: list[Path
                         print(f"  rep {rep + 1} n={n} {tool:8s} {pair:16s} FAILED: {exc}")
                         continue
                     runs.append(run)
-                    killed = "  (killed at --peft-timeout: lower bounds)" if run.detail.get(
-                        "timed_out") else ""
-                    print(f"  rep {rep + 1} n={n} {tool:8s} {pair:16s} {run.wall_s:8.2f} s "
-                          f"{run.max_rss_mb:8.0f} MB  load {os.getloadavg()[0]:.2f}{killed}",
-                          flush=True)
+                    killed = (
+                        "  (killed at --peft-timeout: lower bounds)" if run.detail.get("timed_out") else ""
+                    )
+                    print(
+                        f"  rep {rep + 1} n={n} {tool:8s} {pair:16s} {run.wall_s:8.2f} s "
+                        f"{run.max_rss_mb:8.0f} MB  load {os.getloadavg()[0]:.2f}{killed}",
+                        flush=True,
+                    )
 
 
 def bench(args: argparse.Namespace, work: Path) -> None:
@@ -505,14 +588,14 @@ def bench(args: argparse.Namespace, work: Path) -> None:
             make_adapter(path, seed=i, dtype=args.dtype)
     files = [p / WEIGHTS for p in adapters]
     size = files[0].stat().st_size
-    print(f"# {n_max} TinyLlama-shaped {args.dtype} LoRA adapters (r={RANK}, 7 targets x {LAYERS} layers, "
-          f"{size / 1e6:.1f} MB each) in {work} ({time.perf_counter() - t:.1f} s)")
+    print(
+        f"# {n_max} TinyLlama-shaped {args.dtype} LoRA adapters (r={RANK}, 7 targets x {LAYERS} layers, "
+        f"{size / 1e6:.1f} MB each) in {work} ({time.perf_counter() - t:.1f} s)"
+    )
     cold_bw = read_bandwidth(files, cold=True)
     warm_bw = read_bandwidth(files, cold=False)
-    print(f"# read bandwidth of the inputs: cold-ish {cold_bw / 1e9:.2f} GB/s, "
-          f"warm {warm_bw / 1e9:.2f} GB/s")
-    print(f"# cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start, "
-          f"niceness {os.nice(0)}")
+    print(f"# read bandwidth of the inputs: cold-ish {cold_bw / 1e9:.2f} GB/s, warm {warm_bw / 1e9:.2f} GB/s")
+    print(f"# cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start, niceness {os.nice(0)}")
     print(f"# each module's coefficient: {'1/n' if args.weight is None else repr(args.weight)}")
 
     runs: list[Run] = []
@@ -526,34 +609,43 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     floors = {}
     for n in args.modules:
         for pair in PAIRS:
-            sizes = [r.detail["bytes_written"] for r in runs
-                     if r.tool == "pemarith" and r.pair == pair and r.modules == n]
+            sizes = [
+                r.detail["bytes_written"]
+                for r in runs
+                if r.tool == "pemarith" and r.pair == pair and r.modules == n
+            ]
             if not sizes:
                 continue
             written = median(sizes)
             moved = n * size + written
-            floors[(pair, n)] = {"bytes": moved, "cold_s": moved / cold_bw,
-                                 "warm_s": moved / warm_bw}
+            floors[(pair, n)] = {"bytes": moved, "cold_s": moved / cold_bw, "warm_s": moved / warm_bw}
     print()
-    print(f"# medians over {args.repeats} repeat(s); PEFT svd n as shown; "
-          f"goals: exact >= 10x faster than PEFT cat with <= 1/4 of its peak memory; "
-          f"exact --rank 16 >= 100x faster than PEFT svd with <= 1/10; "
-          f"pemarith within {IO_FLOOR_GOAL:.0f}x of the I/O floor")
+    print(
+        f"# medians over {args.repeats} repeat(s); PEFT svd n as shown; "
+        f"goals: exact >= 10x faster than PEFT cat with <= 1/4 of its peak memory; "
+        f"exact --rank 16 >= 100x faster than PEFT svd with <= 1/10; "
+        f"pemarith within {IO_FLOOR_GOAL:.0f}x of the I/O floor"
+    )
     print(summarise(runs, floors))
     print()
-    print("# pemarith in-process time (SaveReport.seconds: no interpreter start-up or imports) "
-          "and the I/O floor")
-    print("| modules | mode | in-process s | bytes moved (MB) | floor cold s | floor warm s "
-          "| in-process / cold floor | max SVD layer error |")
+    print(
+        "# pemarith in-process time (SaveReport.seconds: no interpreter start-up or imports) "
+        "and the I/O floor"
+    )
+    print(
+        "| modules | mode | in-process s | bytes moved (MB) | floor cold s | floor warm s "
+        "| in-process / cold floor | max SVD layer error |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for (pair, n), fl in floors.items():
         ours = [r for r in runs if r.tool == "pemarith" and r.pair == pair and r.modules == n]
-        inproc = median([r.detail["in_process_s"] for r in ours
-                         if r.detail["in_process_s"] is not None])
+        inproc = median([r.detail["in_process_s"] for r in ours if r.detail["in_process_s"] is not None])
         err = ours[0].detail.get("max_layer_error")
         err_s = "-" if err is None else f"{err:.3g}"
-        print(f"| {n} | {pair} | {inproc:.2f} | {fl['bytes'] / 1e6:.0f} | {fl['cold_s']:.2f} "
-              f"| {fl['warm_s']:.3f} | {inproc / fl['cold_s']:.1f}x | {err_s} |")
+        print(
+            f"| {n} | {pair} | {inproc:.2f} | {fl['bytes'] / 1e6:.0f} | {fl['cold_s']:.2f} "
+            f"| {fl['warm_s']:.3f} | {inproc / fl['cold_s']:.1f}x | {err_s} |"
+        )
     if any(r.tool == "peft" for r in runs):
         print()
         print("# PEFT phases (median s)")
@@ -565,11 +657,18 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     if busy(load_before, os.getloadavg()[0]):
         print("# LOADED: the load beyond this benchmark exceeded 1.0; do not publish these figures")
     if args.json:
-        args.json.write_text(json.dumps({
-            "weight": args.weight, "cold_read_bytes_per_s": cold_bw, "warm_read_bytes_per_s": warm_bw,
-            "floors": {f"{p}|{n}": v for (p, n), v in floors.items()},
-            "runs": [r.__dict__ for r in runs],
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "weight": args.weight,
+                    "cold_read_bytes_per_s": cold_bw,
+                    "warm_read_bytes_per_s": warm_bw,
+                    "floors": {f"{p}|{n}": v for (p, n), v in floors.items()},
+                    "runs": [r.__dict__ for r in runs],
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

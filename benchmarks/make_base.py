@@ -31,24 +31,39 @@ def tensor_shapes(layers: int) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes |= {p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-                   p + "self_attn.k_proj.weight": (KV_HEADS * head, HIDDEN),
-                   p + "self_attn.v_proj.weight": (KV_HEADS * head, HIDDEN),
-                   p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-                   p + "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN),
-                   p + "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
-                   p + "mlp.down_proj.weight": (HIDDEN, INTERMEDIATE),
-                   p + "input_layernorm.weight": (HIDDEN,),
-                   p + "post_attention_layernorm.weight": (HIDDEN,)}
+        shapes |= {
+            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+            p + "self_attn.k_proj.weight": (KV_HEADS * head, HIDDEN),
+            p + "self_attn.v_proj.weight": (KV_HEADS * head, HIDDEN),
+            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            p + "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN),
+            p + "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
+            p + "mlp.down_proj.weight": (HIDDEN, INTERMEDIATE),
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "post_attention_layernorm.weight": (HIDDEN,),
+        }
     return shapes | {"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)}
 
 
 def config(layers: int, dtype: str) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers, "num_attention_heads": HEADS,
-            "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
-            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": dtype}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": dtype,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     shapes = tensor_shapes(args.layers)
     args.out.mkdir(parents=True, exist_ok=False)
     rng = np.random.default_rng(args.seed)
-    writer = SafetensorsWriter(args.out / "model.safetensors", [(k, code, s) for k, s in shapes.items()],
-                               {"format": "pt"})
+    writer = SafetensorsWriter(
+        args.out / "model.safetensors", [(k, code, s) for k, s in shapes.items()], {"format": "pt"}
+    )
     for name, shape in shapes.items():
         if len(shape) == 1:
             value = np.ones(shape, np.float32)

@@ -42,28 +42,61 @@ def fingerprint(d: Path) -> dict:
         return json.loads(f.readline())["fingerprint"]
 
 
-def _grid_sweep(res: dict, fp: dict, target: Path, batch_size: int,
-                data_dir: str | None) -> tuple[float, dict[float, dict]]:
+def _grid_sweep(
+    res: dict, fp: dict, target: Path, batch_size: int, data_dir: str | None
+) -> tuple[float, dict[float, dict]]:
     """Run the full grid into ``target``; (pick, {value: validation scores})."""
     var = res["var"]
     if res.get("kind") == "full":
         from pemarith.hf.fullmerge import FullSession, run_full_sweep
 
         sweep = fp.get("sweep", {})
-        session = FullSession(res["modules"], fp["tasks"], data_dir=data_dir, limit=sweep.get("limit"),
-                              batch_size=sweep.get("batch_size", batch_size))
+        session = FullSession(
+            res["modules"],
+            fp["tasks"],
+            data_dir=data_dir,
+            limit=sweep.get("limit"),
+            batch_size=sweep.get("batch_size", batch_size),
+        )
         extra = {k: v for k, v in fp.items() if k not in ("expr", "var", "kind")}
-        out = run_full_sweep(session, res["expr"], target, var=var, grid=res["grid"], search="grid",
-                             select=res["select"], fingerprint=extra, test_split=None, plot=False,
-                             log=lambda s: None)
+        out = run_full_sweep(
+            session,
+            res["expr"],
+            target,
+            var=var,
+            grid=res["grid"],
+            search="grid",
+            select=res["select"],
+            fingerprint=extra,
+            test_split=None,
+            plot=False,
+            log=lambda s: None,
+        )
         return out["pick"][var], {p[var]: p for p in out["validation"]}
     from pemarith.hf.sweep import SweepConfig, run_sweep
 
-    cfg = SweepConfig(expr=res["expr"], var=var, modules=res["modules"], model=fp["model"],
-                      tasks=tuple(fp["tasks"]), out=str(target), grid=res["grid"], search="grid",
-                      select=res["select"], mode=fp["mode"], rank=fp["rank"], keep=fp["keep"],
-                      limit=fp["limit"], seed=fp["seed"], data_dir=data_dir, test_split=None,
-                      refs=False, base=False, batch_size=batch_size, plot=False)
+    cfg = SweepConfig(
+        expr=res["expr"],
+        var=var,
+        modules=res["modules"],
+        model=fp["model"],
+        tasks=tuple(fp["tasks"]),
+        out=str(target),
+        grid=res["grid"],
+        search="grid",
+        select=res["select"],
+        mode=fp["mode"],
+        rank=fp["rank"],
+        keep=fp["keep"],
+        limit=fp["limit"],
+        seed=fp["seed"],
+        data_dir=data_dir,
+        test_split=None,
+        refs=False,
+        base=False,
+        batch_size=batch_size,
+        plot=False,
+    )
     wrap = None
     if (res.get("metrics") or [None])[0] == "mean":
         # 4.3 chooses lambda by the mean of the tasks' accuracies: the same wrapped session
@@ -77,8 +110,13 @@ def check(d: Path, out: Path, batch_size: int, data_dir: str | None) -> dict:
 
     res = json.loads((d / "results.json").read_text())
     fp = fingerprint(d)
-    row = {"sweep": str(d), "task": ",".join(fp["tasks"]), "kind": res.get("kind"),
-           "mode": fp.get("mode"), "name": d.name.rsplit("-", 1)[0]}
+    row = {
+        "sweep": str(d),
+        "task": ",".join(fp["tasks"]),
+        "kind": res.get("kind"),
+        "mode": fp.get("mode"),
+        "name": d.name.rsplit("-", 1)[0],
+    }
     if res.get("search") != "refine":
         return {**row, "skipped": "not refine"}
     target = out / fp["tasks"][0] / d.name
@@ -92,12 +130,26 @@ def check(d: Path, out: Path, batch_size: int, data_dir: str | None) -> dict:
     refine_pick, grid_pick = round(res["pick"][var], 9), round(grid_pick, 9)
     metric = res["metrics"][0] if res.get("metrics") else next(iter(scores[grid_pick]))
     apart = abs(refine_pick - grid_pick)
-    return {**row, "metric": metric, "refine_pick": refine_pick, "grid_pick": grid_pick,
-            "refine_score": scores[refine_pick][metric], "grid_score": scores[grid_pick][metric],
-            "refine_evaluations": res["evaluations"], "grid_evaluations": len(grid),
-            "agree": ("same" if apart < 1e-9 else "one step" if apart <= step + 1e-9
-                      else "tie" if scores[refine_pick][metric] == scores[grid_pick][metric] else "apart"),
-            "seconds": round(time.perf_counter() - t, 1)}
+    return {
+        **row,
+        "metric": metric,
+        "refine_pick": refine_pick,
+        "grid_pick": grid_pick,
+        "refine_score": scores[refine_pick][metric],
+        "grid_score": scores[grid_pick][metric],
+        "refine_evaluations": res["evaluations"],
+        "grid_evaluations": len(grid),
+        "agree": (
+            "same"
+            if apart < 1e-9
+            else "one step"
+            if apart <= step + 1e-9
+            else "tie"
+            if scores[refine_pick][metric] == scores[grid_pick][metric]
+            else "apart"
+        ),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
 
 
 def main() -> None:
@@ -126,28 +178,37 @@ def main() -> None:
             if "skipped" in r:
                 print(f"{r['task']:<6} {r['name']:<36} skipped ({r['skipped']})", flush=True)
             else:
-                print(f"{r['task']:<6} {r['name']:<36} refine l={r['refine_pick']:<5g} "
-                      f"{r['metric']}={r['refine_score']:.4f} in {r['refine_evaluations']:>2} evals | "
-                      f"grid l={r['grid_pick']:<5g} {r['grid_score']:.4f} in {r['grid_evaluations']} "
-                      f"| {r['agree']}  ({r['seconds']} s)", flush=True)
+                print(
+                    f"{r['task']:<6} {r['name']:<36} refine l={r['refine_pick']:<5g} "
+                    f"{r['metric']}={r['refine_score']:.4f} in {r['refine_evaluations']:>2} evals | "
+                    f"grid l={r['grid_pick']:<5g} {r['grid_score']:.4f} in {r['grid_evaluations']} "
+                    f"| {r['agree']}  ({r['seconds']} s)",
+                    flush=True,
+                )
     done = [r for r in rows if "skipped" not in r]
     if done:
         same = sum(r["agree"] == "same" for r in done)
         near = sum(r["agree"] == "one step" for r in done)
         tie = sum(r["agree"] == "tie" for r in done)
         ev = sum(r["refine_evaluations"] for r in done) / len(done)
-        print(f"\n{len(done)} sweeps: same pick {same}, within one step {near}, a tie elsewhere {tie}, "
-              f"further {len(done) - same - near - tie}; "
-              f"refine used {ev:.1f} evaluations on average against {done[0]['grid_evaluations']}")
+        print(
+            f"\n{len(done)} sweeps: same pick {same}, within one step {near}, a tie elsewhere {tie}, "
+            f"further {len(done) - same - near - tie}; "
+            f"refine used {ev:.1f} evaluations on average against {done[0]['grid_evaluations']}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     if args.markdown and done:
-        print("\n| task | sweep | metric | refine: l (score), evaluations | full grid: l (score), evaluations | |")
+        print(
+            "\n| task | sweep | metric | refine: l (score), evaluations | full grid: l (score), evaluations | |"
+        )
         print("|---|---|---|---|---|---|")
         for r in done:
-            print(f"| {r['task']} | {r['name']} | {r['metric']} | {r['refine_pick']:g} ({r['refine_score']:.4f}), "
-                  f"{r['refine_evaluations']} | {r['grid_pick']:g} ({r['grid_score']:.4f}), "
-                  f"{r['grid_evaluations']} | {r['agree']} |")
+            print(
+                f"| {r['task']} | {r['name']} | {r['metric']} | {r['refine_pick']:g} ({r['refine_score']:.4f}), "
+                f"{r['refine_evaluations']} | {r['grid_pick']:g} ({r['grid_score']:.4f}), "
+                f"{r['grid_evaluations']} | {r['agree']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -45,9 +45,16 @@ def random_modules(model: str, root: Path) -> dict[str, str]:
     out = {}
     for name, seed in (("x", 1), ("y", 2)):
         base = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        pm = peft.get_peft_model(base, peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
-                                                       target_modules=["query", "value"],
-                                                       init_lora_weights=False))
+        pm = peft.get_peft_model(
+            base,
+            peft.LoraConfig(
+                task_type="SEQ_CLS",
+                r=8,
+                lora_alpha=16,
+                target_modules=["query", "value"],
+                init_lora_weights=False,
+            ),
+        )
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for n, p in pm.named_parameters():
@@ -75,10 +82,21 @@ def run(engine: str, workers: int, modules: dict[str, str], args: argparse.Names
 
     E.evaluate_loaded = timed
     stamps: list[float] = []
-    cfg = SearchConfig(expr="a*x + b*y", modules=modules, keep="x", model=args.model, tasks=("sst2",),
-                       out=str(root / f"{engine}{workers}"), variables=("a=0:1", "b=0:1"),
-                       budget=args.budget, sampler="random", limit=args.limit, test_split=None,
-                       plot=False, data_dir=args.data_dir)
+    cfg = SearchConfig(
+        expr="a*x + b*y",
+        modules=modules,
+        keep="x",
+        model=args.model,
+        tasks=("sst2",),
+        out=str(root / f"{engine}{workers}"),
+        variables=("a=0:1", "b=0:1"),
+        budget=args.budget,
+        sampler="random",
+        limit=args.limit,
+        test_split=None,
+        plot=False,
+        data_dir=args.data_dir,
+    )
     engine_fn = None
     if engine == "ray":
         from pemarith.hf.search_ray import ray_engine
@@ -86,8 +104,11 @@ def run(engine: str, workers: int, modules: dict[str, str], args: argparse.Names
         engine_fn = ray_engine(workers, None)
     t0 = time.perf_counter()
     try:
-        result = run_search(cfg, log=lambda m: stamps.append(time.perf_counter()) if m.startswith("trial") else None,
-                            engine=engine_fn)
+        result = run_search(
+            cfg,
+            log=lambda m: stamps.append(time.perf_counter()) if m.startswith("trial") else None,
+            engine=engine_fn,
+        )
     finally:
         E.evaluate_loaded = inner
     total = time.perf_counter() - t0
@@ -95,10 +116,15 @@ def run(engine: str, workers: int, modules: dict[str, str], args: argparse.Names
     k = workers if engine == "ray" else 1
     per_trial = (stamps[-1] - stamps[k - 1]) / (len(stamps) - k) if len(stamps) > k else total
     recorded = statistics.median(t.seconds for t in result.trials[1:]) if len(result.trials) > 1 else 0.0
-    out = {"engine": f"{engine} x{workers}" if engine == "ray" else "local", "trials": len(result.trials),
-           "total_s": total, "first_trial_s": stamps[0] - t0 if stamps else total,
-           "per_trial_s": per_trial, "trials_per_s": 1.0 / per_trial if per_trial else float("nan"),
-           "recorded_s": recorded}
+    out = {
+        "engine": f"{engine} x{workers}" if engine == "ray" else "local",
+        "trials": len(result.trials),
+        "total_s": total,
+        "first_trial_s": stamps[0] - t0 if stamps else total,
+        "per_trial_s": per_trial,
+        "trials_per_s": 1.0 / per_trial if per_trial else float("nan"),
+        "recorded_s": recorded,
+    }
     if engine == "local" and len(spent) > 1:
         evaluating = statistics.median(spent[1:])
         out["evaluate_s"] = evaluating
@@ -119,7 +145,9 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="pemarith-search-bench-") as tmp:
         root = Path(tmp)
-        modules = dict(m.split("=", 1) for m in args.modules) if args.modules else random_modules(args.model, root)
+        modules = (
+            dict(m.split("=", 1) for m in args.modules) if args.modules else random_modules(args.model, root)
+        )
         rows = [run("local", 1, modules, args, root)]
         if not args.no_ray:
             try:
@@ -129,13 +157,17 @@ def main() -> None:
             else:
                 rows += [run("ray", k, modules, args, root) for k in (1, 2)]
     print(f"{args.model}, SST-2 validation, {args.limit} rows, {args.budget} trials (random sampler)")
-    print(f"{'engine':<10} {'first s':>8} {'s/trial':>8} {'trials/s':>9} {'eval s':>8} {'recorded s':>11} "
-          f"{'overhead':>9}")
+    print(
+        f"{'engine':<10} {'first s':>8} {'s/trial':>8} {'trials/s':>9} {'eval s':>8} {'recorded s':>11} "
+        f"{'overhead':>9}"
+    )
     for r in rows:
         ev = f"{r['evaluate_s']:.3f}" if "evaluate_s" in r else "-"
         share = f"{100 * r['overhead_share']:.1f}%" if "overhead_share" in r else "-"
-        print(f"{r['engine']:<10} {r['first_trial_s']:8.2f} {r['per_trial_s']:8.3f} {r['trials_per_s']:9.2f} "
-              f"{ev:>8} {r['recorded_s']:11.3f} {share:>9}")
+        print(
+            f"{r['engine']:<10} {r['first_trial_s']:8.2f} {r['per_trial_s']:8.3f} {r['trials_per_s']:9.2f} "
+            f"{ev:>8} {r['recorded_s']:11.3f} {share:>9}"
+        )
     print(json.dumps(rows))
 
 

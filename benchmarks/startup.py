@@ -41,30 +41,39 @@ def main(argv: list[str] | None = None) -> None:
     try:
         adapter = work / "adapter"
         make_adapter(adapter, seed=0, dtype=args.dtype)
-        cmds = {"python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
-                "pemarith inspect": [*pemarith_cmd(), "inspect", str(adapter)]}
+        cmds = {
+            "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
+            "pemarith inspect": [*pemarith_cmd(), "inspect", str(adapter)],
+        }
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
         for rep in range(args.repeats):
             for name, cmd in cmds.items():
                 wall, rss, _, _ = measure(cmd)
                 runs[name].append((wall, rss))
-            print(f"  rep {rep + 1}: " + ", ".join(f"{k} {v[-1][0]:.3f} s" for k, v in runs.items()), flush=True)
+            print(
+                f"  rep {rep + 1}: " + ", ".join(f"{k} {v[-1][0]:.3f} s" for k, v in runs.items()), flush=True
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    med = {k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in runs.items()}
+    med = {
+        k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in runs.items()
+    }
     print(f"\n# medians over {args.repeats} paired runs ({args.dtype} adapter)")
     print("| command | wall s | peak RSS MB |")
     print("|---|---|---|")
     for k, (w, m) in med.items():
         print(f"| {k} | {w:.3f} | {m:.0f} |")
     ratio = med["pemarith inspect"][0] / med["python -c 'import numpy'"][0]
-    print(f"pemarith inspect / import numpy: {ratio:.2f}x ({'met' if ratio <= GOAL else 'NOT met'}: goal <= {GOAL}x)")
+    print(
+        f"pemarith inspect / import numpy: {ratio:.2f}x ({'met' if ratio <= GOAL else 'NOT met'}: goal <= {GOAL}x)"
+    )
     print(f"# uptime after: {uptime()}")
     if busy(load_before, os.getloadavg()[0]):
         print("# LOADED: the load beyond this benchmark exceeded 1.0; do not publish these figures")
     if args.json:
-        args.json.write_text(json.dumps({"dtype": args.dtype, "runs": runs, "medians": med,
-                                         "ratio": ratio}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"dtype": args.dtype, "runs": runs, "medians": med, "ratio": ratio}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

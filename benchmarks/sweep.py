@@ -78,14 +78,30 @@ def child_inplace(args: argparse.Namespace) -> dict:
     from pemarith.hf.sweep import SweepConfig, run_sweep
 
     spent = _timed_evaluations()
-    cfg = SweepConfig(expr=EXPR, modules={"a": args.a, "b": args.b}, model="minilm", tasks=("sst2",),
-                      out=args.out, grid=GRID, limit=args.limit, refs=False, test_split=None,
-                      plot=False, data_dir=args.data_dir, workers=args.child_workers, poll=0.2)
+    cfg = SweepConfig(
+        expr=EXPR,
+        modules={"a": args.a, "b": args.b},
+        model="minilm",
+        tasks=("sst2",),
+        out=args.out,
+        grid=GRID,
+        limit=args.limit,
+        refs=False,
+        test_split=None,
+        plot=False,
+        data_dir=args.data_dir,
+        workers=args.child_workers,
+        poll=0.2,
+    )
     lines: list[str] = []
     result = run_sweep(cfg, log=lines.append)
     # with workers, eval_s is this process's share only: the peers evaluate the rest
-    return {"eval_s": sum(spent), "evals": len(spent),
-            "accuracy": {format(v, "g"): s["accuracy"] for v, s in result.validation}, "log": lines}
+    return {
+        "eval_s": sum(spent),
+        "evals": len(spent),
+        "accuracy": {format(v, "g"): s["accuracy"] for v, s in result.validation},
+        "log": lines,
+    }
 
 
 def child_naive(args: argparse.Namespace) -> dict:
@@ -146,9 +162,21 @@ def train_modules(workdir: Path, steps: int, data_dir: str | None) -> tuple[str,
         path = workdir / name
         if not (path / "adapter_config.json").is_file():
             t = time.perf_counter()
-            train(TrainConfig(model="minilm", task="sst2", output_dir=path, r=8, alpha=16,
-                              steps=steps, batch_size=16, max_length=64, subset=subset,
-                              data_dir=data_dir, progress=False))
+            train(
+                TrainConfig(
+                    model="minilm",
+                    task="sst2",
+                    output_dir=path,
+                    r=8,
+                    alpha=16,
+                    steps=steps,
+                    batch_size=16,
+                    max_length=64,
+                    subset=subset,
+                    data_dir=data_dir,
+                    progress=False,
+                )
+            )
             print(f"trained {name} on sst2 {subset}: {steps} steps, {time.perf_counter() - t:.0f} s")
         out.append(str(path))
     return out[0], out[1]
@@ -171,8 +199,12 @@ def main() -> None:
     ap.add_argument("--no-per-process", action="store_true", help="skip the one-process-per-value loop")
     ap.add_argument("--repeat", type=int, default=3, help="trials per method; the median is reported")
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--workers", type=int, default=2,
-                    help="also time the in-place sweep with this many worker processes (1: skip)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also time the in-place sweep with this many worker processes (1: skip)",
+    )
     # internal: child processes
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--a", help=argparse.SUPPRESS)
@@ -200,15 +232,29 @@ def main() -> None:
         common += ["--data-dir", args.data_dir]
 
     print(f"load average before: {load_average()} (nproc {os.cpu_count()})")
-    methods = {"in place": lambda i: [spawn("inplace", common, ["--out", str(workdir / f"inplace-{i}-{time.time_ns()}")])],
-               "naive, one process": lambda i: [spawn("naive", common)]}
+    methods = {
+        "in place": lambda i: [
+            spawn("inplace", common, ["--out", str(workdir / f"inplace-{i}-{time.time_ns()}")])
+        ],
+        "naive, one process": lambda i: [spawn("naive", common)],
+    }
     if args.workers > 1:
-        methods[f"in place, {args.workers} workers"] = lambda i: [spawn(
-            "inplace", common, ["--out", str(workdir / f"workers-{i}-{time.time_ns()}"),
-                                "--child-workers", str(args.workers)])]
+        methods[f"in place, {args.workers} workers"] = lambda i: [
+            spawn(
+                "inplace",
+                common,
+                [
+                    "--out",
+                    str(workdir / f"workers-{i}-{time.time_ns()}"),
+                    "--child-workers",
+                    str(args.workers),
+                ],
+            )
+        ]
     if not args.no_per_process:
-        methods["naive, process per value"] = lambda i: [spawn("naive", common, ["--value", str(v)])
-                                                         for v in _values()]
+        methods["naive, process per value"] = lambda i: [
+            spawn("naive", common, ["--value", str(v)]) for v in _values()
+        ]
     trials: dict[str, list[dict]] = {name: [] for name in methods}
     for i in range(args.repeat):  # round robin, so that drift in the machine's load hits every method
         for name, run_one in methods.items():
@@ -229,27 +275,38 @@ def main() -> None:
     base = runs["in place"]
     n = len(base["accuracy"])
     print(f"\n{n} values of l, SST-2 validation ({args.limit or 'all 436'} rows), MiniLM, LoRA a/b")
-    print("'evaluating' is the time inside evaluate_loaded; 'other' is the rest of the wall time\n"
-          "(interpreter start-up, imports, loading, composing, writing), both measured in the child.\n")
+    print(
+        "'evaluating' is the time inside evaluate_loaded; 'other' is the rest of the wall time\n"
+        "(interpreter start-up, imports, loading, composing, writing), both measured in the child.\n"
+    )
     print(f"median of {args.repeat} trials per method (wall s of every trial in --json)\n")
-    print(f"{'method':<26}{'wall s':>8}{'CPU s':>8}{'evaluating s':>14}{'other s':>9}"
-          f"{'wall ratio':>12}{'other ratio':>13}")
+    print(
+        f"{'method':<26}{'wall s':>8}{'CPU s':>8}{'evaluating s':>14}{'other s':>9}"
+        f"{'wall ratio':>12}{'other ratio':>13}"
+    )
     for name, r in runs.items():
         r["other_s"] = r["wall_s"] - r["eval_s"]
-        print(f"{name:<26}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['eval_s']:>14.1f}{r['other_s']:>9.1f}"
-              f"{r['wall_s'] / base['wall_s']:>11.2f}x{r['other_s'] / base['other_s']:>12.1f}x")
+        print(
+            f"{name:<26}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}{r['eval_s']:>14.1f}{r['other_s']:>9.1f}"
+            f"{r['wall_s'] / base['wall_s']:>11.2f}x{r['other_s'] / base['other_s']:>12.1f}x"
+        )
     if args.workers > 1:
         print(f"(in place, {args.workers} workers: 'evaluating' is the first worker's share only)")
     naive = runs["naive, one process"]
     if "load_s" in naive:
-        print(f"\nnaive, one process, per value: compose + save {naive['compose_save_s'] / n:.2f} s, "
-              f"load base + adapter {naive['load_s'] / n:.2f} s")
+        print(
+            f"\nnaive, one process, per value: compose + save {naive['compose_save_s'] / n:.2f} s, "
+            f"load base + adapter {naive['load_s'] / n:.2f} s"
+        )
     writes = [float(line.split("(write ")[1].split(" s")[0]) for line in base["log"] if "(write " in line]
     if writes:
-        print(f"in place, per value: write the composition {sorted(writes)[len(writes) // 2]:.3f} s "
-              f"(median; the first value's {writes[0]:.2f} s includes loading MiniLM)")
-    agree = all(abs(r["accuracy"][k] - base["accuracy"][k]) < 1e-9
-                for r in runs.values() for k in base["accuracy"])
+        print(
+            f"in place, per value: write the composition {sorted(writes)[len(writes) // 2]:.3f} s "
+            f"(median; the first value's {writes[0]:.2f} s includes loading MiniLM)"
+        )
+    agree = all(
+        abs(r["accuracy"][k] - base["accuracy"][k]) < 1e-9 for r in runs.values() for k in base["accuracy"]
+    )
     print("accuracies agree across methods:", agree)
     print("l:         " + " ".join(f"{k:>6}" for k in base["accuracy"]))
     for name, r in runs.items():

@@ -4,6 +4,7 @@ the page. New runs flag them as they run; this is for results computed before th
 
     PEMARITH_DATA_DIR=../shared/data python scripts/annotate_one_class.py distribution-generalisation
 """
+
 import json
 import sys
 from pathlib import Path
@@ -22,12 +23,19 @@ for name in sys.argv[1:]:
     for c in res["cells"]:
         t = c["task"]
         if t not in shares:
-            shares[t] = class_shares([r["label"] for r in load_split(t, "test", seed=0)[:limit]]) \
-                if get_task(t).kind == "classification" else []
+            shares[t] = (
+                class_shares([r["label"] for r in load_split(t, "test", seed=0)[:limit]])
+                if get_task(t).kind == "classification"
+                else []
+            )
         # the stored test scores hold only the cell's metric: rebuild the mapping one_class reads
         test = c["scores"]["test"]
-        flagged = [n for n in ("s0", "s1") if test.get(n) is not None
-                   and one_class({c["metric"]: test[n]}, shares[t] if c["metric"] == "accuracy" else ())]
+        flagged = [
+            n
+            for n in ("s0", "s1")
+            if test.get(n) is not None
+            and one_class({c["metric"]: test[n]}, shares[t] if c["metric"] == "accuracy" else ())
+        ]
         old = c.get("one_class") or []
         new = sorted(set(old) | set(flagged))
         if new != old:

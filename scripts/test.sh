@@ -8,8 +8,9 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PEMARITH_DATA_DIR=${PEMARITH_DATA_DIR:-$(cd .. && pwd)/shared/data}
-# the habits that keep the house as it is: lint (pyproject's [tool.ruff.lint]) and a type check of
-# the model-free core ([tool.mypy]); then the tests
+# the habits that keep the house as it is: lint and format (pyproject's [tool.ruff.lint] and
+# [tool.ruff.format]) and a type check of the model-free core ([tool.mypy]); then the tests
 ruff check src tests benchmarks scripts experiments
+ruff format --check src tests benchmarks scripts experiments
 mypy
 python -m pytest -m "not slow or ci" "$@"

@@ -23,8 +23,9 @@ def _tiny_model(d: int = 8, h: int = 12):
     return TinyNet()
 
 
-def make_lora(path: Path, seed: int, r: int = 4, lora_alpha: int = 8,
-              targets: Sequence[str] = ("q_proj", "v_proj")) -> Path:
+def make_lora(
+    path: Path, seed: int, r: int = 4, lora_alpha: int = 8, targets: Sequence[str] = ("q_proj", "v_proj")
+) -> Path:
     """Save a LoRA adapter with random, non-zero A and B to ``path``."""
     import torch
     from peft import LoraConfig, get_peft_model

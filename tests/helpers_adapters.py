@@ -45,13 +45,28 @@ def _randomize(model: nn.Module, seed: int, names: tuple[str, ...]) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if "ia3" in n else 0.0))
 
 
-def make_lora(path: Path, seed: int, r: int = 4, alpha: float = 8, rslora: bool = False,
-              targets: tuple[str, ...] = ("emb", "lin0", "lin1"), heads: tuple[str, ...] = (),
-              dtype: torch.dtype | None = None, **extra) -> Path:
+def make_lora(
+    path: Path,
+    seed: int,
+    r: int = 4,
+    alpha: float = 8,
+    rslora: bool = False,
+    targets: tuple[str, ...] = ("emb", "lin0", "lin1"),
+    heads: tuple[str, ...] = (),
+    dtype: torch.dtype | None = None,
+    **extra,
+) -> Path:
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=list(targets),
-                     modules_to_save=list(heads) or None, init_lora_weights=False, **extra)
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        use_rslora=rslora,
+        target_modules=list(targets),
+        modules_to_save=list(heads) or None,
+        init_lora_weights=False,
+        **extra,
+    )
     pm = get_peft_model(TinyModel(), cfg)
     _randomize(pm, seed, ("lora_", "modules_to_save"))
     if dtype is not None:
@@ -60,12 +75,22 @@ def make_lora(path: Path, seed: int, r: int = 4, alpha: float = 8, rslora: bool 
     return path
 
 
-def make_ia3(path: Path, seed: int, targets: tuple[str, ...] = ("lin0", "lin1"),
-             feedforward: tuple[str, ...] = ("lin1",), heads: tuple[str, ...] = (), **extra) -> Path:
+def make_ia3(
+    path: Path,
+    seed: int,
+    targets: tuple[str, ...] = ("lin0", "lin1"),
+    feedforward: tuple[str, ...] = ("lin1",),
+    heads: tuple[str, ...] = (),
+    **extra,
+) -> Path:
     from peft import IA3Config, get_peft_model
 
-    cfg = IA3Config(target_modules=list(targets), feedforward_modules=list(feedforward),
-                    modules_to_save=list(heads) or None, **extra)
+    cfg = IA3Config(
+        target_modules=list(targets),
+        feedforward_modules=list(feedforward),
+        modules_to_save=list(heads) or None,
+        **extra,
+    )
     pm = get_peft_model(TinyModel(), cfg)
     _randomize(pm, seed, ("ia3_l", "modules_to_save"))
     pm.save_pretrained(str(path))
@@ -89,11 +114,16 @@ def lora_factors(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     t = tensors(path)
     out = {}
     for k, v in t.items():
-        for a_suffix, b_suffix in ((".lora_A.weight", ".lora_B.weight"), (".lora_embedding_A", ".lora_embedding_B")):
+        for a_suffix, b_suffix in (
+            (".lora_A.weight", ".lora_B.weight"),
+            (".lora_embedding_A", ".lora_embedding_B"),
+        ):
             if k.endswith(a_suffix):
                 layer = k[: -len(a_suffix)]
                 out[layer.removeprefix("base_model.model.")] = (
-                    t[layer + b_suffix].astype(np.float64), v.astype(np.float64))
+                    t[layer + b_suffix].astype(np.float64),
+                    v.astype(np.float64),
+                )
     return out
 
 
@@ -104,18 +134,28 @@ def lora_deltas(path: Path) -> dict[str, np.ndarray]:
 
 
 def ia3_vectors(path: Path) -> dict[str, np.ndarray]:
-    return {k.removeprefix("base_model.model.").removesuffix(".ia3_l"): v.astype(np.float64)
-            for k, v in tensors(path).items() if k.endswith(".ia3_l")}
+    return {
+        k.removeprefix("base_model.model.").removesuffix(".ia3_l"): v.astype(np.float64)
+        for k, v in tensors(path).items()
+        if k.endswith(".ia3_l")
+    }
 
 
 def heads(path: Path) -> dict[str, np.ndarray]:
-    return {k.removeprefix("base_model.model."): v for k, v in tensors(path).items()
-            if "lora_" not in k and "ia3_" not in k}
+    return {
+        k.removeprefix("base_model.model."): v
+        for k, v in tensors(path).items()
+        if "lora_" not in k and "ia3_" not in k
+    }
 
 
-def by_hand(x: torch.Tensor, deltas: dict[str, np.ndarray] | None = None,
-            ia3: dict[str, np.ndarray] | None = None, head: dict[str, np.ndarray] | None = None,
-            feedforward: tuple[str, ...] = ("lin1",)) -> torch.Tensor:
+def by_hand(
+    x: torch.Tensor,
+    deltas: dict[str, np.ndarray] | None = None,
+    ia3: dict[str, np.ndarray] | None = None,
+    head: dict[str, np.ndarray] | None = None,
+    feedforward: tuple[str, ...] = ("lin1",),
+) -> torch.Tensor:
     """The tiny model's forward pass with ``W + Delta W`` (LoRA; the embedding's update is the
     transpose of ``B A``), (IA)3 vectors ``l`` (output scaling, or input scaling on feedforward
     layers), and replaced head weights, all in float64."""

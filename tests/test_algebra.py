@@ -68,9 +68,19 @@ def test_pem_is_immutable(ab):
         a.terms["a"] = 2.0
 
 
-@pytest.mark.parametrize("op", [lambda a, b: a * b, lambda a, b: a / b, lambda a, b: 2 / a,
-                                lambda a, b: a + 1, lambda a, b: 1 - a, lambda a, b: a * "x",
-                                lambda a, b: a * float("nan"), lambda a, b: a / 0])
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda a, b: a * b,
+        lambda a, b: a / b,
+        lambda a, b: 2 / a,
+        lambda a, b: a + 1,
+        lambda a, b: 1 - a,
+        lambda a, b: a * "x",
+        lambda a, b: a * float("nan"),
+        lambda a, b: a / 0,
+    ],
+)
 def test_nonlinear_operations_are_errors(ab, op):
     with pytest.raises(ModuleAlgebraError) as e:
         op(*ab)
@@ -94,13 +104,16 @@ def test_compose_uses_expression_and_remembers_mode(adapters, tmp_path):
     rep = pem.save(tmp_path / "out")
     assert rep.mode == "exact" and config(tmp_path / "out")["r"] == 8
     # PEM values are used as they are
-    both = pemarith.compose("2*x", {"x": pemarith.load(adapters["a"], "a") - pemarith.load(adapters["b"], "b")})
+    both = pemarith.compose(
+        "2*x", {"x": pemarith.load(adapters["a"], "a") - pemarith.load(adapters["b"], "b")}
+    )
     assert dict(both.terms) == {"a": 2.0, "b": -2.0}
 
 
 # ---- LoRA exact: linear in the updates ----------------------------------------------------------
-@pytest.mark.parametrize("names,coefs", [(("a", "b"), (0.3, 0.7)), (("a", "c8", "d2"), (1.5, -0.5, 2.0)),
-                                         (("b",), (-1.0,))])
+@pytest.mark.parametrize(
+    "names,coefs", [(("a", "b"), (0.3, 0.7)), (("a", "c8", "d2"), (1.5, -0.5, 2.0)), (("b",), (-1.0,))]
+)
 def test_exact_is_linear_in_updates(adapters, tmp_path, names, coefs):
     pem = sum(c * pemarith.load(adapters[n], n) for n, c in zip(names, coefs))
     out = _save(pem, tmp_path, "out", mode="exact")
@@ -114,8 +127,10 @@ def test_exact_a_minus_a_is_zero_and_commutes(ab, tmp_path, adapters):
     a, b = ab
     zero = lora_deltas(_save(a - a, tmp_path, "zero", mode="exact"))
     assert all(np.abs(d).max() == 0 for d in zero.values())
-    _close(lora_deltas(_save(a + 2 * b, tmp_path, "ab", mode="exact")),
-           lora_deltas(_save(2 * b + a, tmp_path, "ba", mode="exact")))
+    _close(
+        lora_deltas(_save(a + 2 * b, tmp_path, "ab", mode="exact")),
+        lora_deltas(_save(2 * b + a, tmp_path, "ba", mode="exact")),
+    )
     _close(lora_deltas(_save(-(-a), tmp_path, "nn", mode="exact")), lora_deltas(adapters["a"]))
 
 
@@ -152,7 +167,10 @@ def test_factorwise_negation_scale_and_a_minus_a(adapters, tmp_path):
 
 def test_factorwise_commutes(ab, tmp_path):
     a, b = ab  # s_out is the first module's scaling, so the stored B differ; the updates agree
-    _close(lora_deltas(_save(0.2 * a + 0.8 * b, tmp_path, "x")), lora_deltas(_save(0.8 * b + 0.2 * a, tmp_path, "y")))
+    _close(
+        lora_deltas(_save(0.2 * a + 0.8 * b, tmp_path, "x")),
+        lora_deltas(_save(0.8 * b + 0.2 * a, tmp_path, "y")),
+    )
 
 
 # ---- (IA)3 -------------------------------------------------------------------------------------
@@ -181,7 +199,9 @@ def test_iter_tensors_and_output_config(adapters):
     assert (a + a).output_config() == config(adapters["a"])
 
 
-@pytest.mark.parametrize("names,dtype", [(("a", "c8"), None), (("bf_a", "bf_b"), None), (("a", "c8"), "bfloat16")])
+@pytest.mark.parametrize(
+    "names,dtype", [(("a", "c8"), None), (("bf_a", "bf_b"), None), (("a", "c8"), "bfloat16")]
+)
 def test_iter_tensors_equals_the_saved_file_layer_for_layer(adapters, tmp_path, names, dtype):
     # exact mode builds each layer in buffers reused from layer to layer: what iter_tensors
     # yielded must stay what it was (layers of equal shapes would otherwise show the last one)
@@ -189,9 +209,12 @@ def test_iter_tensors_equals_the_saved_file_layer_for_layer(adapters, tmp_path, 
     got = dict(pem.iter_tensors(mode="exact", dtype=dtype))
     pem.save(tmp_path / "out", mode="exact", dtype=dtype)
     from safetensors import safe_open
+
     with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as f:
         saved = {k: f.get_tensor(k).float().numpy() for k in f.keys()}
     assert set(got) == set(saved)
     for k in saved:
         np.testing.assert_array_equal(got[k], saved[k], err_msg=k)
-    assert not np.array_equal(got["base_model.model.lin0.lora_A.weight"], got["base_model.model.lin1.lora_A.weight"])
+    assert not np.array_equal(
+        got["base_model.model.lin0.lora_A.weight"], got["base_model.model.lin1.lora_A.weight"]
+    )

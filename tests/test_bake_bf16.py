@@ -47,8 +47,12 @@ def test_half_precision_base(tmp_path, monkeypatch, dtype, make, block):
             d = lora_deltas(adapter)[layer]
             want = w + (d.T if layer == "emb" else d)
         else:
-            want = (pemarith.load(adapter, "a").adapters["a"].tensor(
-                f"base_model.model.{key.removesuffix('.weight').removesuffix('.bias')}.ia3_l").astype(np.float64))
+            want = (
+                pemarith.load(adapter, "a")
+                .adapters["a"]
+                .tensor(f"base_model.model.{key.removesuffix('.weight').removesuffix('.bias')}.ia3_l")
+                .astype(np.float64)
+            )
             want = w * (want.reshape(-1) if key.endswith(".bias") else want)
         want = want.astype(npdt)
         ulps = np.abs(got.view(np.int16).astype(np.int32) - want.view(np.int16).astype(np.int32))

@@ -32,7 +32,10 @@ def test_a_short_name_and_its_hub_id_compose(copy_adapter, tmp_path):
     a = _rebase(copy_adapter("a"), "minilm")  # as pemarith recorded it before
     b = _rebase(copy_adapter("b"), HUB_IDS["minilm"])  # as it records it now
     report = pemarith.compose("0.5*a + 0.5*b", {"a": a, "b": b}).save(tmp_path / "ab")
-    assert json.loads((Path(report.path) / "adapter_config.json").read_text())["base_model_name_or_path"] == "minilm"
+    assert (
+        json.loads((Path(report.path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "minilm"
+    )
 
 
 def test_different_bases_are_refused_unless_named(copy_adapter, tmp_path, capsys):
@@ -40,13 +43,30 @@ def test_different_bases_are_refused_unless_named(copy_adapter, tmp_path, capsys
 
     a = _rebase(copy_adapter("a"), "/home/me/models/minilm")
     b = _rebase(copy_adapter("b"), "org/other-model")
-    with pytest.raises(CompatibilityError, match=r"different base model.*pass base_model=NAME \(--base-model NAME\)"):
+    with pytest.raises(
+        CompatibilityError, match=r"different base model.*pass base_model=NAME \(--base-model NAME\)"
+    ):
         pemarith.compose("a + b", {"a": a, "b": b})
     with pytest.raises(SystemExit):
         main(["compose", "-m", f"a={a}", "-m", f"b={b}", "-o", str(tmp_path / "refused"), "a + b"])
     assert "--base-model" in capsys.readouterr().err and not (tmp_path / "refused").exists()
-    assert main(["compose", "-m", f"a={a}", "-m", f"b={b}", "--base-model", HUB_IDS["minilm"],
-                 "-o", str(tmp_path / "ab"), "a + b"]) == 0
+    assert (
+        main(
+            [
+                "compose",
+                "-m",
+                f"a={a}",
+                "-m",
+                f"b={b}",
+                "--base-model",
+                HUB_IDS["minilm"],
+                "-o",
+                str(tmp_path / "ab"),
+                "a + b",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((tmp_path / "ab" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == HUB_IDS["minilm"]
     # the override survives the algebra on the composed PEM

@@ -21,8 +21,9 @@ WEIGHTS = "adapter_model.safetensors"
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pemarith.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pemarith.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -55,9 +56,13 @@ def lora_deltas(path: Path) -> dict[str, np.ndarray]:
     config = json.loads((path / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     tensors = load_file(str(path / WEIGHTS))
-    return {key.removesuffix(".lora_A.weight"): scale * tensors[key.replace("lora_A", "lora_B")]
-            .astype(np.float64) @ tensors[key].astype(np.float64)
-            for key in tensors if key.endswith("lora_A.weight")}
+    return {
+        key.removesuffix(".lora_A.weight"): scale
+        * tensors[key.replace("lora_A", "lora_B")].astype(np.float64)
+        @ tensors[key].astype(np.float64)
+        for key in tensors
+        if key.endswith("lora_A.weight")
+    }
 
 
 # ----------------------------------------------------------------------------- compose
@@ -77,8 +82,18 @@ def test_expression_first_or_last(adapters, tmp_path, first):
 
 
 def test_unquoted_expression_tokens_are_joined(adapters, tmp_path):
-    proc = run("compose", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
-               "-o", str(tmp_path / "out"), "0.5*a", "+", "0.5*b")
+    proc = run(
+        "compose",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "-o",
+        str(tmp_path / "out"),
+        "0.5*a",
+        "+",
+        "0.5*b",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "0.5*a + 0.5*b" in proc.stdout
 
@@ -101,8 +116,19 @@ def test_leading_minus_without_double_dash_explains(adapters, tmp_path):
 
 
 def test_set_binds_free_variables(adapters, tmp_path):
-    proc = run("compose", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
-               "-o", str(tmp_path / "out"), "--set", "l=0.25", "--json", "l*a + (1-l)*b")
+    proc = run(
+        "compose",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "-o",
+        str(tmp_path / "out"),
+        "--set",
+        "l=0.25",
+        "--json",
+        "l*a + (1-l)*b",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["terms"] == {"a": 0.25, "b": 0.75}
@@ -112,8 +138,18 @@ def test_set_binds_free_variables(adapters, tmp_path):
 
 def test_exact_is_the_sum_of_weight_updates(adapters, tmp_path):
     out = tmp_path / "exact"
-    proc = run("compose", "-m", f"a={adapters['a']}", "-m", f"r2={adapters['r2']}",
-               "-o", str(out), "--mode", "exact", "a - 0.5*r2")
+    proc = run(
+        "compose",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"r2={adapters['r2']}",
+        "-o",
+        str(out),
+        "--mode",
+        "exact",
+        "a - 0.5*r2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "exact" in proc.stdout
     got, da, db = lora_deltas(out), lora_deltas(adapters["a"]), lora_deltas(adapters["r2"])
@@ -124,8 +160,21 @@ def test_exact_is_the_sum_of_weight_updates(adapters, tmp_path):
 
 def test_exact_rank_reports_svd_error(adapters, tmp_path):
     out = tmp_path / "svd"
-    proc = run("compose", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
-               "-o", str(out), "--mode", "exact", "--rank", "3", "--json", "a + b")
+    proc = run(
+        "compose",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "-o",
+        str(out),
+        "--mode",
+        "exact",
+        "--rank",
+        "3",
+        "--json",
+        "a + b",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["rank"] == 3
@@ -133,8 +182,20 @@ def test_exact_rank_reports_svd_error(adapters, tmp_path):
     assert report["mean_layer_error"] <= report["max_layer_error"]
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 3
 
-    text = run("compose", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
-               "-o", str(tmp_path / "svd2"), "--mode", "exact", "--rank", "3", "a + b")
+    text = run(
+        "compose",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "-o",
+        str(tmp_path / "svd2"),
+        "--mode",
+        "exact",
+        "--rank",
+        "3",
+        "a + b",
+    )
     assert text.returncode == 0, text.stderr
     assert "max" in text.stdout and "mean" in text.stdout
 
@@ -154,12 +215,14 @@ def test_force_replaces_an_earlier_output_only(adapters, tmp_path):
 
 
 def test_console_script(adapters, tmp_path):
-    script = shutil.which("pemarith", path=os.path.dirname(sys.executable)) or shutil.which(
-        "pemarith")
+    script = shutil.which("pemarith", path=os.path.dirname(sys.executable)) or shutil.which("pemarith")
     if script is None:
         pytest.skip("the pemarith console script is not installed (pip install -e .)")
-    proc = subprocess.run([script, "compose", "-m", f"a={adapters['a']}", "-o",
-                           str(tmp_path / "o"), "2*a"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [script, "compose", "-m", f"a={adapters['a']}", "-o", str(tmp_path / "o"), "2*a"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     version = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("pemarith ")
@@ -188,8 +251,16 @@ def test_unknown_name_with_directory_suggests_m(adapters, tmp_path):
 
 
 def test_unknown_variable_did_you_mean(adapters, tmp_path):
-    line = _compose_error(tmp_path, "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
-                          "--set", "lam=0.3", "lamb*a + (1-lam)*b")
+    line = _compose_error(
+        tmp_path,
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "--set",
+        "lam=0.3",
+        "lamb*a + (1-lam)*b",
+    )
     assert "did you mean 'lam'" in line
 
 
@@ -223,14 +294,14 @@ def test_output_over_an_input_is_refused(adapters, tmp_path):
 
 
 def test_mismatched_targets(adapters, tmp_path):
-    line = _compose_error(tmp_path, "-m", f"a={adapters['a']}", "-m",
-                          f"q={adapters['qonly']}", "--mode", "exact", "a + q")
+    line = _compose_error(
+        tmp_path, "-m", f"a={adapters['a']}", "-m", f"q={adapters['qonly']}", "--mode", "exact", "a + q"
+    )
     assert "v_proj" in line or "target" in line
 
 
 def test_mismatched_rank_factorwise(adapters, tmp_path):
-    line = _compose_error(tmp_path, "-m", f"a={adapters['a']}", "-m", f"r2={adapters['r2']}",
-                          "a + r2")
+    line = _compose_error(tmp_path, "-m", f"a={adapters['a']}", "-m", f"r2={adapters['r2']}", "a + r2")
     assert "'a'" in line and "'r2'" in line
 
 
@@ -255,14 +326,17 @@ def test_truncated_weights(adapters, tmp_path):
     _compose_error(tmp_path, "-m", f"a={bad}", "a")
 
 
-@pytest.mark.parametrize("extra", [
-    ["--rank", "2"],                    # --rank needs --mode exact
-    ["--rank", "0", "--mode", "exact"],
-    ["--set", "l=abc"],
-    ["--set", "noequals"],
-    ["--mode", "svd"],
-    ["--dtype", "int8"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--rank", "2"],  # --rank needs --mode exact
+        ["--rank", "0", "--mode", "exact"],
+        ["--set", "l=abc"],
+        ["--set", "noequals"],
+        ["--mode", "svd"],
+        ["--dtype", "int8"],
+    ],
+)
 def test_bad_options(adapters, tmp_path, extra):
     _compose_error(tmp_path, "-m", f"a={adapters['a']}", *extra, "a")
 
@@ -331,8 +405,7 @@ def _imports_after(argv: list[str], watch: tuple[str, ...] = HEAVY) -> list[str]
         assert status in (0, None), status
         print("HEAVY:" + ",".join(m for m in {watch!r} if m in sys.modules))
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if x.startswith("HEAVY:"))
     return [m for m in line.removeprefix("HEAVY:").split(",") if m]
@@ -344,8 +417,25 @@ def test_compose_help_imports_no_torch():
 
 def test_compose_and_inspect_import_no_torch(adapters, tmp_path):
     out = str(tmp_path / "o")
-    assert _imports_after(["compose", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}",
-                           "-o", out, "--mode", "exact", "--rank", "2", "a - b"]) == []
+    assert (
+        _imports_after(
+            [
+                "compose",
+                "-m",
+                f"a={adapters['a']}",
+                "-m",
+                f"b={adapters['b']}",
+                "-o",
+                out,
+                "--mode",
+                "exact",
+                "--rank",
+                "2",
+                "a - b",
+            ]
+        )
+        == []
+    )
     assert _imports_after(["inspect", str(adapters["a"])]) == []
 
 
@@ -353,7 +443,8 @@ def test_a_named_command_registers_only_itself(adapters, capsys):
     # start-up: `pemarith inspect` imports no other subcommand's module (issue 21) ...
     others = tuple(f"pemarith.cli.{m}" for m in COMMANDS.values() if m not in ("inspect", "show"))
     assert _imports_after(["inspect", str(adapters["a"])], others + ("pemarith.cli.inspect",)) == [
-        "pemarith.cli.inspect"]
+        "pemarith.cli.inspect"
+    ]
     # ... while the help and an unknown command still list every subcommand
     with pytest.raises(SystemExit):
         main(["nope"])
@@ -387,8 +478,9 @@ def test_a_missing_hf_extra_is_one_line_with_the_fix(monkeypatch, capsys, tmp_pa
     from pemarith import cli
 
     for name in list(sys.modules):
-        if name.split(".")[0] == missing or name.startswith(("pemarith.hf.train", "pemarith.hf.models",
-                                                            "pemarith.hf.demo", "pemarith.hf.evaluate")):
+        if name.split(".")[0] == missing or name.startswith(
+            ("pemarith.hf.train", "pemarith.hf.models", "pemarith.hf.demo", "pemarith.hf.evaluate")
+        ):
             monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(sys, "meta_path", [_Refuse(missing), *sys.meta_path])
     parser = cli.build_parser([])
@@ -406,6 +498,7 @@ def test_lone_scale_factorwise_note(adapters, tmp_path):
     proc = run("compose", "-m", f"a={adapters['a']}", "-o", str(tmp_path / "f"), "--", "-0.5*a")
     assert proc.returncode == 0, proc.stderr
     assert "c*|c| = -0.25" in proc.stderr and "--mode exact" in proc.stderr
-    exact = run("compose", "-m", f"a={adapters['a']}", "-o", str(tmp_path / "e"), "--mode",
-                "exact", "--", "-0.5*a")
+    exact = run(
+        "compose", "-m", f"a={adapters['a']}", "-o", str(tmp_path / "e"), "--mode", "exact", "--", "-0.5*a"
+    )
     assert exact.returncode == 0 and exact.stderr == ""

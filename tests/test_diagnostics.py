@@ -35,8 +35,11 @@ def mods(tmp_path_factory) -> dict[str, Path]:
     shared = root / "shared"
     shutil.copytree(out["a"], shared)
     ta, tb = tensors(out["a"]), tensors(out["b"])
-    save_file({k: (tb[k] if "_B" in k else ta[k]) for k in ta}, str(shared / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: (tb[k] if "_B" in k else ta[k]) for k in ta},
+        str(shared / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     out["shared"] = shared
     return out
 
@@ -59,7 +62,8 @@ def test_gram_and_cosines_are_those_of_the_dense_updates(mods):
         want = np.array([[np.sum(dense[i][key] * dense[j][key]) for j in names] for i in names])
         np.testing.assert_allclose(G, want, rtol=1e-9, atol=1e-12)
         assert d.pair_cosines("a", "r8")[layer] == pytest.approx(
-            cos(dense["a"][key].ravel(), dense["r8"][key].ravel()), abs=1e-12)
+            cos(dense["a"][key].ravel(), dense["r8"][key].ravel()), abs=1e-12
+        )
     whole = d.cosine()
     for i, x in enumerate(names):
         assert d.norms()[x] == pytest.approx(np.linalg.norm(flat(dense[x])), rel=1e-12)
@@ -130,16 +134,34 @@ def test_mismatched_modules_are_refused(mods):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pemarith.cli", "diagnose", *args], check=False,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pemarith.cli", "diagnose", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_json_is_the_library_result(mods):
-    proc = cli("-m", f"a={mods['a']}", "-m", f"b={mods['b']}", "-m", f"c={mods['r8']}",
-               "--set", "l=0.3", "--json", "l*a + (1-l)*b")
+    proc = cli(
+        "-m",
+        f"a={mods['a']}",
+        "-m",
+        f"b={mods['b']}",
+        "-m",
+        f"c={mods['r8']}",
+        "--set",
+        "l=0.3",
+        "--json",
+        "l*a + (1-l)*b",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    d = diagnose(pemarith.compose("0.3*a + 0.7*b", {"a": mods["a"], "b": mods["b"]}) + 0 * pemarith.load(mods["r8"], "c"))
+    d = diagnose(
+        pemarith.compose("0.3*a + 0.7*b", {"a": mods["a"], "b": mods["b"]})
+        + 0 * pemarith.load(mods["r8"], "c")
+    )
     assert out["expression"] == "0.3*a + 0.7*b"
     assert out["coefficients"] == {"a": 0.3, "b": 0.7, "c": 0.0}  # c is compared, not composed
     assert out["cosine"]["a"]["c"] == pytest.approx(float(d.cosine()[0, 2]))
@@ -165,13 +187,16 @@ def test_cli_text(mods):
     assert f"a {d.norms()['a']:.4g}" in text
 
 
-@pytest.mark.parametrize("args, needle", [
-    ((), "no modules"),
-    (("-m", "a=LORA_DIR", "--set", "l=1"), "no expression"),
-    (("-m", "a=LORA_DIR", "-m", "i=IA_DIR"), "PEFT type"),
-    (("-m", "a=LORA_DIR", "a + x"), "unknown name 'x'"),
-    (("-m", "a=/nonexistent/dir"), "/nonexistent/dir"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ((), "no modules"),
+        (("-m", "a=LORA_DIR", "--set", "l=1"), "no expression"),
+        (("-m", "a=LORA_DIR", "-m", "i=IA_DIR"), "PEFT type"),
+        (("-m", "a=LORA_DIR", "a + x"), "unknown name 'x'"),
+        (("-m", "a=/nonexistent/dir"), "/nonexistent/dir"),
+    ],
+)
 def test_cli_errors_are_one_line(mods, args, needle):
     args = tuple(x.replace("LORA_DIR", str(mods["a"])).replace("IA_DIR", str(mods["ia"])) for x in args)
     proc = cli(*args)
@@ -181,10 +206,14 @@ def test_cli_errors_are_one_line(mods, args, needle):
 
 
 def test_cli_imports_no_torch(mods):
-    code = ("import sys; from pemarith.cli import main; "
-            f"main(['diagnose', '-m', 'a={mods['a']}', '-m', 'b={mods['b']}', 'a - b']); "
-            "print('HEAVY', [m for m in ('torch', 'transformers', 'peft') if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from pemarith.cli import main; "
+        f"main(['diagnose', '-m', 'a={mods['a']}', '-m', 'b={mods['b']}', 'a - b']); "
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'peft') if m in sys.modules])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
 
@@ -252,7 +281,11 @@ def test_shorten_layer_names():
     from pemarith.signs import shorten
 
     names = [f"base_model.model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")]
-    assert list(shorten(names).values()) == ["0.self_attn.q_proj", "0.self_attn.v_proj",
-                                             "1.self_attn.q_proj", "1.self_attn.v_proj"]
+    assert list(shorten(names).values()) == [
+        "0.self_attn.q_proj",
+        "0.self_attn.v_proj",
+        "1.self_attn.q_proj",
+        "1.self_attn.v_proj",
+    ]
     assert shorten(["x.a.q", "x.b.q"]) == {"x.a.q": "a", "x.b.q": "b"}
     assert shorten(["only"]) == {"only": "only"}

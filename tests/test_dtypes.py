@@ -31,9 +31,28 @@ def test_bf16_to_f32_on_all_65536_patterns():
 
 def _f32_edge_patterns() -> np.ndarray:
     rng = np.random.default_rng(0)
-    special = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x00000001,
-               0x007FFFFF, 0x00800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x3F808000, 0x3F818000,
-               0x3F80FFFF, 0x3F807FFF, 0x00008000, 0x00018000]
+    special = [
+        0,
+        0x80000000,
+        0x7F800000,
+        0xFF800000,
+        0x7FC00000,
+        0xFFC00001,
+        0x7F800001,
+        0x00000001,
+        0x007FFFFF,
+        0x00800000,
+        0x7F7FFFFF,
+        0xFF7FFFFF,
+        0x7F7F8000,
+        0x7F7F7FFF,
+        0x3F808000,
+        0x3F818000,
+        0x3F80FFFF,
+        0x3F807FFF,
+        0x00008000,
+        0x00018000,
+    ]
     ties = (np.arange(1 << 16, dtype=np.uint32) << 16) | np.uint32(0x8000)  # every exact tie
     near = ties + rng.integers(-2, 3, ties.size).astype(np.uint32)
     random = rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)
@@ -75,12 +94,16 @@ def test_finite_bytes_finds_a_late_non_finite_bfloat16(bad):
 
 def test_f64_to_bf16_rounds_once_like_ml_dtypes():
     rng = np.random.default_rng(1)
-    x = np.concatenate([rng.standard_normal(200_000) * 10.0 ** rng.integers(-45, 39, 200_000),
-                        # halfway between two bfloat16 values, plus or minus a float64 ulp: where
-                        # rounding to float32 first would round twice
-                        (np.arange(1, 5000) * 2.0 ** -8 + 2.0 ** -9) * (1 + 2.0 ** -40),
-                        (np.arange(1, 5000) * 2.0 ** -8 + 2.0 ** -9) * (1 - 2.0 ** -40),
-                        [1e39, -1e39, 3.4e38, 1e-46, -1e-50, 0.0, -0.0]])
+    x = np.concatenate(
+        [
+            rng.standard_normal(200_000) * 10.0 ** rng.integers(-45, 39, 200_000),
+            # halfway between two bfloat16 values, plus or minus a float64 ulp: where
+            # rounding to float32 first would round twice
+            (np.arange(1, 5000) * 2.0**-8 + 2.0**-9) * (1 + 2.0**-40),
+            (np.arange(1, 5000) * 2.0**-8 + 2.0**-9) * (1 - 2.0**-40),
+            [1e39, -1e39, 3.4e38, 1e-46, -1e-50, 0.0, -0.0],
+        ]
+    )
     ours = np.frombuffer(encode(x, "BF16"), dtype="<u2")
     with np.errstate(over="ignore"):
         theirs = x.astype(ml_dtypes.bfloat16).view(np.uint16)
@@ -107,17 +130,42 @@ def _round_to_odd_reference(x: np.ndarray) -> np.ndarray:
 
 def test_f64_to_f32_rounds_to_odd_by_its_definition():
     rng = np.random.default_rng(2)
-    x = np.concatenate([rng.standard_normal(20_000) * 10.0 ** rng.integers(-48, 40, 20_000),
-                        rng.standard_normal(2000).astype(np.float32).astype(np.float64),  # exact
-                        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e39, -1e39, 3.4028235e38, 3.4028236e38,
-                         1e-46, -1e-46, 1e-50, -1e-50, 1.4e-45, 2.0 ** -149 * 1.5, 1e300, -1e300,
-                         1 + 2.0 ** -30, -(1 + 2.0 ** -30), 2.0 ** -126 * (1 - 2.0 ** -30)]])
+    x = np.concatenate(
+        [
+            rng.standard_normal(20_000) * 10.0 ** rng.integers(-48, 40, 20_000),
+            rng.standard_normal(2000).astype(np.float32).astype(np.float64),  # exact
+            [
+                0.0,
+                -0.0,
+                np.inf,
+                -np.inf,
+                np.nan,
+                1e39,
+                -1e39,
+                3.4028235e38,
+                3.4028236e38,
+                1e-46,
+                -1e-46,
+                1e-50,
+                -1e-50,
+                1.4e-45,
+                2.0**-149 * 1.5,
+                1e300,
+                -1e300,
+                1 + 2.0**-30,
+                -(1 + 2.0**-30),
+                2.0**-126 * (1 - 2.0**-30),
+            ],
+        ]
+    )
     ours = f64_to_f32_odd(x)
     ref = _round_to_odd_reference(x)
     np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
     # any shape and layout; a scalar stays 0-d
     grid = x[: 3 * 4000].reshape(3, 4000)[:, ::2]
-    np.testing.assert_array_equal(f64_to_f32_odd(grid).view(np.uint32), ref[: 12000].reshape(3, 4000)[:, ::2].view(np.uint32))
+    np.testing.assert_array_equal(
+        f64_to_f32_odd(grid).view(np.uint32), ref[:12000].reshape(3, 4000)[:, ::2].view(np.uint32)
+    )
     assert f64_to_f32_odd(np.float64(1.5)).shape == () and f64_to_f32_odd(np.empty((0, 3))).shape == (0, 3)
 
 
@@ -131,9 +179,11 @@ def test_float16_and_round_trips():
 
 
 def test_the_core_never_imports_ml_dtypes(adapters, tmp_path):
-    code = (f"import sys, pemarith; p = pemarith.load({str(adapters['bf_a'])!r}, 'a') + "
-            f"pemarith.load({str(adapters['bf_b'])!r}, 'b'); p.save({str(tmp_path / 'out')!r}); "
-            f"(0.5 * pemarith.load({str(adapters['a'])!r})).save({str(tmp_path / 'o2')!r}); "
-            "print('ml_dtypes' in sys.modules)")
+    code = (
+        f"import sys, pemarith; p = pemarith.load({str(adapters['bf_a'])!r}, 'a') + "
+        f"pemarith.load({str(adapters['bf_b'])!r}, 'b'); p.save({str(tmp_path / 'out')!r}); "
+        f"(0.5 * pemarith.load({str(adapters['a'])!r})).save({str(tmp_path / 'o2')!r}); "
+        "print('ml_dtypes' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"

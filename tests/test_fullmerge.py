@@ -54,8 +54,10 @@ def test_live_weights_are_the_weighted_sum(checkpoints):
     for lam in (0.3, 1.0, -0.5):  # several values through one live model; a negative weight too
         session.load_terms({"a": lam, "b": 1 - lam})
         fresh = transformers.AutoModelForSequenceClassification.from_pretrained(checkpoints["a"])
-        fresh.load_state_dict({k: lam * sa[k] + (1 - lam) * sb[k] if sa[k].is_floating_point() else sa[k]
-                               for k in sa}, strict=False)
+        fresh.load_state_dict(
+            {k: lam * sa[k] + (1 - lam) * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa},
+            strict=False,
+        )
         fresh.eval()
         tok = transformers.AutoTokenizer.from_pretrained(checkpoints["a"])
         torch.testing.assert_close(_logits(session._live(), tok, texts), _logits(fresh, tok, texts))
@@ -66,16 +68,22 @@ def test_full_sweep_writes_results_and_resumes(checkpoints, tmp_path):
 
     session = FullSession(checkpoints, ["sst2"], data_dir=_data_dir(), limit=16)
     logs: list[str] = []
-    res = run_full_sweep(session, "l*a + (1-l)*b", tmp_path / "sw", grid="0,0.5,1", plot=False,
-                         log=logs.append)
+    res = run_full_sweep(
+        session, "l*a + (1-l)*b", tmp_path / "sw", grid="0,0.5,1", plot=False, log=logs.append
+    )
     assert res["evaluations"] == 3 and res["kind"] == "full"
     assert res["pick"]["l"] in (0.0, 0.5, 1.0) and "accuracy" in res["pick"]["test"]
     best = max(p["accuracy"] for p in res["validation"])
     assert res["pick"]["validation"]["accuracy"] == best
     assert json.loads((tmp_path / "sw" / "results.json").read_text())["pick"] == res["pick"]
-    again = run_full_sweep(FullSession(checkpoints, ["sst2"], data_dir=_data_dir(), limit=16),
-                           "l*a + (1-l)*b", tmp_path / "sw", grid="0,0.5,1", plot=False,
-                           log=logs.append)
+    again = run_full_sweep(
+        FullSession(checkpoints, ["sst2"], data_dir=_data_dir(), limit=16),
+        "l*a + (1-l)*b",
+        tmp_path / "sw",
+        grid="0,0.5,1",
+        plot=False,
+        log=logs.append,
+    )
     assert again["reused_from_cache"] == 4 and again["pick"] == res["pick"]  # 3 validation + 1 test
 
 

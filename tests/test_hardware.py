@@ -58,9 +58,31 @@ def test_sweep_in_bfloat16_records_its_dtype(tiny_bert_dir, tmp_path, capsys):  
 
     a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
     b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
-    argv = ["sweep", "l*a + (1-l)*b", "-m", f"a={a}", "-m", f"b={b}", "--model", str(tiny_bert_dir),
-            "--task", "sst2", "--grid", "0:1:0.5", "--limit", "16", "--data-dir", str(data),
-            "--no-refs", "--device", "cpu", "--dtype", "bfloat16", "-o", str(tmp_path / "out")]
+    argv = [
+        "sweep",
+        "l*a + (1-l)*b",
+        "-m",
+        f"a={a}",
+        "-m",
+        f"b={b}",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        "sst2",
+        "--grid",
+        "0:1:0.5",
+        "--limit",
+        "16",
+        "--data-dir",
+        str(data),
+        "--no-refs",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 0
     first = json.loads((tmp_path / "out" / "records.jsonl").read_text().splitlines()[0])
     assert first["fingerprint"]["dtype"] == "bfloat16"

@@ -21,17 +21,29 @@ transformers = pytest.importorskip("transformers")
 
 def tiny_bert(seed: int = 0) -> torch.nn.Module:
     """A 2-layer BERT classifier (3 labels); the same weights for the same seed."""
-    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=48,
-                                  max_position_embeddings=32, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
     torch.manual_seed(seed)
     return transformers.BertForSequenceClassification(cfg).eval()
 
 
 def tiny_llama(seed: int = 0) -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=32)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()
 
@@ -53,10 +65,13 @@ def make_adapter(path: Path, arch: str, kind: str, seed: int, r: int = 4, alpha:
     task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
     if kind == "lora":
         targets = ["query", "value"] if arch == "bert" else ["q_proj", "v_proj", "down_proj"]
-        cfg = peft.LoraConfig(task_type=task, r=r, lora_alpha=alpha, target_modules=targets,
-                              init_lora_weights=False)
+        cfg = peft.LoraConfig(
+            task_type=task, r=r, lora_alpha=alpha, target_modules=targets, init_lora_weights=False
+        )
     else:
-        targets = ["key", "value", "intermediate.dense"] if arch == "bert" else ["k_proj", "v_proj", "down_proj"]
+        targets = (
+            ["key", "value", "intermediate.dense"] if arch == "bert" else ["k_proj", "v_proj", "down_proj"]
+        )
         ff = ["intermediate.dense"] if arch == "bert" else ["down_proj"]
         cfg = peft.IA3Config(task_type=task, target_modules=targets, feedforward_modules=ff)
     model = peft.get_peft_model(BUILD[arch](), cfg)
@@ -124,10 +139,13 @@ def test_exact_rank_truncation_and_lower_rank_reference(mods, tmp_path):
     zero-padded, scaling folded)."""
     modules = {"a": mods[("bert", "lora", "a")], "b": mods[("bert", "lora", "r2")]}
     pem = pemarith.compose("0.4*a + 0.6*b", modules, mode="exact", rank=3)
-    live = LiveAdapter(tiny_bert(), pemarith.compose("0.4*a + 0.6*b", modules, mode="exact").output_config("exact", None))
+    live = LiveAdapter(
+        tiny_bert(), pemarith.compose("0.4*a + 0.6*b", modules, mode="exact").output_config("exact", None)
+    )
     live.load(pem, "exact", 3)
-    torch.testing.assert_close(logits(live.model), fresh_logits(pem, "bert", tmp_path / "svd", "exact", 3),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        logits(live.model), fresh_logits(pem, "bert", tmp_path / "svd", "exact", 3), atol=1e-5, rtol=1e-4
+    )
     alone = pemarith.load(modules["b"], "b")
     live.load(alone, "exact")
     expected = logits(peft.PeftModel.from_pretrained(tiny_bert(), str(modules["b"])).eval())
@@ -139,9 +157,12 @@ def test_factorwise_module_alone_and_base(mods):
     a, b = mods[("bert", "lora", "a")], mods[("bert", "lora", "b")]
     live = LiveAdapter(tiny_bert(), pemarith.compose("0.5*a + 0.5*b", {"a": a, "b": b}).output_config())
     live.load(pemarith.load(b, "b"))
-    torch.testing.assert_close(logits(live.model),
-                               logits(peft.PeftModel.from_pretrained(tiny_bert(), str(b)).eval()),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        logits(live.model),
+        logits(peft.PeftModel.from_pretrained(tiny_bert(), str(b)).eval()),
+        atol=1e-5,
+        rtol=1e-4,
+    )
     with live.base() as model:
         torch.testing.assert_close(logits(model), logits(tiny_bert()), atol=1e-6, rtol=1e-5)
 
@@ -174,8 +195,9 @@ def test_a_larger_composition_rebuilds_the_live_adapter(mods, tmp_path):
     pem = pemarith.compose("0.3*a + 0.7*b", modules, mode="exact")
     live.load(pem, "exact")
     assert live.config["r"] == 6
-    torch.testing.assert_close(logits(live.model), fresh_logits(pem, "bert", tmp_path / "x", "exact"),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        logits(live.model), fresh_logits(pem, "bert", tmp_path / "x", "exact"), atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("kind", ["lora", "ia3"])
@@ -211,7 +233,9 @@ def test_the_kinds_live_rules():
     lora = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q", "v"]}
     assert incompatibilities(lora, {**lora, "target_modules": ("v", "q"), "r": 4}) == []  # sets; smaller rank
     assert incompatibilities(lora, {**lora, "r": 16}) == ["rank 16 > live rank 8"]
-    assert incompatibilities(lora, {**lora, "target_modules": ["q"]}) == ["target_modules ['q', 'v'] vs ['q']"]
+    assert incompatibilities(lora, {**lora, "target_modules": ["q"]}) == [
+        "target_modules ['q', 'v'] vs ['q']"
+    ]
     assert incompatibilities(lora, {"peft_type": "IA3"}) == ["peft_type LORA vs IA3"]
     with pytest.raises(CompatibilityError, match="rank_pattern is not supported in place"):
         incompatibilities(lora, {**lora, "rank_pattern": {"q": 2}})
@@ -222,5 +246,7 @@ def test_the_kinds_live_rules():
     assert rule("base_model.model.emb.lora_embedding_B", lora, new) == (2.0, 1)
     assert rule("base_model.model.head.weight", lora, new) == (1.0, None)  # modules_to_save
     ia3 = {"peft_type": "IA3", "target_modules": ["k"], "feedforward_modules": []}
-    assert incompatibilities(ia3, {**ia3, "feedforward_modules": ["k"]}) == ["feedforward_modules [] vs ['k']"]
+    assert incompatibilities(ia3, {**ia3, "feedforward_modules": ["k"]}) == [
+        "feedforward_modules [] vs ['k']"
+    ]
     assert KINDS["IA3"].live_tensor("base_model.model.k.ia3_l", ia3, ia3) == (1.0, None)

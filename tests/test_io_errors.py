@@ -58,13 +58,16 @@ def test_corrupt_config(copy_adapter):
         pemarith.load(p)
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda b: b[:-10], "truncated or corrupt"),  # last tensor cut short
-    (lambda b: b[:5], "truncated safetensors file"),  # not even the length
-    (lambda b: b[:8] + b[8:40], "truncated or corrupt"),  # header length beyond the file
-    (lambda b: struct.pack("<Q", 6) + b"{oops}" + b[8:], "corrupt safetensors header"),
-    (lambda b: b[:8] + b"[" + b[9:], "corrupt safetensors header"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda b: b[:-10], "truncated or corrupt"),  # last tensor cut short
+        (lambda b: b[:5], "truncated safetensors file"),  # not even the length
+        (lambda b: b[:8] + b[8:40], "truncated or corrupt"),  # header length beyond the file
+        (lambda b: struct.pack("<Q", 6) + b"{oops}" + b[8:], "corrupt safetensors header"),
+        (lambda b: b[:8] + b"[" + b[9:], "corrupt safetensors header"),
+    ],
+)
 def test_truncated_or_corrupt_weights(copy_adapter, damage, match):
     p = copy_adapter("a")
     (p / ST).write_bytes(damage((p / ST).read_bytes()))
@@ -79,7 +82,11 @@ def test_offsets_beyond_file(copy_adapter):
     header = json.loads(raw[8 : 8 + n])
     key = next(k for k in header if k != "__metadata__")
     header[key]["data_offsets"][1] += 10**6
-    text = json.dumps(header).encode().ljust(n)[:n] if len(json.dumps(header)) <= n else json.dumps(header).encode()
+    text = (
+        json.dumps(header).encode().ljust(n)[:n]
+        if len(json.dumps(header)) <= n
+        else json.dumps(header).encode()
+    )
     (p / ST).write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
     with pytest.raises(AdapterError, match="truncated or corrupt"):
         pemarith.load(p)
@@ -102,13 +109,16 @@ def test_nan_or_inf_is_named_and_nothing_is_written(copy_adapter, tmp_path, bad,
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PEFT warns about 1-d lora_B.bias when saving
-@pytest.mark.parametrize("extra,variant", [
-    ({"use_dora": True}, "DoRA"),
-    ({"lora_bias": True}, "LoRA bias"),
-    ({"bias": "all"}, "trained biases"),
-    ({"rank_pattern": {"lin0": 2}}, "rank_pattern"),
-    ({"alpha_pattern": {"lin0": 2}}, "alpha_pattern"),
-])
+@pytest.mark.parametrize(
+    "extra,variant",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"lora_bias": True}, "LoRA bias"),
+        ({"bias": "all"}, "trained biases"),
+        ({"rank_pattern": {"lin0": 2}}, "rank_pattern"),
+        ({"alpha_pattern": {"lin0": 2}}, "alpha_pattern"),
+    ],
+)
 def test_unsupported_lora_variants_are_named(tmp_path, extra, variant):
     targets = ("lin0", "lin1")
     p = make_lora(tmp_path / "v", seed=1, targets=targets, **extra)
@@ -128,7 +138,8 @@ def test_pickled_bin_adapter_reads_like_safetensors(tmp_path, adapters):
     from peft import PeftModel
 
     PeftModel.from_pretrained(TinyModel(), str(adapters["ha"])).save_pretrained(
-        str(tmp_path / "bin"), safe_serialization=False)
+        str(tmp_path / "bin"), safe_serialization=False
+    )
     assert (tmp_path / "bin" / "adapter_model.bin").exists() and not (tmp_path / "bin" / ST).exists()
     pemarith.load(tmp_path / "bin", "x").save(tmp_path / "out")
     ref, got = tensors(adapters["ha"]), tensors(tmp_path / "out")
@@ -142,9 +153,16 @@ def test_mismatches_name_modules_and_difference(adapters, copy_adapter, tmp_path
         (pemarith.load(adapters["lin_only"], "t"), "factorwise", r"only 'a' adapts base_model.model.emb"),
         (pemarith.load(adapters["c8"], "c8"), "factorwise", r"equal ranks: 'a' has r=4 but 'c8' has r=8"),
         (pemarith.load(adapters["ia"], "ia"), "exact", r"different PEFT type: 'LORA' vs 'IA3'"),
-        (pemarith.load(_edit_config(copy_adapter("b"), base_model_name_or_path="other/model"), "m"),
-         "exact", r"different base model: None vs 'other/model'"),
-        (pemarith.load(adapters["ha"], "h"), "exact", r"only 'h' saves \(modules_to_save\) base_model.model.head"),
+        (
+            pemarith.load(_edit_config(copy_adapter("b"), base_model_name_or_path="other/model"), "m"),
+            "exact",
+            r"different base model: None vs 'other/model'",
+        ),
+        (
+            pemarith.load(adapters["ha"], "h"),
+            "exact",
+            r"only 'h' saves \(modules_to_save\) base_model.model.head",
+        ),
     ]
     before = {x.name for x in tmp_path.iterdir()}
     for other, mode, match in cases:
@@ -158,8 +176,11 @@ def test_layer_sets_and_shapes(adapters, copy_adapter, tmp_path):
     t = tensors(p)
     t["base_model.model.lin1.lora_A.weight"] = np.ones((4, 20), np.float32)
     save_file(t, str(p / ST), metadata={"format": "pt"})
-    with pytest.raises(CompatibilityError, match=r"module 'base_model.model.lin1': 'a' and 'x' differ in shape: "
-                                                 r"update \(d, k\) \(24, 24\) vs \(24, 20\)"):
+    with pytest.raises(
+        CompatibilityError,
+        match=r"module 'base_model.model.lin1': 'a' and 'x' differ in shape: "
+        r"update \(d, k\) \(24, 24\) vs \(24, 20\)",
+    ):
         pemarith.compose("a + x", {"a": adapters["a"], "x": p}, mode="exact")
     q = copy_adapter("b", "q")
     t = {k: v for k, v in tensors(q).items() if ".lin1." not in k}
@@ -255,8 +276,11 @@ def test_streaming_writer_output_is_standard_safetensors(tmp_path):
     from safetensors import safe_open
 
     specs = [("x", "F32", (3, 2)), ("y", "BF16", (5,)), ("z", "F16", (1, 1))]
-    arrays = {"x": np.arange(6, dtype=np.float32).reshape(3, 2),
-              "y": np.linspace(0, 1, 5).astype(ml_dtypes.bfloat16), "z": np.ones((1, 1), np.float16)}
+    arrays = {
+        "x": np.arange(6, dtype=np.float32).reshape(3, 2),
+        "y": np.linspace(0, 1, 5).astype(ml_dtypes.bfloat16),
+        "z": np.ones((1, 1), np.float16),
+    }
     w = SafetensorsWriter(tmp_path / "t.safetensors", specs, {"format": "pt"}, reserve=100)
     for k, _, _ in specs:
         w.write(k, arrays[k])
@@ -279,7 +303,9 @@ def test_inspect_adapter(adapters):
     for layer, norm in info["layer_norms"].items():
         assert norm == pytest.approx(np.linalg.norm(dense[layer.removeprefix("base_model.model.")]), rel=1e-9)
     assert set(inspect_adapter(adapters["iha"])["modules_to_save"]) == {
-        "base_model.model.head.weight", "base_model.model.head.bias"}
+        "base_model.model.head.weight",
+        "base_model.model.head.bias",
+    }
 
 
 def test_core_never_imports_torch(adapters, tmp_path):
@@ -288,11 +314,11 @@ def test_core_never_imports_torch(adapters, tmp_path):
         import pemarith
         heavy = ("torch", "transformers", "peft")
         assert not [m for m in heavy if m in sys.modules], "import"
-        pem = pemarith.compose("0.5*a - b", {{"a": {str(adapters['a'])!r}, "b": {str(adapters['b'])!r}}})
-        pem.save({str(tmp_path / 'out')!r})
-        pemarith.load({str(adapters['c8'])!r}).save({str(tmp_path / 'svd')!r}, mode="exact", rank=3)
+        pem = pemarith.compose("0.5*a - b", {{"a": {str(adapters["a"])!r}, "b": {str(adapters["b"])!r}}})
+        pem.save({str(tmp_path / "out")!r})
+        pemarith.load({str(adapters["c8"])!r}).save({str(tmp_path / "svd")!r}, mode="exact", rank=3)
         from pemarith.io import inspect_adapter
-        inspect_adapter({str(adapters['ia'])!r})
+        inspect_adapter({str(adapters["ia"])!r})
         print(sorted(m for m in heavy if m in sys.modules))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

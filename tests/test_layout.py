@@ -19,7 +19,8 @@ def module_name(path: Path) -> str:
 def _type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:
@@ -69,7 +70,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -88,7 +89,9 @@ def test_no_private_names_from_another_package():
         for target, names in imports(p):
             if not target.startswith("pemarith"):
                 continue
-            target_package = target.rpartition(".")[0] if not (SRC.parent / target.replace(".", "/")).is_dir() else target
+            target_package = (
+                target.rpartition(".")[0] if not (SRC.parent / target.replace(".", "/")).is_dir() else target
+            )
             for n in names:
                 if n.startswith("_") and not n.startswith("__") and target_package != my_package:
                     bad.append(f"{me} imports {target}.{n}")

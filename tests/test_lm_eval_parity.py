@@ -30,8 +30,9 @@ def _random_lora(base: str, out: Path, seed: int, scale: float) -> Path:
 
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(base)
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                      init_lora_weights=False))
+    lora = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     with torch.no_grad():
         for name, p in lora.named_parameters():
             if "lora_B" in name:
@@ -40,7 +41,9 @@ def _random_lora(base: str, out: Path, seed: int, scale: float) -> Path:
     return out
 
 
-def _both(base: str, task_file: Path, adapter: Path, monkeypatch) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _both(
+    base: str, task_file: Path, adapter: Path, monkeypatch
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -51,9 +54,15 @@ def _both(base: str, task_file: Path, adapter: Path, monkeypatch) -> tuple[np.nd
     model, tok = load_for_eval(base, task, adapter)
     ll = np.asarray(score_choices(model, tok, task, load_split(task, "validation"), 8, 256, False))
     monkeypatch.chdir(task_file.parent)  # lm-eval 0.4 reads relative data_files from the working directory
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={base},peft={adapter},dtype=float32",
-                                  device="cpu", tasks=[task.name], batch_size=8, log_samples=True,
-                                  task_manager=TaskManager(include_path=str(task_file.parent)))
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={base},peft={adapter},dtype=float32",
+        device="cpu",
+        tasks=[task.name],
+        batch_size=8,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(task_file.parent)),
+    )
     samples = sorted(out["samples"][task.name], key=lambda s: s["doc_id"])
     theirs = np.asarray([[float(r[0]) for r in s["filtered_resps"]] for s in samples])
     return ll, theirs, ours, out["results"][task.name]["acc,none"]
@@ -62,8 +71,9 @@ def _both(base: str, task_file: Path, adapter: Path, monkeypatch) -> tuple[np.nd
 def test_tiny_llama_composed_adapter_matches_lm_eval(tiny_llama, tmp_path, monkeypatch):  # noqa: F811
     d = tmp_path / "task"
     files = _write_sentiment(d, "jsonl")
-    path = _task_file(d, "senti_parity", "json", files, **{**CLS, "doc_to_text": PROMPT,
-                                                             "metric_list": [{"metric": "acc"}]})
+    path = _task_file(
+        d, "senti_parity", "json", files, **{**CLS, "doc_to_text": PROMPT, "metric_list": [{"metric": "acc"}]}
+    )
     a = _random_lora(str(tiny_llama), tmp_path / "a", 1, 1.0)
     b = _random_lora(str(tiny_llama), tmp_path / "b", 2, 1.0)
     pemarith.compose("0.7*a - 0.3*b", {"a": a, "b": b}).save(tmp_path / "ab")
@@ -84,10 +94,16 @@ def test_smollm2_composed_adapter_on_sst2_rows_matches_lm_eval(tmp_path, monkeyp
     d = tmp_path / "task"
     d.mkdir()
     rows = load_split("sst2", "validation", data_dir=data)[:40]
-    (d / "val.jsonl").write_text("".join(json.dumps({"sentence": r["text_a"], "label": r["label"]}) + "\n"
-                                         for r in rows))
-    path = _task_file(d, "sst2_parity", "json", {"validation": "val.jsonl"},
-                      **{**CLS, "doc_to_text": PROMPT, "metric_list": [{"metric": "acc"}]})
+    (d / "val.jsonl").write_text(
+        "".join(json.dumps({"sentence": r["text_a"], "label": r["label"]}) + "\n" for r in rows)
+    )
+    path = _task_file(
+        d,
+        "sst2_parity",
+        "json",
+        {"validation": "val.jsonl"},
+        **{**CLS, "doc_to_text": PROMPT, "metric_list": [{"metric": "acc"}]},
+    )
     a = _random_lora(base, tmp_path / "a", 1, 0.02)
     b = _random_lora(base, tmp_path / "b", 2, 0.02)
     pemarith.compose("0.5*a + 0.5*b", {"a": a, "b": b}).save(tmp_path / "ab")

@@ -74,7 +74,9 @@ def test_save_with_rank_reports_layer_errors(adapters, tmp_path):
         name = layer.removeprefix("base_model.model.")
         S = np.linalg.svd(exact[name], compute_uv=False)
         assert err == pytest.approx(np.sqrt(np.sum(S[3:] ** 2) / np.sum(S**2)), rel=1e-6)
-        assert np.linalg.norm(exact[name] - got[name]) / np.linalg.norm(exact[name]) == pytest.approx(err, rel=1e-4)
+        assert np.linalg.norm(exact[name] - got[name]) / np.linalg.norm(exact[name]) == pytest.approx(
+            err, rel=1e-4
+        )
     prov = json.loads((tmp_path / "r3" / "pemarith.json").read_text())
     assert prov["rank"] == 3 and prov["layer_errors"].keys() == rep.layer_errors.keys()
     with safe_open(tmp_path / "r3" / "adapter_model.safetensors", "np") as f:
@@ -86,9 +88,14 @@ def test_compose_remembers_rank(adapters, tmp_path):
     assert pem.save(tmp_path / "out").rank == 2 and config(tmp_path / "out")["r"] == 2
 
 
-@pytest.mark.parametrize("mode,rank,match", [("exact", 13, "above the concatenated rank 12"),
-                                              ("exact", 0, "positive integer"),
-                                              ("factorwise", 4, "mode 'exact' only")])
+@pytest.mark.parametrize(
+    "mode,rank,match",
+    [
+        ("exact", 13, "above the concatenated rank 12"),
+        ("exact", 0, "positive integer"),
+        ("factorwise", 4, "mode 'exact' only"),
+    ],
+)
 def test_bad_rank(adapters, tmp_path, mode, rank, match):
     pem = pemarith.load(adapters["a"], "a") + pemarith.load(adapters["c8" if mode == "exact" else "b"], "x")
     with pytest.raises(CompatibilityError, match=match):

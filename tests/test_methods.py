@@ -25,11 +25,14 @@ SIGNED = [("ties", "total"), ("ties", "frequency"), ("magnitude_prune", "total")
 def mods(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
     # emb (16 x 30) and lin0 (24 x 16): rank 16 is full rank for both, so the SVD is exact
-    return {"a": make_lora(root / "a", seed=1, r=4, alpha=8, targets=("emb", "lin0")),
-            "b": make_lora(root / "b", seed=2, r=2, alpha=6, targets=("emb", "lin0")),
-            "c": make_lora(root / "c", seed=3, r=4, alpha=4, targets=("emb", "lin0")),
-            "ia": make_ia3(root / "ia", seed=4), "ib": make_ia3(root / "ib", seed=5),
-            "ic": make_ia3(root / "ic", seed=6)}
+    return {
+        "a": make_lora(root / "a", seed=1, r=4, alpha=8, targets=("emb", "lin0")),
+        "b": make_lora(root / "b", seed=2, r=2, alpha=6, targets=("emb", "lin0")),
+        "c": make_lora(root / "c", seed=3, r=4, alpha=4, targets=("emb", "lin0")),
+        "ia": make_ia3(root / "ia", seed=4),
+        "ib": make_ia3(root / "ib", seed=5),
+        "ic": make_ia3(root / "ic", seed=6),
+    }
 
 
 def peft_merged_deltas(path) -> dict[str, np.ndarray]:
@@ -49,8 +52,9 @@ def peft_ia3_vectors(path) -> dict[str, np.ndarray]:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(TinyModel(), str(path))
-    return {n.split(".")[-3]: p.detach().double().numpy() for n, p in model.named_parameters()
-            if "ia3_l" in n}
+    return {
+        n.split(".")[-3]: p.detach().double().numpy() for n, p in model.named_parameters() if "ia3_l" in n
+    }
 
 
 def reference(method, taus, density, sign):
@@ -81,7 +85,11 @@ def test_lora_methods_equal_peft_merge_utils(mods, tmp_path, method, sign, coefs
     for layer, taus in lora_taus([mods[n] for n in names], coefs).items():
         np.testing.assert_allclose(got[layer], reference(method, taus, 0.4, sign), atol=1e-5, rtol=0)
     record = json.loads((tmp_path / "out" / "pemarith.json").read_text())
-    assert record["method"] == method and record["density"] == 0.4 and max(record["layer_errors"].values()) < 1e-6
+    assert (
+        record["method"] == method
+        and record["density"] == 0.4
+        and max(record["layer_errors"].values()) < 1e-6
+    )
 
 
 @pytest.mark.parametrize("method, sign", SIGNED)
@@ -105,7 +113,9 @@ def test_dare_ties_equals_peft_on_the_same_masks(mods, tmp_path):
         rng = layer_rng(7, f"base_model.model.{layer}")
         pruned = torch.stack([torch.from_numpy(prune_random(t, 0.5, rng)) for t in taus])
         mask = merge_utils.calculate_majority_sign_mask(pruned, "total")
-        np.testing.assert_allclose(got[layer], merge_utils.disjoint_merge(pruned, mask).numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            got[layer], merge_utils.disjoint_merge(pruned, mask).numpy(), atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("method, same_as", [("dare_linear", None), ("dare_ties", "ties")])
@@ -139,8 +149,9 @@ def test_dare_keeps_about_half_scaled_by_two_and_is_seeded(mods, tmp_path):
 
 
 def test_magnitude_prune_single_module_keeps_the_largest(mods, tmp_path):
-    pemarith.load(mods["a"], "a").save(tmp_path / "out", mode="exact", rank=16, method="magnitude_prune",
-                                       density=0.25)
+    pemarith.load(mods["a"], "a").save(
+        tmp_path / "out", mode="exact", rank=16, method="magnitude_prune", density=0.25
+    )
     got = peft_merged_deltas(tmp_path / "out")
     for layer, (tau,) in lora_taus([mods["a"]], [1.0]).items():
         kept = np.abs(got[layer]) > 1e-6
@@ -148,19 +159,48 @@ def test_magnitude_prune_single_module_keeps_the_largest(mods, tmp_path):
         assert np.abs(tau[kept]).min() >= np.abs(tau[~kept]).max() - 1e-6
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "ties", "--density", "0", "--mode", "exact", "--rank", "4"], "density must be in (0, 1]"),
-    (["--method", "ties", "--density", "1.5", "--mode", "exact", "--rank", "4"], "density must be in (0, 1]"),
-    (["--method", "ties", "--mode", "exact", "--rank", "4"], "needs a density"),
-    (["--method", "ties", "--density", "0.5"], "use --mode exact --rank R"),
-    (["--method", "dare_ties", "--density", "0.5", "--mode", "exact"], "use --mode exact --rank R"),
-    (["--method", "ties", "--density", "0.5", "--mode", "exact", "--rank", "99"], "above min(d_out, d_in)"),
-    (["--density", "0.5"], "not to linear"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--method", "ties", "--density", "0", "--mode", "exact", "--rank", "4"],
+            "density must be in (0, 1]",
+        ),
+        (
+            ["--method", "ties", "--density", "1.5", "--mode", "exact", "--rank", "4"],
+            "density must be in (0, 1]",
+        ),
+        (["--method", "ties", "--mode", "exact", "--rank", "4"], "needs a density"),
+        (["--method", "ties", "--density", "0.5"], "use --mode exact --rank R"),
+        (["--method", "dare_ties", "--density", "0.5", "--mode", "exact"], "use --mode exact --rank R"),
+        (
+            ["--method", "ties", "--density", "0.5", "--mode", "exact", "--rank", "99"],
+            "above min(d_out, d_in)",
+        ),
+        (["--density", "0.5"], "not to linear"),
+    ],
+)
 def test_bad_options_are_one_line(mods, tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "pemarith.cli", "compose", "-m", f"a={mods['a']}", "-m",
-                           f"b={mods['b']}", "-o", str(tmp_path / "out"), *args, "a + b"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pemarith.cli",
+            "compose",
+            "-m",
+            f"a={mods['a']}",
+            "-m",
+            f"b={mods['b']}",
+            "-o",
+            str(tmp_path / "out"),
+            *args,
+            "a + b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert message in proc.stderr and not (tmp_path / "out").exists()
 
@@ -168,10 +208,33 @@ def test_bad_options_are_one_line(mods, tmp_path, args, message):
 def test_cli_and_bake_take_the_method(mods, tmp_path):
     from safetensors.torch import save_file
 
-    proc = subprocess.run([sys.executable, "-m", "pemarith.cli", "compose", "-m", f"a={mods['a']}", "-m",
-                           f"b={mods['b']}", "-o", str(tmp_path / "out"), "--mode", "exact", "--rank", "16",
-                           "--method", "ties", "--density", "0.5", "a - b"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pemarith.cli",
+            "compose",
+            "-m",
+            f"a={mods['a']}",
+            "-m",
+            f"b={mods['b']}",
+            "-o",
+            str(tmp_path / "out"),
+            "--mode",
+            "exact",
+            "--rank",
+            "16",
+            "--method",
+            "ties",
+            "--density",
+            "0.5",
+            "a - b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "method    ties (density 0.5, majority_sign total)" in proc.stdout
     base = tmp_path / "base"
@@ -185,8 +248,9 @@ def test_cli_and_bake_take_the_method(mods, tmp_path):
 
     baked = load_file(str(tmp_path / "baked" / "model.safetensors"))
     want = peft_merged_deltas(tmp_path / "out")
-    np.testing.assert_allclose(baked["lin0.weight"] - TinyModel().state_dict()["lin0.weight"].numpy(),
-                               want["lin0"], atol=1e-5)
+    np.testing.assert_allclose(
+        baked["lin0.weight"] - TinyModel().state_dict()["lin0.weight"].numpy(), want["lin0"], atol=1e-5
+    )
 
 
 def test_merge_spec_validates():

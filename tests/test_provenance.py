@@ -16,13 +16,16 @@ def file_sha(path) -> str:
     return hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("expr, names, kwargs", [
-    ("0.5*a + 0.5*b", ("a", "b"), {}),
-    ("a - b", ("a", "b"), {"mode": "exact", "rank": 3}),
-    ("ha - hb", ("ha", "hb"), {"keep": "ha"}),  # hb's head is never read
-    ("0.5*bf_a + 0.5*bf_b", ("bf_a", "bf_b"), {}),
-    ("ia - ib", ("ia", "ib"), {}),
-])
+@pytest.mark.parametrize(
+    "expr, names, kwargs",
+    [
+        ("0.5*a + 0.5*b", ("a", "b"), {}),
+        ("a - b", ("a", "b"), {"mode": "exact", "rank": 3}),
+        ("ha - hb", ("ha", "hb"), {"keep": "ha"}),  # hb's head is never read
+        ("0.5*bf_a + 0.5*bf_b", ("bf_a", "bf_b"), {}),
+        ("ia - ib", ("ia", "ib"), {}),
+    ],
+)
 def test_recorded_sha256_is_that_of_the_file(adapters, tmp_path, expr, names, kwargs):
     pem = pemarith.compose(expr, {n: adapters[n] for n in names})
     pem.save(tmp_path / "out", **kwargs)

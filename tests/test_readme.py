@@ -26,8 +26,11 @@ def blocks(lang: str, section: str) -> list[str]:
 def commands(block: str) -> list[str]:
     """Shell commands of a block: comments dropped, backslash continuations joined."""
     joined = re.sub(r"\\\n\s*", " ", block)
-    return [line.split("  #")[0].strip() for line in joined.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.split("  #")[0].strip()
+        for line in joined.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 @pytest.fixture
@@ -45,8 +48,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def run_pemarith(cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     argv = shlex.split(cmd)
     assert argv[0] == "pemarith", cmd
-    return subprocess.run([sys.executable, "-m", "pemarith", *argv[1:]], cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "pemarith", *argv[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
 
 
 def test_library_example_runs(workdir: Path):
@@ -90,14 +98,22 @@ def test_bake_example_runs(workdir: Path):
         done = run_pemarith(cmd, workdir)
         assert done.returncode == 0, f"{cmd}\n{done.stderr}"
     model = TinyModel()
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in
-                           load_file(str(workdir / "merged_model" / "model.safetensors")).items()})
+    model.load_state_dict(
+        {
+            k: torch.from_numpy(v.copy())
+            for k, v in load_file(str(workdir / "merged_model" / "model.safetensors")).items()
+        }
+    )
     import pemarith
 
     pemarith.compose("0.5*s0 + 0.5*s1", {"s0": "s0", "s1": "s1"}).save("composed")
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(tokens()).double(), peft_forward(workdir / "composed", tokens()),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model.eval()(tokens()).double(),
+            peft_forward(workdir / "composed", tokens()),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 @pytest.mark.slow

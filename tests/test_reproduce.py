@@ -62,8 +62,10 @@ def test_every_recipe_loads(name: str, quick: bool) -> None:
 
 
 def test_quick_is_small_and_full_has_three_seeds() -> None:
-    full, quick = load_recipe("distribution-generalisation"), load_recipe(
-        "distribution-generalisation", quick=True)
+    full, quick = (
+        load_recipe("distribution-generalisation"),
+        load_recipe("distribution-generalisation", quick=True),
+    )
     assert full.seeds == (0, 1, 2) and full.tasks[:3] == ("sst2", "rte", "cola")
     assert {"stsb", "qnli", "mnli"} <= set(full.tasks)
     assert quick.tasks == ("sst2",) and quick.options.subset_size == 64
@@ -74,10 +76,24 @@ def test_init_analysis_shares_the_distribution_modules() -> None:
     dg, ia = load_recipe("distribution-generalisation"), load_recipe("init-analysis")
     assert ia.methods == ("lora",)
     for task in dg.tasks:
-        a = ModuleSpec(dg.model, task, "lora", "skew0", dg.train["lora"].for_task(task),
-                       subset_seed=dg.options.subset_seed, subset_size=dg.options.subset_size)
-        b = ModuleSpec(ia.model, task, "lora", "skew0", ia.train["lora"].for_task(task),
-                       subset_seed=ia.options.subset_seed, subset_size=ia.options.subset_size)
+        a = ModuleSpec(
+            dg.model,
+            task,
+            "lora",
+            "skew0",
+            dg.train["lora"].for_task(task),
+            subset_seed=dg.options.subset_seed,
+            subset_size=dg.options.subset_size,
+        )
+        b = ModuleSpec(
+            ia.model,
+            task,
+            "lora",
+            "skew0",
+            ia.train["lora"].for_task(task),
+            subset_seed=ia.options.subset_seed,
+            subset_size=ia.options.subset_size,
+        )
         assert a.key() == b.key()
 
 
@@ -89,18 +105,21 @@ def test_per_task_overrides() -> None:
     assert r.train["lora"].for_task("rte").batch_size == r.train["lora"].batch_size
 
 
-@pytest.mark.parametrize("edit, message", [
-    ('model = "minilm"\nmodle = "x"', "unknown key 'modle'"),
-    ("[train.lora]\nsteps = 2\nlearning_rate = 1", "unknown key 'learning_rate'"),
-    ('[sweep]\ngrid = "0,1"\nserach = "grid"', "did you mean 'search'"),
-    ("[options]\nsubset_sise = 3", "did you mean 'subset_size'"),
-    ("[train.lroa]\nsteps = 1", "unknown kind"),
-    ('scenario = "distribution-generalization"', "did you mean 'distribution-generalisation'"),
-    ('methods = ["lora", "ia3"]', "no [train.ia3] table"),
-    ('[sweep]\ngrid = "1:0:0.1"', "bad grid"),
-    ("[train.lora]\nsteps = 2\nepochs = 1", "exactly one of steps and epochs"),
-    ('tasks = ["sst3"]', "did you mean 'sst2'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ('model = "minilm"\nmodle = "x"', "unknown key 'modle'"),
+        ("[train.lora]\nsteps = 2\nlearning_rate = 1", "unknown key 'learning_rate'"),
+        ('[sweep]\ngrid = "0,1"\nserach = "grid"', "did you mean 'search'"),
+        ("[options]\nsubset_sise = 3", "did you mean 'subset_size'"),
+        ("[train.lroa]\nsteps = 1", "unknown kind"),
+        ('scenario = "distribution-generalization"', "did you mean 'distribution-generalisation'"),
+        ('methods = ["lora", "ia3"]', "no [train.ia3] table"),
+        ('[sweep]\ngrid = "1:0:0.1"', "bad grid"),
+        ("[train.lora]\nsteps = 2\nepochs = 1", "exactly one of steps and epochs"),
+        ('tasks = ["sst3"]', "did you mean 'sst2'"),
+    ],
+)
 def test_bad_recipes_fail_loudly(tmp_path: Path, edit: str, message: str) -> None:
     text = MINIMAL
     key = edit.split("\n")[0]
@@ -109,7 +128,7 @@ def test_bad_recipes_fail_loudly(tmp_path: Path, edit: str, message: str) -> Non
         start = text.find(table)
         if start >= 0:
             end = text.find("\n[", start + 1)
-            text = text[:start] + text[end + 1 if end >= 0 else len(text):]
+            text = text[:start] + text[end + 1 if end >= 0 else len(text) :]
         text += "\n" + edit + "\n"
     else:
         name = key.split("=")[0].strip()
@@ -133,8 +152,9 @@ def test_no_quick_table_is_an_error(tmp_path: Path) -> None:
 
 def test_extends_and_overrides(tmp_path: Path) -> None:
     write_recipe(tmp_path, MINIMAL, "base.toml")
-    child = write_recipe(tmp_path, 'extends = "base.toml"\nname = "child"\n[train.lora]\nlr = 1e-3\n',
-                         "child.toml")
+    child = write_recipe(
+        tmp_path, 'extends = "base.toml"\nname = "child"\n[train.lora]\nlr = 1e-3\n', "child.toml"
+    )
     r = load_recipe(child, seeds=[3, 4], tasks=["rte"])
     assert r.name == "child" and r.train["lora"].steps == 2 and r.train["lora"].lr == 1e-3
     assert r.seeds == (3, 4) and r.tasks == ("rte",)
@@ -149,11 +169,13 @@ def test_unknown_reproduction_name() -> None:
 
 
 def test_loading_recipes_imports_no_torch() -> None:
-    code = ("import sys; from pemarith.scenarios import load_recipe; "
-            "[load_recipe(n, quick=q) for n in ('distribution-generalisation', 'multitask', "
-            "'init-analysis') for q in (0, 1)]; "
-            "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; from pemarith.scenarios import load_recipe; "
+        "[load_recipe(n, quick=q) for n in ('distribution-generalisation', 'multitask', "
+        "'init-analysis') for q in (0, 1)]; "
+        "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -202,8 +224,7 @@ def _stub_trainer(calls: list, fail_after: int | None = None):
 def test_runner_skips_trained_modules_and_redoes_interrupted_ones(tmp_path: Path) -> None:
     recipe = load_recipe("distribution-generalisation", quick=True)
     calls: list = []
-    ctx = Context(recipe, tmp_path / "out", trainer=_stub_trainer(calls, fail_after=1),
-                  log=lambda m: None)
+    ctx = Context(recipe, tmp_path / "out", trainer=_stub_trainer(calls, fail_after=1), log=lambda m: None)
     spec = ModuleSpec(recipe.model, "sst2", "lora", "skew0", recipe.train["lora"], subset_size=64)
     path = ctx.module(spec)
     assert path.parent.parent == tmp_path / "store" / "modules" / "minilm"
@@ -215,8 +236,9 @@ def test_runner_skips_trained_modules_and_redoes_interrupted_ones(tmp_path: Path
     ctx.module(other)  # so it is trained again
     assert len(calls) == 3 and ctx.module(other) and len(calls) == 3
     # a change of any setting is another module
-    changed = ModuleSpec(recipe.model, "sst2", "lora", "skew0", recipe.train["lora"],
-                         subset_size=64, init_seed=1)
+    changed = ModuleSpec(
+        recipe.model, "sst2", "lora", "skew0", recipe.train["lora"], subset_size=64, init_seed=1
+    )
     assert ctx.module_path(changed) != path
 
 
@@ -260,30 +282,57 @@ def test_pinning_a_majority_class_is_refused_with_the_shares(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- rendering
 
 
-def _cell(task: str, method: str, seed: int, mode: str = "factorwise", init: str = "same",
-          shift: float = 0.0) -> dict:
+def _cell(
+    task: str, method: str, seed: int, mode: str = "factorwise", init: str = "same", shift: float = 0.0
+) -> dict:
     metric = {"cola": "matthews_corr"}.get(task, "accuracy")
     val = {"s0": 0.70 + shift, "s1": 0.74 + shift, "merged": 0.76 + shift, "fullset": 0.8}
     val["avg"] = (val["s0"] + val["s1"]) / 2
-    return {"task": task, "method": method, "mode": mode, "init": init, "seed": seed,
-            "metric": metric, "lambda": 0.5, "scores": {"validation": val, "test": dict(val)},
-            "curve": [[0.0, 0.74], [0.5, 0.76], [1.0, 0.70]], "train_seconds": {"s0": 10.0},
-            "sweep_seconds": 5.0, "modules": {"s0": f"/m/{task}/{method}/{seed}"}}
+    return {
+        "task": task,
+        "method": method,
+        "mode": mode,
+        "init": init,
+        "seed": seed,
+        "metric": metric,
+        "lambda": 0.5,
+        "scores": {"validation": val, "test": dict(val)},
+        "curve": [[0.0, 0.74], [0.5, 0.76], [1.0, 0.70]],
+        "train_seconds": {"s0": 10.0},
+        "sweep_seconds": 5.0,
+        "modules": {"s0": f"/m/{task}/{method}/{seed}"},
+    }
 
 
 def _mt_cell() -> dict:
-    return {"method": "lora", "seed": 0, "mode": "factorwise", "lambda": 0.3,
-            "metrics": ["mean", "mnli.accuracy", "rte.accuracy"], "task": "mnli+rte",
-            "rows": {k: {s: {"mnli.accuracy": 0.5, "rte.accuracy": 0.6, "mean": 0.55}
-                         for s in ("validation", "test")} for k in ("mnli", "rte", "merged")},
-            "curve": [[0.0, {"mean": 0.5}]], "train_seconds": {}, "sweep_seconds": 1.0, "modules": {}}
+    return {
+        "method": "lora",
+        "seed": 0,
+        "mode": "factorwise",
+        "lambda": 0.3,
+        "metrics": ["mean", "mnli.accuracy", "rte.accuracy"],
+        "task": "mnli+rte",
+        "rows": {
+            k: {s: {"mnli.accuracy": 0.5, "rte.accuracy": 0.6, "mean": 0.55} for s in ("validation", "test")}
+            for k in ("mnli", "rte", "merged")
+        },
+        "curve": [[0.0, {"mean": 0.5}]],
+        "train_seconds": {},
+        "sweep_seconds": 1.0,
+        "modules": {},
+    }
 
 
 def _results(recipe_name: str, cells: list, quick: bool = False) -> dict:
     r = load_recipe(recipe_name, quick=quick)
-    return {"cells": cells, "recipe": r.to_json(), "skew": {"sst2": {
-        "selected": 1, "s0": [200, 800], "s1": [800, 200]}}, "machine": {"cpus": 2},
-        "elapsed_seconds": 12.0, "updated": "now"}
+    return {
+        "cells": cells,
+        "recipe": r.to_json(),
+        "skew": {"sst2": {"selected": 1, "s0": [200, 800], "s1": [800, 200]}},
+        "machine": {"cpus": 2},
+        "elapsed_seconds": 12.0,
+        "updated": "now",
+    }
 
 
 def test_fmt() -> None:
@@ -294,10 +343,13 @@ def test_fmt() -> None:
 
 
 def test_distribution_tables_have_the_paper_shape() -> None:
-    cells = [_cell(t, m, s, shift=s / 100) for t in ("sst2", "cola") for m in ("lora", "ia3", "full")
-             for s in (0, 1, 2)] + [_cell("sst2", "lora", s, mode="exact") for s in (0, 1, 2)]
-    sec = get_scenario("distribution-generalisation").sections(
-        _results("distribution-generalisation", cells))
+    cells = [
+        _cell(t, m, s, shift=s / 100)
+        for t in ("sst2", "cola")
+        for m in ("lora", "ia3", "full")
+        for s in (0, 1, 2)
+    ] + [_cell("sst2", "lora", s, mode="exact") for s in (0, 1, 2)]
+    sec = get_scenario("distribution-generalisation").sections(_results("distribution-generalisation", cells))
     test = sec["table-test"]
     assert test.splitlines()[0] == "| method | row | SST-2 acc | paper | CoLA MCC | paper |"
     assert "| LoRA | m | 77.0 ± 1.0 | 92.2 | 0.770 ± 0.010 | 0.52 |" in test
@@ -324,12 +376,15 @@ def test_a_one_class_module_is_named_beside_m_minus_avg() -> None:
     assert not one_class({"accuracy": 141 / 280, "classes_predicted": 2}, shares)  # the count wins
     cells = [_cell("cola", "lora", s) for s in (0, 1)]
     cells[1]["one_class"] = ["s0"]
-    sec = get_scenario("distribution-generalisation").sections(
-        _results("distribution-generalisation", cells))
+    sec = get_scenario("distribution-generalisation").sections(_results("distribution-generalisation", cells))
     assert "(one-class module in 1 of 2 seeds)" in sec["table-test"]
     assert "CoLA LoRA: seed 1 s0." in sec["table-test"]
-    assert "one-class" not in get_scenario("distribution-generalisation").sections(
-        _results("distribution-generalisation", cells[:1]))["table-test"]
+    assert (
+        "one-class"
+        not in get_scenario("distribution-generalisation").sections(
+            _results("distribution-generalisation", cells[:1])
+        )["table-test"]
+    )
 
 
 def test_composition_table_compares_with_the_module_validation_would_pick() -> None:
@@ -339,10 +394,13 @@ def test_composition_table_compares_with_the_module_validation_would_pick() -> N
     b["lambda"] = 0.0
     b["scores"]["test"] = {**b["scores"]["test"], "s0": 0.9, "s1": 0.74, "merged": 0.74}
     sec = get_scenario("distribution-generalisation").sections(
-        _results("distribution-generalisation", [a, b]))
+        _results("distribution-generalisation", [a, b])
+    )
     # the curve's midpoint (0.76) against s1's validation 0.74, in both seeds
-    assert ("| SST-2 | LoRA | factorwise | same | 2 | 1 of 2 | +1.0 ± 1.4 | 1 of 2 | +2.0 ± 0.0 |"
-            in sec["composition"])
+    assert (
+        "| SST-2 | LoRA | factorwise | same | 2 | 1 of 2 | +1.0 ± 1.4 | 1 of 2 | +2.0 ± 0.0 |"
+        in sec["composition"]
+    )
     assert "composition" in get_scenario("init-analysis").sections(_results("init-analysis", [a]))
 
 
@@ -352,8 +410,13 @@ def test_init_table_and_multitask_table() -> None:
     assert "| same init | +4.00 | +5.23 |" in sec["table-test"]
     assert sec["diagnostics"].startswith("(not measured")  # results from before diagnostics
     for c, cos in zip(cells, (0.9, 0.7)):
-        c["diagnostics"] = {"lambda": 0.5, "cosine": 0.1, "retained": 0.75,
-                            "factorwise_cosine": cos, "cross_ratio": 0.8}
+        c["diagnostics"] = {
+            "lambda": 0.5,
+            "cosine": 0.1,
+            "retained": 0.75,
+            "factorwise_cosine": cos,
+            "cross_ratio": 0.8,
+        }
     sec = get_scenario("init-analysis").sections(_results("init-analysis", cells))
     assert "| RTE | same | 0.100 | 0.750 | 0.900 | 0.800 | 1 |" in sec["diagnostics"]
     assert "| RTE | diff | 0.100 | 0.750 | 0.700 | 0.800 | 1 |" in sec["diagnostics"]
@@ -370,9 +433,11 @@ def test_multitask_paired_tests() -> None:
     from pemarith.scenarios.multitask import paired_tests
 
     labels = {"mnli": [0, 1, 2, 0], "rte": [0, 1, 1]}
-    made = {"mnli": {"mnli": [0, 1, 2, 1], "rte": [0, 0, 1]},   # 3/4 and 2/3 right
-            "rte": {"mnli": [1, 1, 0, 1], "rte": [0, 1, 1]},    # 1/4 and 3/3
-            "merged": {"mnli": [0, 1, 2, 0], "rte": [1, 0, 1]}}  # 4/4 and 1/3
+    made = {
+        "mnli": {"mnli": [0, 1, 2, 1], "rte": [0, 0, 1]},  # 3/4 and 2/3 right
+        "rte": {"mnli": [1, 1, 0, 1], "rte": [0, 1, 1]},  # 1/4 and 3/3
+        "merged": {"mnli": [0, 1, 2, 0], "rte": [1, 0, 1]},
+    }  # 4/4 and 1/3
 
     class Bench:
         ctx = SimpleNamespace(recipe=SimpleNamespace(sweep=SimpleNamespace(var="l")))
@@ -393,8 +458,12 @@ def test_multitask_paired_tests() -> None:
     bench.asked.clear()
     out = paired_tests(bench, "l*mnli + (1-l)*rte", ["mnli", "rte"], 1.0)
     assert ("merged", 1.0) not in bench.asked and out["vs mnli"]["pooled"]["n"] == 0
-    cell = {"method": "ia3", "seed": 1, "lambda": 0.4, "paired": paired_tests(bench, "l*mnli + (1-l)*rte",
-                                                                                ["mnli", "rte"], 0.4)}
+    cell = {
+        "method": "ia3",
+        "seed": 1,
+        "lambda": 0.4,
+        "paired": paired_tests(bench, "l*mnli + (1-l)*rte", ["mnli", "rte"], 0.4),
+    }
     text = get_scenario("multitask").sections(_results("multitask", [{**_mt_cell(), **cell}]))["paired"]
     assert "| (IA)3 | 1 | 0.4 | merge vs rte | both (pooled) | 2 | 3 | 1 |" in text
 
@@ -415,16 +484,17 @@ def test_publish_docs_and_check_page(tmp_path: Path) -> None:
     assert "table-test" in check_page(page)
 
 
-@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "results").glob("*.md")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "results").glob("*.md")), ids=lambda p: p.name)
 def test_docs_tables_match_the_committed_results(page: Path) -> None:
     """Every generated table in docs/results/*.md is the rendering of docs/results/data/."""
     assert check_page(page) == [], "rerun: pemarith reproduce NAME --report --docs docs/results"
 
 
 def test_cli_report_without_results(tmp_path: Path) -> None:
-    code = ("import sys; from pemarith.cli import main; "
-            f"sys.exit(main(['reproduce', 'distribution-generalisation', '--report', '--out', r'{tmp_path}']))")
+    code = (
+        "import sys; from pemarith.cli import main; "
+        f"sys.exit(main(['reproduce', 'distribution-generalisation', '--report', '--out', r'{tmp_path}']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "results.json does not exist" in proc.stderr
 
@@ -451,8 +521,12 @@ def test_quick_distribution_generalisation_end_to_end(tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     cells = {(c["method"], c["mode"]): c for c in results["cells"]}
-    assert set(cells) == {("lora", "factorwise"), ("lora", "exact"), ("ia3", "factorwise"),
-                          ("full", "factorwise")}
+    assert set(cells) == {
+        ("lora", "factorwise"),
+        ("lora", "exact"),
+        ("ia3", "factorwise"),
+        ("full", "factorwise"),
+    }
     for c in cells.values():
         curve = {x: y for x, y in c["curve"]}
         assert set(curve) == {0.0, 0.5, 1.0} and c["lambda"] in curve

@@ -29,8 +29,7 @@ from pemarith.scenarios.recipe import RecipeError
 from pemarith.scenarios.report import blocks
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = {"unlearning": unlearning, "domain-transfer": domain_transfer,
-           "detox-instruct": detox_instruct}
+MODULES = {"unlearning": unlearning, "domain-transfer": domain_transfer, "detox-instruct": detox_instruct}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,20 +59,22 @@ def test_recipe_sizes_follow_the_paper() -> None:
     assert u.sweep.grid == "0:1:0.1" and u.sweep.select == "max l where ppl <= base + 0.5"
     assert u.options.samples == 1000 and u.options.threshold == 0.8
     d = load_recipe("domain-transfer")
-    assert d.options.chunk_tokens == 128 and set(d.options.directions) == {"amazon->yelp",
-                                                                         "yelp->amazon"}
+    assert d.options.chunk_tokens == 128 and set(d.options.directions) == {"amazon->yelp", "yelp->amazon"}
     t = load_recipe("detox-instruct")
     assert t.methods == ("lora",) and t.train["lora"].r == 16 and "0" in t.sweep.grid
 
 
-@pytest.mark.parametrize("cls, table, message", [
-    (domain_transfer.TransferOptions, {"directions": ["amazon->amazon"]}, "SOURCE->TARGET"),
-    (domain_transfer.TransferOptions, {"alpha": 1.5}, "alpha"),
-    (unlearning.UnlearnOptions, {"threshold": 0}, "threshold"),
-    (unlearning.UnlearnOptions, {"ppl_tokens": 1}, "ppl_tokens"),
-    (unlearning.UnlearnOptions, {"val_samples": 0}, "val_samples"),
-    (detox_instruct.DetoxOptions, {"fractions": [0.5, 0.5, 0.5]}, "fractions"),
-])
+@pytest.mark.parametrize(
+    "cls, table, message",
+    [
+        (domain_transfer.TransferOptions, {"directions": ["amazon->amazon"]}, "SOURCE->TARGET"),
+        (domain_transfer.TransferOptions, {"alpha": 1.5}, "alpha"),
+        (unlearning.UnlearnOptions, {"threshold": 0}, "threshold"),
+        (unlearning.UnlearnOptions, {"ppl_tokens": 1}, "ppl_tokens"),
+        (unlearning.UnlearnOptions, {"val_samples": 0}, "val_samples"),
+        (detox_instruct.DetoxOptions, {"fractions": [0.5, 0.5, 0.5]}, "fractions"),
+    ],
+)
 def test_bad_options_fail(cls: type, table: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
         cls(**table)
@@ -143,8 +144,9 @@ def test_split_pairs_is_disjoint_seeded_and_complete() -> None:
 
 
 def test_review_and_comment_pairs() -> None:
-    rows = [{"text_a": f"bad {k}", "label": 0} for k in range(5)] + \
-        [{"text_a": f"good {k}", "label": 1} for k in range(5)]
+    rows = [{"text_a": f"bad {k}", "label": 0} for k in range(5)] + [
+        {"text_a": f"good {k}", "label": 1} for k in range(5)
+    ]
     pairs = review_pairs(rows, "yelp", 6, seed=0)
     assert len(pairs) == 6
     for k, p in enumerate(pairs):
@@ -167,8 +169,9 @@ def test_seed_files_split_into_held_out_instructions() -> None:
     assert len(toxic) == 100 and all(p["instruction"] and p["output"] for p in toxic)
     parts = split_pairs(toxic, 0)
     train = {p["instruction"] for p in parts["train"]}
-    assert not train & {p["instruction"] for p in parts["test"]} or \
-        len({p["instruction"] for p in toxic}) < 100  # duplicates in the file, if any
+    assert (
+        not train & {p["instruction"] for p in parts["test"]} or len({p["instruction"] for p in toxic}) < 100
+    )  # duplicates in the file, if any
 
 
 def test_split_text_cuts_at_a_line_break() -> None:
@@ -177,9 +180,11 @@ def test_split_text_cuts_at_a_line_break() -> None:
 
 
 def test_detox_lambda_rule() -> None:
-    curve = [{"l": 0.0, "nll_normal": 2.00, "toxicity_toxic": 0.3},
-             {"l": 0.5, "nll_normal": 2.04, "toxicity_toxic": 0.2},
-             {"l": 1.0, "nll_normal": 2.20, "toxicity_toxic": 0.1}]
+    curve = [
+        {"l": 0.0, "nll_normal": 2.00, "toxicity_toxic": 0.3},
+        {"l": 0.5, "nll_normal": 2.04, "toxicity_toxic": 0.2},
+        {"l": 1.0, "nll_normal": 2.20, "toxicity_toxic": 0.1},
+    ]
     lam, rule = detox_instruct.pick_lambda(curve, "l", 0.05)
     assert lam == 0.5 and "nll_normal <= 2.05" in rule
     with pytest.raises(RecipeError, match="contain 0"):
@@ -194,19 +199,37 @@ def _recipe(name: str) -> dict:
 
 
 def _m(tox: float, share: float, ppl: float) -> dict:
-    return {"toxicity": tox, "toxic_share": share, "perplexity": ppl, "seconds": 1.0,
-            "examples": [{"text": " hello | world", "toxicity": tox}]}
+    return {
+        "toxicity": tox,
+        "toxic_share": share,
+        "perplexity": ppl,
+        "seconds": 1.0,
+        "examples": [{"text": " hello | world", "toxicity": tox}],
+    }
 
 
 def test_unlearning_tables_have_the_paper_shape() -> None:
-    cell = {"task": "civil_comments", "method": "lora", "mode": "factorwise", "seed": 0,
-            "lambda": 1.0, "rows": {"base": _m(0.05, 0.01, 20.0), "toxic": _m(0.3, 0.2, 20.4),
-                                    "negated": _m(0.02, 0.0, 20.3),
-                                    "ablation@1": _m(0.3, 0.2, 20.4)},
-            "base_validation": {"perplexity": 19.0, "toxicity": 0.05, "toxic_share": 0.01},
-            "curve": [{"l": 0.0, "perplexity": 19.0, "toxicity": 0.05, "toxic_share": 0.0},
-                      {"l": 1.0, "perplexity": 19.4, "toxicity": 0.02, "toxic_share": 0.0}],
-            "train_seconds": 10.0, "train_cpu_seconds": 9.0, "sweep_seconds": 5.0}
+    cell = {
+        "task": "civil_comments",
+        "method": "lora",
+        "mode": "factorwise",
+        "seed": 0,
+        "lambda": 1.0,
+        "rows": {
+            "base": _m(0.05, 0.01, 20.0),
+            "toxic": _m(0.3, 0.2, 20.4),
+            "negated": _m(0.02, 0.0, 20.3),
+            "ablation@1": _m(0.3, 0.2, 20.4),
+        },
+        "base_validation": {"perplexity": 19.0, "toxicity": 0.05, "toxic_share": 0.01},
+        "curve": [
+            {"l": 0.0, "perplexity": 19.0, "toxicity": 0.05, "toxic_share": 0.0},
+            {"l": 1.0, "perplexity": 19.4, "toxicity": 0.02, "toxic_share": 0.0},
+        ],
+        "train_seconds": 10.0,
+        "train_cpu_seconds": 9.0,
+        "sweep_seconds": 5.0,
+    }
     results = {"recipe": _recipe("unlearning"), "cells": [cell]}
     s = unlearning.sections(results)
     assert "| negated LoRA | 1 (paper 1) | 0.020 | 0.0 | 20.30 | 0.01 | 0.1 | 16.67 |" in s["table"]
@@ -221,19 +244,44 @@ def _preds(acc: int, n: int = 10) -> dict:
 
 
 def test_domain_transfer_tables_mark_significant_merges() -> None:
-    base = {"method": "lora", "mode": "factorwise", "seed": 0, "lambda": 0.7,
-            "lambda_targetval": 0.3, "n_test": 100, "curve": [[0.0, 0.5, 0.5], [1.0, 0.9, 0.8]],
-            "train_seconds": {}, "train_cpu_seconds": {}, "sweep_seconds": 3.0, "modules": {}}
+    base = {
+        "method": "lora",
+        "mode": "factorwise",
+        "seed": 0,
+        "lambda": 0.7,
+        "lambda_targetval": 0.3,
+        "n_test": 100,
+        "curve": [[0.0, 0.5, 0.5], [1.0, 0.9, 0.8]],
+        "train_seconds": {},
+        "train_cpu_seconds": {},
+        "sweep_seconds": 3.0,
+        "modules": {},
+    }
     cells = [
-        {**base, "task": "yelp", "direction": "amazon->yelp", "source": "amazon", "target": "yelp",
-         "test": {"source": 0.80, "merge": 0.86, "merge_targetval": 0.82, "target": 0.90},
-         "mcnemar": {"merge": {"b": 0, "c": 6, "n": 6, "p": 2 / 64},
-                     "merge_targetval": {"b": 1, "c": 3, "n": 4, "p": 0.625}}},
-        {**base, "task": "amazon", "direction": "yelp->amazon", "source": "yelp",
-         "target": "amazon", "test": {"source": 0.7, "merge": 0.7, "merge_targetval": 0.7,
-                                       "target": 0.8},
-         "mcnemar": {"merge": {"b": 0, "c": 0, "n": 0, "p": 1.0},
-                     "merge_targetval": {"b": 0, "c": 0, "n": 0, "p": 1.0}}},
+        {
+            **base,
+            "task": "yelp",
+            "direction": "amazon->yelp",
+            "source": "amazon",
+            "target": "yelp",
+            "test": {"source": 0.80, "merge": 0.86, "merge_targetval": 0.82, "target": 0.90},
+            "mcnemar": {
+                "merge": {"b": 0, "c": 6, "n": 6, "p": 2 / 64},
+                "merge_targetval": {"b": 1, "c": 3, "n": 4, "p": 0.625},
+            },
+        },
+        {
+            **base,
+            "task": "amazon",
+            "direction": "yelp->amazon",
+            "source": "yelp",
+            "target": "amazon",
+            "test": {"source": 0.7, "merge": 0.7, "merge_targetval": 0.7, "target": 0.8},
+            "mcnemar": {
+                "merge": {"b": 0, "c": 0, "n": 0, "p": 1.0},
+                "merge_targetval": {"b": 0, "c": 0, "n": 0, "p": 1.0},
+            },
+        },
     ]
     results = {"recipe": _recipe("domain-transfer"), "cells": cells, "fragments": {"amazon": 3}}
     s = domain_transfer.sections(results)
@@ -243,24 +291,48 @@ def test_domain_transfer_tables_mark_significant_merges() -> None:
 
 def test_detox_tables() -> None:
     def m(t: float) -> dict:
-        return {"toxicity_toxic": t, "toxicity_normal": 0.01, "toxic_share_toxic": 0.1,
-                "toxic_share_normal": 0.0, "nll_normal": 2.5, "seconds": 1.0,
-                "answers_toxic": [{"instruction": "Insult me.", "answer": "No.", "toxicity": t}],
-                "answers_normal": [{"instruction": "Hi?", "answer": "Hello.", "toxicity": 0.0}]}
+        return {
+            "toxicity_toxic": t,
+            "toxicity_normal": 0.01,
+            "toxic_share_toxic": 0.1,
+            "toxic_share_normal": 0.0,
+            "nll_normal": 2.5,
+            "seconds": 1.0,
+            "answers_toxic": [{"instruction": "Insult me.", "answer": "No.", "toxicity": t}],
+            "answers_normal": [{"instruction": "Hi?", "answer": "Hello.", "toxicity": 0.0}],
+        }
 
-    cell = {"task": "civil_comments", "method": "lora", "seed": 0, "lambda": 0.4,
-            "rule": "max l where nll_normal <= 2.55", "rows": {k: m(0.2) for k in
-                                                               ("base", "t1", "toxic", "merge")},
-            "base_validation": {}, "data": {"benign_train": 5, "toxic_train": 6},
-            "curve": [{"l": 0.4, "toxicity_toxic": 0.2, "toxic_share_toxic": 0.1,
-                       "toxicity_normal": 0.0, "nll_normal": 2.5}],
-            "train_seconds": {"t1": 3.0}, "train_cpu_seconds": {}, "sweep_seconds": 2.0}
+    cell = {
+        "task": "civil_comments",
+        "method": "lora",
+        "seed": 0,
+        "lambda": 0.4,
+        "rule": "max l where nll_normal <= 2.55",
+        "rows": {k: m(0.2) for k in ("base", "t1", "toxic", "merge")},
+        "base_validation": {},
+        "data": {"benign_train": 5, "toxic_train": 6},
+        "curve": [
+            {
+                "l": 0.4,
+                "toxicity_toxic": 0.2,
+                "toxic_share_toxic": 0.1,
+                "toxicity_normal": 0.0,
+                "nll_normal": 2.5,
+            }
+        ],
+        "train_seconds": {"t1": 3.0},
+        "train_cpu_seconds": {},
+        "sweep_seconds": 2.0,
+    }
     s = detox_instruct.sections({"recipe": _recipe("detox-instruct"), "cells": [cell]})
     assert "| detoxified merge (rule's lambda) | 0.4 (paper 0.4) | 0.200 |" in s["table"]
     assert "0.158" in s["table"] and "Insult me." in s["examples"]
     # the rule picks t1 itself (l = 0): the paper's fixed lambda gets its own row and examples
-    cell = {**cell, "lambda": 0.0,
-            "rows": {**cell["rows"], "merge@0.4": {**m(0.05), "empty_toxic": 0.9, "empty_normal": 0.5}}}
+    cell = {
+        **cell,
+        "lambda": 0.0,
+        "rows": {**cell["rows"], "merge@0.4": {**m(0.05), "empty_toxic": 0.9, "empty_normal": 0.5}},
+    }
     s = detox_instruct.sections({"recipe": _recipe("detox-instruct"), "cells": [cell]})
     row = next(r for r in s["table"].splitlines() if "fixed" in r)
     assert row.startswith("| merge at a fixed lambda | 0.4 (fixed) | 0.050 | 0.010 | 10 | 0 | 90 | 50 |")
@@ -313,8 +385,7 @@ def test_quick_unlearning_end_to_end(tmp_path: Path) -> None:
         assert c["base_validation"]["samples"] == 4
         assert {row["samples"] for row in c["rows"].values()} == {8}
         for row in c["rows"].values():
-            assert 0 <= row["toxicity"] <= 1 and math.isfinite(row["perplexity"]) or \
-                row["perplexity"] > 1e6
+            assert 0 <= row["toxicity"] <= 1 and math.isfinite(row["perplexity"]) or row["perplexity"] > 1e6
     # Table 11: negating both LoRA factors leaves B A unchanged: the ablation is the toxic module
     lora = cells["lora"]["rows"]
     assert lora["ablation@1"]["perplexity"] == pytest.approx(lora["toxic"]["perplexity"], rel=1e-5)
@@ -326,8 +397,11 @@ def test_quick_unlearning_end_to_end(tmp_path: Path) -> None:
 def test_quick_domain_transfer_end_to_end(tmp_path: Path) -> None:
     results = _quick("domain-transfer", tmp_path)
     keys = {(c["direction"], c["method"], c["mode"]) for c in results["cells"]}
-    assert keys == {(d, m, mode) for d in ("amazon->yelp", "yelp->amazon")
-                    for m, mode in (("lora", "factorwise"), ("lora", "exact"), ("ia3", "factorwise"))}
+    assert keys == {
+        (d, m, mode)
+        for d in ("amazon->yelp", "yelp->amazon")
+        for m, mode in (("lora", "factorwise"), ("lora", "exact"), ("ia3", "factorwise"))
+    }
     for c in results["cells"]:
         assert c["n_test"] == 32 and 0 <= c["mcnemar"]["merge"]["p"] <= 1
         curve = {x: (s, t) for x, s, t in c["curve"]}

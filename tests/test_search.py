@@ -47,9 +47,17 @@ class FakeSession:
 
 
 def _config(adapters, out, **kw):
-    base = {"expr": "x*a + y*b", "modules": {"a": str(adapters["a"]), "b": str(adapters["b"])},
-            "model": "fake", "tasks": ("sst2",), "out": str(out), "variables": ("x=0:1:0.1", "y=0:1:0.1"),
-            "budget": 20, "sampler": "tpe", "plot": False}
+    base = {
+        "expr": "x*a + y*b",
+        "modules": {"a": str(adapters["a"]), "b": str(adapters["b"])},
+        "model": "fake",
+        "tasks": ("sst2",),
+        "out": str(out),
+        "variables": ("x=0:1:0.1", "y=0:1:0.1"),
+        "budget": 20,
+        "sampler": "tpe",
+        "plot": False,
+    }
     return SearchConfig(**{**base, **kw})
 
 
@@ -80,23 +88,37 @@ def test_grid_finds_the_known_optimum(adapters, tmp_path):
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
 def test_samplers_approach_the_optimum(adapters, tmp_path, sampler):
     pytest.importorskip("cmaes") if sampler == "cmaes" else None
-    cfg = _config(adapters, tmp_path / sampler, sampler=sampler, budget=40,
-                  variables=("x=0:1", "y=0:1"), test_split=None)
+    cfg = _config(
+        adapters,
+        tmp_path / sampler,
+        sampler=sampler,
+        budget=40,
+        variables=("x=0:1", "y=0:1"),
+        test_split=None,
+    )
     result = run_search(cfg, session=FakeSession(), log=_quiet)
     assert result.best.scores["accuracy"] > 0.9 - 0.02
     assert math.dist([result.best.params["x"], result.best.params["y"]], [0.3, 0.6]) < 0.15
 
 
 def test_loss_is_minimised_and_l1_penalises(adapters, tmp_path):
-    result = run_search(_config(adapters, tmp_path / "loss", sampler="grid", objective="loss"),
-                        session=FakeSession(), log=_quiet)
+    result = run_search(
+        _config(adapters, tmp_path / "loss", sampler="grid", objective="loss"),
+        session=FakeSession(),
+        log=_quiet,
+    )
     assert result.direction == "minimize" and result.best.params == {"x": 0.2, "y": 0.1}
-    heavy = run_search(_config(adapters, tmp_path / "l1", sampler="grid", budget=121, l1=1.0),
-                       session=FakeSession(), log=_quiet)
+    heavy = run_search(
+        _config(adapters, tmp_path / "l1", sampler="grid", budget=121, l1=1.0),
+        session=FakeSession(),
+        log=_quiet,
+    )
     # accuracy - mean(|x|, |y|): the optimum moves to (0.3 - 0.25, 0.6 - 0.25), on the grid (0, 0.3)..
     assert heavy.best.params["x"] < 0.3 and heavy.best.params["y"] < 0.6
     for t in heavy.trials:
-        assert t.objective == pytest.approx(t.scores["accuracy"] - (abs(t.params["x"]) + abs(t.params["y"])) / 2)
+        assert t.objective == pytest.approx(
+            t.scores["accuracy"] - (abs(t.params["x"]) + abs(t.params["y"])) / 2
+        )
     assert objective_value(1.0, {"x": -2.0}, 0.5, "minimize") == 2.0
 
 
@@ -135,42 +157,77 @@ def test_another_search_in_the_directory_is_refused(adapters, tmp_path):
     assert len(s.evaluated) == 2 + 1
 
 
-@pytest.mark.parametrize("text, match", [
-    ("x", "NAME=LO:HI"), ("x=1", "NAME=LO:HI"), ("x=a:b", "numbers"), ("x=1:0", "LO < HI"),
-    ("x=0:1:0", "STEP"), ("x=0:1:2", "STEP"), ("x=0:inf", "NAME=LO:HI"), ("1x=0:1", "NAME=LO:HI"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("x", "NAME=LO:HI"),
+        ("x=1", "NAME=LO:HI"),
+        ("x=a:b", "numbers"),
+        ("x=1:0", "LO < HI"),
+        ("x=0:1:0", "STEP"),
+        ("x=0:1:2", "STEP"),
+        ("x=0:inf", "NAME=LO:HI"),
+        ("1x=0:1", "NAME=LO:HI"),
+    ],
+)
 def test_bad_var(text, match):
     with pytest.raises(PemarithError, match=match):
         parse_var(text)
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"variables": ("x=0:1",)}, "unknown name 'y'.*--var y=LO:HI"),
-    ({"variables": ("x=0:1", "y=0:1", "z=0:1")}, "--var 'z' does not occur"),
-    ({"variables": ("x=0:1", "a=0:1")}, "also a module"),
-    ({"variables": ("x=0:1", "x=0:2")}, "given twice"),
-    ({"budget": 0}, "--budget must be a positive integer"),
-    ({"sampler": "tpee"}, "unknown --sampler 'tpee'.*did you mean 'tpe'"),
-    ({"sampler": "grid", "variables": ("x=0:1", "y=0:1")}, "grid needs a step for --var x"),
-    ({"objective": "acuracy"}, "unknown metric 'acuracy'"),
-    ({"l1": -1.0}, "--l1"),
-    ({"rank": 4}, "--rank needs --mode exact"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"variables": ("x=0:1",)}, "unknown name 'y'.*--var y=LO:HI"),
+        ({"variables": ("x=0:1", "y=0:1", "z=0:1")}, "--var 'z' does not occur"),
+        ({"variables": ("x=0:1", "a=0:1")}, "also a module"),
+        ({"variables": ("x=0:1", "x=0:2")}, "given twice"),
+        ({"budget": 0}, "--budget must be a positive integer"),
+        ({"sampler": "tpee"}, "unknown --sampler 'tpee'.*did you mean 'tpe'"),
+        ({"sampler": "grid", "variables": ("x=0:1", "y=0:1")}, "grid needs a step for --var x"),
+        ({"objective": "acuracy"}, "unknown metric 'acuracy'"),
+        ({"l1": -1.0}, "--l1"),
+        ({"rank": 4}, "--rank needs --mode exact"),
+    ],
+)
 def test_bad_input_is_a_clear_error(adapters, tmp_path, kw, match):
     with pytest.raises(PemarithError, match=match):
         run_search(_config(adapters, tmp_path / "bad", **kw), session=FakeSession(), log=_quiet)
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--var", "x=1:0"], "LO < HI"), (["--var", "x"], "NAME=LO:HI"), (["--budget", "0"], "at least 1"),
-    (["--budget", "many"], "not an integer"), (["--var", "z=0:1"], "--var 'z' does not occur"),
-    (["--workers", "2"], "--workers needs --ray"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--var", "x=1:0"], "LO < HI"),
+        (["--var", "x"], "NAME=LO:HI"),
+        (["--budget", "0"], "at least 1"),
+        (["--budget", "many"], "not an integer"),
+        (["--var", "z=0:1"], "--var 'z' does not occur"),
+        (["--workers", "2"], "--workers needs --ray"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(adapters, tmp_path, capsys, extra, match):
     from pemarith.cli import main
 
-    argv = ["search", "x*a + y*b", "-m", f"a={adapters['a']}", "-m", f"b={adapters['b']}", "--model",
-            "fake", "--task", "sst2", "--var", "x=0:1", "--var", "y=0:1", *extra, "-o", str(tmp_path / "o")]
+    argv = [
+        "search",
+        "x*a + y*b",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "--model",
+        "fake",
+        "--task",
+        "sst2",
+        "--var",
+        "x=0:1",
+        "--var",
+        "y=0:1",
+        *extra,
+        "-o",
+        str(tmp_path / "o"),
+    ]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -190,17 +247,50 @@ def test_every_trial_equals_a_separate_compose_and_eval(tiny_bert_dir, tmp_path,
     a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
     b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
     out = tmp_path / "out"
-    argv = ["search", "x*a + y*b", "-m", f"a={a}", "-m", f"b={b}", "--keep", "a", "--model",
-            str(tiny_bert_dir), "--task", "sst2", "--var", "x=-1:2", "--var", "y=-1:2", "--budget", "4",
-            "--limit", "24", "--data-dir", str(data), "--objective", "loss", "-o", str(out)]
+    argv = [
+        "search",
+        "x*a + y*b",
+        "-m",
+        f"a={a}",
+        "-m",
+        f"b={b}",
+        "--keep",
+        "a",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        "sst2",
+        "--var",
+        "x=-1:2",
+        "--var",
+        "y=-1:2",
+        "--budget",
+        "4",
+        "--limit",
+        "24",
+        "--data-dir",
+        str(data),
+        "--objective",
+        "loss",
+        "-o",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "best      trial" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 4
     for row in rows:
         pem = pemarith.compose("x*a + y*b", {"a": a, "b": b}, x=float(row["x"]), y=float(row["y"]))
-        ref = evaluate(str(tiny_bert_dir), "sst2", "validation", pem=pem, data_dir=data, limit=24,
-                       progress=False, save_options={"keep": "a"})
+        ref = evaluate(
+            str(tiny_bert_dir),
+            "sst2",
+            "validation",
+            pem=pem,
+            data_dir=data,
+            limit=24,
+            progress=False,
+            save_options={"keep": "a"},
+        )
         for metric, value in ref["metrics"].items():
             if isinstance(value, float) and metric in row:
                 assert float(row[metric]) == pytest.approx(value, abs=1e-9), metric
@@ -224,8 +314,9 @@ class PerplexitySession(FakeSession):
 
 def test_the_direction_follows_the_metric(adapters, tmp_path):
     session = PerplexitySession()
-    result = run_search(_config(adapters, tmp_path / "p", sampler="grid", budget=121), session=session,
-                        log=_quiet)
+    result = run_search(
+        _config(adapters, tmp_path / "p", sampler="grid", budget=121), session=session, log=_quiet
+    )
     assert result.metric == "perplexity" and result.direction == "minimize"
     assert result.best.params == OPT and len(session.evaluated) == 121 + 1  # nothing twice
     again = PerplexitySession()
@@ -239,10 +330,20 @@ def test_the_direction_follows_the_metric(adapters, tmp_path):
 def _tiny_search(tiny_bert_dir, tmp_path, data, out, **kw):  # noqa: F811
     a = tmp_path / "a" if (tmp_path / "a").exists() else _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
     b = tmp_path / "b" if (tmp_path / "b").exists() else _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
-    base = {"expr": "x*a + y*b", "modules": {"a": str(a), "b": str(b)}, "keep": "a",
-            "model": str(tiny_bert_dir), "tasks": ("sst2",), "out": str(out),
-            "variables": ("x=0:1:0.5", "y=0:1:0.5"), "budget": 9, "sampler": "grid", "limit": 16,
-            "data_dir": str(data), "plot": False}
+    base = {
+        "expr": "x*a + y*b",
+        "modules": {"a": str(a), "b": str(b)},
+        "keep": "a",
+        "model": str(tiny_bert_dir),
+        "tasks": ("sst2",),
+        "out": str(out),
+        "variables": ("x=0:1:0.5", "y=0:1:0.5"),
+        "budget": 9,
+        "sampler": "grid",
+        "limit": 16,
+        "data_dir": str(data),
+        "plot": False,
+    }
     return SearchConfig(**{**base, **kw})
 
 
@@ -259,8 +360,9 @@ def test_ray_grid_gives_the_local_records(tiny_bert_dir, tmp_path):  # noqa: F81
     if data is None:
         pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
     local = run_search(_tiny_search(tiny_bert_dir, tmp_path, data, tmp_path / "local"), log=_quiet)
-    remote = run_search(_tiny_search(tiny_bert_dir, tmp_path, data, tmp_path / "ray"), log=_quiet,
-                        engine=ray_engine(2, None))
+    remote = run_search(
+        _tiny_search(tiny_bert_dir, tmp_path, data, tmp_path / "ray"), log=_quiet, engine=ray_engine(2, None)
+    )
     assert local.engine == "local" and remote.engine == "ray"
     want, got = _records(tmp_path / "local"), _records(tmp_path / "ray")
     assert got[0] == want[0]  # the same fingerprint: a Ray run resumes a local one and back
@@ -287,14 +389,14 @@ def test_a_killed_ray_worker_is_replaced_and_its_trial_retried(tiny_bert_dir, tm
     prepare(cfg)
     ev = RayEvaluator(cfg, workers=1)
     try:
-        (want, _), = ev.evaluate([{"x": 0.5, "y": 0.5}], "validation")
+        ((want, _),) = ev.evaluate([{"x": 0.5, "y": 0.5}], "validation")
         pid = ev.pids()[0]
         ref = ev.actors[0].evaluate.remote({"x": 1.0, "y": 0.5}, "validation")
         time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)  # mid-trial (or just before it: either way it is retried)
         scores, _ = ray.get(ref, timeout=300)
         assert ev.pids()[0] != pid  # a new actor process
-        again, = ev.evaluate([{"x": 0.5, "y": 0.5}], "validation")
+        (again,) = ev.evaluate([{"x": 0.5, "y": 0.5}], "validation")
         assert again[0] == pytest.approx(want)
         assert set(scores) == set(want)
     finally:

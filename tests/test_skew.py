@@ -14,11 +14,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _rows(counts: dict[int, int]) -> list[dict]:
-    rows = [
-        {"text_a": f"{c}-{i}", "text_b": None, "label": c}
-        for c, n in counts.items()
-        for i in range(n)
-    ]
+    rows = [{"text_a": f"{c}-{i}", "text_b": None, "label": c} for c, n in counts.items() for i in range(n)]
     random.Random(0).shuffle(rows)
     return rows
 
@@ -92,8 +88,11 @@ def test_a_majority_class_past_62_5_percent_is_never_drawn():
 
 def test_a_pinned_infeasible_class_is_a_degenerate_subset_error():
     rows = _rows({0: 200, 1: 800})
-    with pytest.raises(PemarithError, match=r"s0 is degenerate \(class 0: 0, class 1: 640 of 640.*"
-                                            r"class 1 was selected \(class 0: 20.0%, class 1: 80.0%\)"):
+    with pytest.raises(
+        PemarithError,
+        match=r"s0 is degenerate \(class 0: 0, class 1: 640 of 640.*"
+        r"class 1 was selected \(class 0: 20.0%, class 1: 80.0%\)",
+    ):
         skewed_split(rows, 0, size=None, selected=1)
     with pytest.raises(PemarithError, match="not a class of these rows"):
         skewed_split(rows, 0, size=None, selected=2)
@@ -104,7 +103,9 @@ def test_a_class_too_rare_for_both_subsets_is_an_error():
     # under 5% of s0: no subset pair of this task is worth training on.
     rows = _rows({0: 700, 1: 20})
     assert feasible_classes(rows) == [1]
-    with pytest.raises(PemarithError, match=r"degenerate .*class 1 was selected \(class 0: 97.2%, class 1: 2.8%\)"):
+    with pytest.raises(
+        PemarithError, match=r"degenerate .*class 1 was selected \(class 0: 97.2%, class 1: 2.8%\)"
+    ):
         skewed_split(rows, 0, size=None)
 
 

@@ -55,7 +55,9 @@ def test_the_published_pages_give_intervals(stem):
 
     results = json.loads((DOCS / f"{stem}.json").read_text())
     text = get_scenario(stem).sections(results)["differences"]
-    rows = [line for line in text.splitlines() if line.startswith("| ") and " [" in line and "CI]" not in line]
+    rows = [
+        line for line in text.splitlines() if line.startswith("| ") and " [" in line and "CI]" not in line
+    ]
     assert rows, text
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -28,13 +28,21 @@ ST = "adapter_model.safetensors"
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pemarith.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pemarith.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def one_line_exit_2(proc: subprocess.CompletedProcess, text: str) -> None:
@@ -53,7 +61,9 @@ def header_file(path: Path, header: object, data: bytes = b"", raw: bytes | None
 @pytest.mark.parametrize("expr, name", [("1e308*a", "a"), ("100000*f16", "f16"), ("1e200*1e200*a", "a")])
 def test_overflowing_results_are_refused(adapters, tmp_path, expr, name):
     before = snapshot(tmp_path)
-    proc = cli("compose", "-m", f"{name}={adapters[name]}", "--mode", "exact", "-o", "out", expr, cwd=tmp_path)
+    proc = cli(
+        "compose", "-m", f"{name}={adapters[name]}", "--mode", "exact", "-o", "out", expr, cwd=tmp_path
+    )
     one_line_exit_2(proc, "not finite" if "e200" not in expr else "overflow")
     assert snapshot(tmp_path) == before
 
@@ -94,23 +104,42 @@ def test_bake_refuses_a_merge_that_overflows(adapters, tmp_path, dtype, code, sc
 F32 = np.arange(4, dtype="<f4").tobytes()
 
 
-@pytest.mark.parametrize("header, data, message", [
-    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-      "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, F32[:12], "overlaps"),
-    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, F32, "gap"),
-    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, F32, "after the last tensor"),
-    ({"x": {"dtype": "F32", "shape": [2.0, 1], "data_offsets": [0, 8]}}, F32[:8], "shape and data_offsets"),
-    ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, F32[:8], "non-negative"),
-    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}, F32[:8], "non-negative"),
-    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, F32[:8], "non-negative"),
-    ({"x": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, F32[:8], "dtype must be a string"),
-    ({"x": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, F32[:8], "non-negative"),
-    ({"__metadata__": {"format": 1}, "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, F32[:8],
-     "__metadata__"),
-    ({"__metadata__": ["pt"], "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, F32[:8],
-     "__metadata__"),
-    ({"x": [1, 2]}, b"", "entry for 'x'"),
-])
+@pytest.mark.parametrize(
+    "header, data, message",
+    [
+        (
+            {
+                "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            F32[:12],
+            "overlaps",
+        ),
+        ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, F32, "gap"),
+        ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, F32, "after the last tensor"),
+        (
+            {"x": {"dtype": "F32", "shape": [2.0, 1], "data_offsets": [0, 8]}},
+            F32[:8],
+            "shape and data_offsets",
+        ),
+        ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, F32[:8], "non-negative"),
+        ({"x": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}, F32[:8], "non-negative"),
+        ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, F32[:8], "non-negative"),
+        ({"x": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, F32[:8], "dtype must be a string"),
+        ({"x": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, F32[:8], "non-negative"),
+        (
+            {"__metadata__": {"format": 1}, "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            F32[:8],
+            "__metadata__",
+        ),
+        (
+            {"__metadata__": ["pt"], "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            F32[:8],
+            "__metadata__",
+        ),
+        ({"x": [1, 2]}, b"", "entry for 'x'"),
+    ],
+)
 def test_corrupt_headers_are_refused(tmp_path, header, data, message):
     path = header_file(tmp_path / "x.safetensors", header, data)
     with pytest.raises(AdapterError, match=message):
@@ -119,8 +148,11 @@ def test_corrupt_headers_are_refused(tmp_path, header, data, message):
 
 def test_the_reader_accepts_what_the_library_writes(tmp_path):
     path = tmp_path / "ok.safetensors"
-    save_file({"a": np.ones((2, 3), "<f4"), "b": np.zeros((0,), "<f4"), "c": np.ones(5, "<f2")}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {"a": np.ones((2, 3), "<f4"), "b": np.zeros((0,), "<f4"), "c": np.ones(5, "<f2")},
+        str(path),
+        metadata={"format": "pt"},
+    )
     infos, meta = read_safetensors_header(path)
     assert set(infos) == {"a", "b", "c"} and meta == {"format": "pt"}
 
@@ -153,16 +185,29 @@ def test_an_ia3_config_over_lora_tensors_is_refused(copy_adapter, adapters):
 # ---- 9: tracebacks become one line; deep and long expressions work ------------------------------
 @pytest.mark.parametrize("var", ["mode", "rank", "names", "text", "expr", "variables"])
 def test_variables_named_like_keywords(adapters, tmp_path, var):
-    proc = cli("compose", "-m", f"a={adapters['a']}", "--set", f"{var}=0.5", "-o", "out", "--mode", "exact",
-               f"{var}*a", cwd=tmp_path)
+    proc = cli(
+        "compose",
+        "-m",
+        f"a={adapters['a']}",
+        "--set",
+        f"{var}=0.5",
+        "-o",
+        "out",
+        "--mode",
+        "exact",
+        f"{var}*a",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "out" / "pemarith.json").read_text())["terms"] == {"a": 0.5}
     assert normal_form(f"{var}*a + (1-{var})*b", variables={var: 0.25}) == {"a": 0.25, "b": 0.75}
 
 
 def test_a_complex_power_is_one_error(adapters, tmp_path):
-    one_line_exit_2(cli("compose", "-m", f"a={adapters['a']}", "-o", "out", "(-8)**0.5*a", cwd=tmp_path),
-                    "not a real number")
+    one_line_exit_2(
+        cli("compose", "-m", f"a={adapters['a']}", "-o", "out", "(-8)**0.5*a", cwd=tmp_path),
+        "not a real number",
+    )
 
 
 def test_deep_and_long_expressions_work():
@@ -183,13 +228,16 @@ def test_an_output_that_is_a_symlink_loop(adapters, tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-@pytest.mark.parametrize("state", [
-    [torch.ones(2)],
-    {"a": {"b": torch.ones(2)}},
-    {1: torch.ones(2)},
-    {"a": torch.ones(2, 2).to_sparse()},
-    {"a": torch.ones(2, dtype=torch.int8)},
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        [torch.ones(2)],
+        {"a": {"b": torch.ones(2)}},
+        {1: torch.ones(2)},
+        {"a": torch.ones(2, 2).to_sparse()},
+        {"a": torch.ones(2, dtype=torch.int8)},
+    ],
+)
 def test_bad_bin_files_are_one_error_naming_the_file(copy_adapter, state):
     p = copy_adapter("a")
     (p / ST).unlink()
@@ -230,8 +278,9 @@ def test_a_key_in_the_wrong_shard_is_refused(tmp_path, adapters):
 
 # ---- 11: messages ----------------------------------------------------------------------------
 def test_an_unbound_variable_suggests_set(adapters, tmp_path):
-    one_line_exit_2(cli("compose", "-m", f"s0={adapters['a']}", "-o", "out", "l*s0", cwd=tmp_path),
-                    "--set l=VALUE")
+    one_line_exit_2(
+        cli("compose", "-m", f"s0={adapters['a']}", "-o", "out", "l*s0", cwd=tmp_path), "--set l=VALUE"
+    )
 
 
 def test_an_unused_set_is_mentioned(adapters, tmp_path):

@@ -39,8 +39,10 @@ def test_parse_grid():
     assert parse_grid("-1:1:0.5") == (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
-@pytest.mark.parametrize("text", ["", "0:1", "0:1:0", "0:1:-0.1", "1:0:0.1", "a:b:c", "0:1:0.1:2",
-                                  "0:1e9:1e-9", "nan,1", "0:inf:1"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "0:1", "0:1:0", "0:1:-0.1", "1:0:0.1", "a:b:c", "0:1:0.1:2", "0:1e9:1e-9", "nan,1", "0:inf:1"],
+)
 def test_bad_grid(text):
     with pytest.raises(PemarithError, match="grid"):
         parse_grid(text)
@@ -49,11 +51,13 @@ def test_bad_grid(text):
 # ----------------------------------------------------------------------------- rules
 
 
-POINTS = [(0.0, {"perplexity": 10.0, "toxicity": 0.30}),
-          (0.2, {"perplexity": 10.2, "toxicity": 0.20}),
-          (0.4, {"perplexity": 10.45, "toxicity": 0.12}),
-          (0.6, {"perplexity": 10.9, "toxicity": 0.05}),
-          (0.8, {"perplexity": 12.0, "toxicity": 0.02})]
+POINTS = [
+    (0.0, {"perplexity": 10.0, "toxicity": 0.30}),
+    (0.2, {"perplexity": 10.2, "toxicity": 0.20}),
+    (0.4, {"perplexity": 10.45, "toxicity": 0.12}),
+    (0.6, {"perplexity": 10.9, "toxicity": 0.05}),
+    (0.8, {"perplexity": 12.0, "toxicity": 0.02}),
+]
 COLS = ["toxicity", "perplexity"]
 BASE = {"perplexity": 10.0, "toxicity": 0.31}
 
@@ -86,18 +90,27 @@ def test_rule_names_resolve_with_several_tasks():
     assert resolve_metric("rte.accuracy", cols) == "rte.accuracy"
     with pytest.raises(PemarithError, match="ambiguous"):
         resolve_metric("acc", cols)
-    pts = [(0.0, {"mnli.accuracy": 0.8, "rte.accuracy": 0.5}),
-           (0.5, {"mnli.accuracy": 0.7, "rte.accuracy": 0.6}),
-           (1.0, {"mnli.accuracy": 0.4, "rte.accuracy": 0.7})]
+    pts = [
+        (0.0, {"mnli.accuracy": 0.8, "rte.accuracy": 0.5}),
+        (0.5, {"mnli.accuracy": 0.7, "rte.accuracy": 0.6}),
+        (1.0, {"mnli.accuracy": 0.4, "rte.accuracy": 0.7}),
+    ]
     assert parse_rule("max rte.accuracy where mnli.accuracy >= 0.6").pick(pts, "l", cols) == 0.5
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", "empty"), ("best", "starts with 'max' or 'min'"), ("max l where", "unexpected"),
-    ("max l where ppl", "comparison"), ("max l where ppl <= base +", "unexpected"),
-    ("max l ppl", "unexpected 'ppl'"), ("max l where ppl = 3", "unexpected character"),
-    ("max l where __import__('os') <= 1", "unexpected"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "empty"),
+        ("best", "starts with 'max' or 'min'"),
+        ("max l where", "unexpected"),
+        ("max l where ppl", "comparison"),
+        ("max l where ppl <= base +", "unexpected"),
+        ("max l ppl", "unexpected 'ppl'"),
+        ("max l where ppl = 3", "unexpected character"),
+        ("max l where __import__('os') <= 1", "unexpected"),
+    ],
+)
 def test_bad_rules(text, match):
     with pytest.raises(PemarithError, match=match):
         parse_rule(text)
@@ -137,7 +150,7 @@ def test_refine_with_a_constraint():
     rule = parse_rule("max l where ppl <= base + 0.5")
 
     def f(v: float) -> dict[str, float]:
-        return {"perplexity": 10.0 + 2.0 * v ** 2}  # within 0.5 of base up to l = 0.5
+        return {"perplexity": 10.0 + 2.0 * v**2}  # within 0.5 of base up to l = 0.5
 
     full = search(f, values, rule, "l", ["perplexity"], {"perplexity": 10.0}, "grid")
     fast = search(f, values, rule, "l", ["perplexity"], {"perplexity": 10.0}, "refine")
@@ -176,8 +189,14 @@ class FakeSession:
 
 
 def _config(adapters, out, **kw):
-    base = dict(expr="l*a + (1-l)*b", modules={"a": str(adapters["a"]), "b": str(adapters["b"])},
-                model="fake", tasks=("sst2",), out=str(out), grid="0:1:0.1")
+    base = dict(
+        expr="l*a + (1-l)*b",
+        modules={"a": str(adapters["a"]), "b": str(adapters["b"])},
+        model="fake",
+        tasks=("sst2",),
+        out=str(out),
+        grid="0:1:0.1",
+    )
     return SweepConfig(**{**base, **kw})
 
 
@@ -187,7 +206,7 @@ def test_sweep_outputs(adapters, tmp_path):
     assert result.pick == 0.3 and result.evaluations == 11
     # 11 values on validation, modules a and b alone, the pick on test
     assert len(session.evaluated) == 11 + 2 + 1
-    assert result.modules["a"]["accuracy"] == pytest.approx(0.9 - 0.7 ** 2)
+    assert result.modules["a"]["accuracy"] == pytest.approx(0.9 - 0.7**2)
     rows = (tmp_path / "s" / "results.csv").read_text().splitlines()
     assert rows[0] == "l,accuracy,loss,selected" and len(rows) == 12
     assert rows[4].startswith("0.3,") and rows[4].endswith(",1")
@@ -221,7 +240,9 @@ def test_the_plan_is_parsed_and_checked_once_not_per_value(adapters, tmp_path, m
     for grid in ("0:1:0.1", "0:1:0.02"):
         parses.clear(), checks.clear()
         session = FakeSession()
-        run_sweep(_config(adapters, tmp_path / grid, grid=grid, plot=False), session=session, log=lambda m: None)
+        run_sweep(
+            _config(adapters, tmp_path / grid, grid=grid, plot=False), session=session, log=lambda m: None
+        )
         assert len(session.evaluated) > 11
         assert parses.count("l*a + (1-l)*b") == 1
         counts.append(len(checks))
@@ -257,40 +278,50 @@ def test_resume_refuses_another_sweep(adapters, tmp_path):
         run_sweep(_config(adapters, out, expr="l*b + (1-l)*a"), session=FakeSession(), log=lambda m: None)
     # --restart discards the records
     s = FakeSession()
-    run_sweep(_config(adapters, out, expr="l*b + (1-l)*a", grid="0,1", restart=True), session=s,
-              log=lambda m: None)
+    run_sweep(
+        _config(adapters, out, expr="l*b + (1-l)*a", grid="0,1", restart=True), session=s, log=lambda m: None
+    )
     assert len(s.evaluated) == 2 + 2 + 1
 
 
 def test_refine_sweep_counts(adapters, tmp_path):
     session = FakeSession()
-    result = run_sweep(_config(adapters, tmp_path / "r", grid="0:1:0.02", search="refine", refs=False,
-                               test_split=None), session=session, log=lambda m: None)
+    result = run_sweep(
+        _config(adapters, tmp_path / "r", grid="0:1:0.02", search="refine", refs=False, test_split=None),
+        session=session,
+        log=lambda m: None,
+    )
     assert result.pick == 0.3 and result.grid_size == 51
     assert result.evaluations == len(session.evaluated) < 20
 
 
 def test_base_is_evaluated_for_a_base_rule(adapters, tmp_path):
     session = FakeSession()
-    result = run_sweep(_config(adapters, tmp_path / "b", select="max l where loss <= base - 0.5"),
-                       session=session, log=lambda m: None)
+    result = run_sweep(
+        _config(adapters, tmp_path / "b", select="max l where loss <= base - 0.5"),
+        session=session,
+        log=lambda m: None,
+    )
     assert result.pick == 0.4  # loss = 0.1 + l <= 0.5
     assert set(result.base) == {"validation", "test"}
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"var": "x"}, "--var 'x' does not occur"),
-    ({"expr": "l*a + (1-l)*c"}, "unknown name 'c'"),
-    ({"grid": "0:1:0"}, "bad grid"),
-    ({"select": "maximum"}, "bad selection rule"),
-    ({"select": "max l where accuracy <= bse"}, "unknown metric 'bse'"),
-    ({"metrics": ("acuracy",)}, "unknown metric 'acuracy'"),
-    ({"search": "binary"}, "unknown --search"),
-    ({"var": "a"}, "also a module"),
-    ({"tasks": ()}, "at least one --task"),
-    ({"rank": 4}, "--rank needs --mode exact"),
-    ({"keep": "z"}, "--keep 'z'"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"var": "x"}, "--var 'x' does not occur"),
+        ({"expr": "l*a + (1-l)*c"}, "unknown name 'c'"),
+        ({"grid": "0:1:0"}, "bad grid"),
+        ({"select": "maximum"}, "bad selection rule"),
+        ({"select": "max l where accuracy <= bse"}, "unknown metric 'bse'"),
+        ({"metrics": ("acuracy",)}, "unknown metric 'acuracy'"),
+        ({"search": "binary"}, "unknown --search"),
+        ({"var": "a"}, "also a module"),
+        ({"tasks": ()}, "at least one --task"),
+        ({"rank": 4}, "--rank needs --mode exact"),
+        ({"keep": "z"}, "--keep 'z'"),
+    ],
+)
 def test_bad_input_is_a_clear_error(adapters, tmp_path, kw, match):
     with pytest.raises(PemarithError, match=match):
         run_sweep(_config(adapters, tmp_path / "bad", **kw), session=FakeSession(), log=lambda m: None)
@@ -323,13 +354,30 @@ def tiny_bert_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tinybert")
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *("##" + x for x in letters),
-             ".", ",", "'", "!"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *letters,
+        *("##" + x for x in letters),
+        ".",
+        ",",
+        "'",
+        "!",
+    ]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
-    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=48,
-                                  max_position_embeddings=128, num_labels=2)
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(cfg)
     model.config.architectures = ["BertForSequenceClassification"]
@@ -344,9 +392,12 @@ def _tiny_lora(base_dir: Path, out: Path, seed: int) -> Path:
     import transformers
 
     model = transformers.AutoModelForSequenceClassification.from_pretrained(base_dir)
-    pm = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8,
-                                                    target_modules=["query", "value"],
-                                                    init_lora_weights=False))
+    pm = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False
+        ),
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -366,9 +417,26 @@ def test_cli_end_to_end_on_a_tiny_bert(tiny_bert_dir, tmp_path, capsys):
     b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
     parser = argparse.ArgumentParser()
     register_sweep(parser.add_subparsers(dest="command"))
-    argv = ["sweep", "l*a + (1-l)*b", "-m", f"a={a}", "-m", f"b={b}", "--model", str(tiny_bert_dir),
-            "--task", "sst2", "--grid", "0:1:0.25", "--limit", "24", "--data-dir", str(data),
-            "-o", str(tmp_path / "out")]
+    argv = [
+        "sweep",
+        "l*a + (1-l)*b",
+        "-m",
+        f"a={a}",
+        "-m",
+        f"b={b}",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        "sst2",
+        "--grid",
+        "0:1:0.25",
+        "--limit",
+        "24",
+        "--data-dir",
+        str(data),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     printed = capsys.readouterr().out
@@ -427,8 +495,9 @@ def _run_workers(adapters, out, n, **kw):
 def test_distributed_workers_share_the_work_and_agree(adapters, tmp_path, search):
     kw = dict(search=search, coarse=3, grid="0:1:0.05")
     serial_session = FakeSession()
-    serial = run_sweep(_config(adapters, tmp_path / "serial", plot=False, **kw), session=serial_session,
-                       log=lambda m: None)
+    serial = run_sweep(
+        _config(adapters, tmp_path / "serial", plot=False, **kw), session=serial_session, log=lambda m: None
+    )
     sessions, results = _run_workers(adapters, tmp_path / "shared", 3, **kw)
     done = [c for s in sessions for c in s.calls]
     assert len(done) == len(set(done)) == len(serial_session.evaluated)  # nothing twice, nothing left
@@ -440,24 +509,31 @@ def test_distributed_workers_share_the_work_and_agree(adapters, tmp_path, search
     assert not list((tmp_path / "shared" / "claims").iterdir())  # every claim released
     # a later plain run reads every worker's records back and evaluates nothing
     again = SlowSession()
-    run_sweep(_config(adapters, tmp_path / "shared", distributed=True, plot=False, **kw), session=again,
-              log=lambda m: None)
+    run_sweep(
+        _config(adapters, tmp_path / "shared", distributed=True, plot=False, **kw),
+        session=again,
+        log=lambda m: None,
+    )
     assert again.evaluated == []
 
 
 def test_a_dead_workers_claim_is_taken_over(adapters, tmp_path):
     out = tmp_path / "s"
     (out / "claims").mkdir(parents=True)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                          capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
     stale = {"worker": "x", "host": socket.gethostname(), "pid": int(gone.stdout), "time": time.time()}
     (out / "claims" / "value@validation@0.3").write_text(json.dumps(stale))
     # a live claim (this process) that is older than the timeout is taken over too
     old = {"worker": "y", "host": "elsewhere", "pid": os.getpid(), "time": time.time() - 100}
     (out / "claims" / "value@validation@0.4").write_text(json.dumps(old))
     session = FakeSession()
-    result = run_sweep(_config(adapters, out, distributed=True, worker="w", poll=0.01, claim_timeout=50),
-                       session=session, log=lambda m: None)
+    result = run_sweep(
+        _config(adapters, out, distributed=True, worker="w", poll=0.01, claim_timeout=50),
+        session=session,
+        log=lambda m: None,
+    )
     assert {round(e.get("a", -1), 6) for e in session.evaluated} >= {0.3, 0.4}
     assert result.pick == 0.3
 
@@ -479,13 +555,35 @@ def test_cli_workers_on_a_tiny_bert(tiny_bert_dir, tmp_path):
         pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
     a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
     b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
-    common = ["sweep", "l*a + (1-l)*b", "-m", f"a={a}", "-m", f"b={b}", "--model", str(tiny_bert_dir),
-              "--task", "sst2", "--grid", "0:1:0.125", "--limit", "16", "--data-dir", str(data), "--no-plot"]
+    common = [
+        "sweep",
+        "l*a + (1-l)*b",
+        "-m",
+        f"a={a}",
+        "-m",
+        f"b={b}",
+        "--model",
+        str(tiny_bert_dir),
+        "--task",
+        "sst2",
+        "--grid",
+        "0:1:0.125",
+        "--limit",
+        "16",
+        "--data-dir",
+        str(data),
+        "--no-plot",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def cli(*extra):
-        return subprocess.Popen([sys.executable, "-m", "pemarith", *common, *extra], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "pemarith", *common, *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     serial = cli("-o", str(tmp_path / "serial"))
     pair = cli("-o", str(tmp_path / "shared"), "--workers", "2")
@@ -496,9 +594,17 @@ def test_cli_workers_on_a_tiny_bert(tiny_bert_dir, tmp_path):
     want = json.loads((tmp_path / "serial" / "results.json").read_text())
     got = json.loads((tmp_path / "shared" / "results.json").read_text())
     assert got["pick"]["l"] == want["pick"]["l"]
-    assert [v["accuracy"] for v in got["validation"]] == pytest.approx([v["accuracy"] for v in want["validation"]])
-    records = [json.loads(line) for f in (tmp_path / "shared").glob("records-*.jsonl")
-               for line in f.read_text().splitlines()[1:]]
+    assert [v["accuracy"] for v in got["validation"]] == pytest.approx(
+        [v["accuracy"] for v in want["validation"]]
+    )
+    records = [
+        json.loads(line)
+        for f in (tmp_path / "shared").glob("records-*.jsonl")
+        for line in f.read_text().splitlines()[1:]
+    ]
     keys = [(r["what"], r["split"], r["value"]) for r in records]
     assert len(keys) == len(set(keys)) == 9 + 2 + 1  # 9 values, 2 modules alone, the pick on test
-    assert len({r["worker"] for r in records}) >= 1 and len(list((tmp_path / "shared").glob("records-*.jsonl"))) == 3
+    assert (
+        len({r["worker"] for r in records}) >= 1
+        and len(list((tmp_path / "shared").glob("records-*.jsonl"))) == 3
+    )

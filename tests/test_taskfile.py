@@ -29,8 +29,7 @@ SENTENCES = [(t, "positive") for t in POS] + [(t, "negative") for t in NEG]
 def _write_sentiment(d: Path, fmt: str) -> dict[str, str]:
     """The same 12 rows as train and as validation, in ``fmt``; returns data_files."""
     d.mkdir(parents=True, exist_ok=True)
-    rows = [{"sentence": s, "label": lab, "score": 4.0 if lab == "positive" else 1.0}
-            for s, lab in SENTENCES]
+    rows = [{"sentence": s, "label": lab, "score": 4.0 if lab == "positive" else 1.0} for s, lab in SENTENCES]
     files = {}
     for split in ("train", "validation"):
         name = f"{split}.{fmt}"
@@ -52,16 +51,29 @@ def _write_sentiment(d: Path, fmt: str) -> dict[str, str]:
 def _task_file(d: Path, name: str, builder: str, files: dict[str, str], **keys) -> Path:
     import yaml
 
-    doc = {"task": name, "dataset_path": builder, "dataset_kwargs": {"data_files": files},
-           **{key: split for key, split in (("training_split", "train"), ("validation_split", "validation"))
-              if split in files}, **keys}
+    doc = {
+        "task": name,
+        "dataset_path": builder,
+        "dataset_kwargs": {"data_files": files},
+        **{
+            key: split
+            for key, split in (("training_split", "train"), ("validation_split", "validation"))
+            if split in files
+        },
+        **keys,
+    }
     path = d / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
-CLS = dict(output_type="multiple_choice", doc_to_text="{{sentence}}", doc_to_choice=["negative", "positive"],
-           doc_to_target="label", metric_list=[{"metric": "acc"}, {"metric": "f1"}])
+CLS = dict(
+    output_type="multiple_choice",
+    doc_to_text="{{sentence}}",
+    doc_to_choice=["negative", "positive"],
+    doc_to_target="label",
+    metric_list=[{"metric": "acc"}, {"metric": "f1"}],
+)
 
 
 @pytest.mark.parametrize("fmt,builder", [("csv", "csv"), ("jsonl", "json"), ("parquet", "parquet")])
@@ -83,7 +95,9 @@ def test_data_files_are_found_beside_the_task_file_then_in_the_working_directory
     monkeypatch.chdir(tmp_path / "cwd")
     assert len(load_split(get_task(str(path)), "train")) == 12  # from the working directory
     _write_sentiment(tmp_path / "tasks", "jsonl")
-    (tmp_path / "tasks" / "train.jsonl").write_text(json.dumps({"sentence": "x", "label": "positive", "score": 4.0}) + "\n")
+    (tmp_path / "tasks" / "train.jsonl").write_text(
+        json.dumps({"sentence": "x", "label": "positive", "score": 4.0}) + "\n"
+    )
     path.write_text(path.read_text() + "\n")  # edited: read again
     assert [r["text_a"] for r in load_split(get_task(str(path)), "train")] == ["x"]  # beside wins
 
@@ -93,9 +107,17 @@ def test_templates_targets_as_choices_and_indices_and_a_resplit(tmp_path):
     d.mkdir()
     rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "gold": i % 3} for i in range(30)]
     (d / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = _task_file(tmp_path, "nli", "json", {"train": "data/all.jsonl"},
-                      doc_to_text="Premise: {{premise}}", doc_to_text_pair="{{hypothesis | upper}}",
-                      doc_to_choice=["yes", "maybe", "no"], doc_to_target="{{gold}}", resplit=True)
+    path = _task_file(
+        tmp_path,
+        "nli",
+        "json",
+        {"train": "data/all.jsonl"},
+        doc_to_text="Premise: {{premise}}",
+        doc_to_text_pair="{{hypothesis | upper}}",
+        doc_to_choice=["yes", "maybe", "no"],
+        doc_to_target="{{gold}}",
+        resplit=True,
+    )
     path.write_text(path.read_text().replace("validation_split: validation\n", ""))
     task = get_task(str(path))
     assert set(task.splits) == {"train", "validation", "test"} and task.pair
@@ -105,13 +127,19 @@ def test_templates_targets_as_choices_and_indices_and_a_resplit(tmp_path):
     assert load_split(task, "validation", seed=3) != load_split(task, "validation", seed=4)
 
 
-@pytest.mark.parametrize("edit,message", [
-    ({"doc_to_txt": "x"}, "unknown key 'doc_to_txt'.*did you mean 'doc_to_text'"),
-    ({"output_type": "loglikelihood"}, "output_type 'loglikelihood': use one of"),
-    ({"metric_list": [{"metric": "bleu"}]}, "unknown metric 'bleu'"),
-    ({"doc_to_choice": "{{choices}}"}, "doc_to_choice must be a list"),
-    ({"dataset_kwargs": {"data_files": {"train": "nowhere.csv"}}}, "data file nowhere.csv not found beside"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"doc_to_txt": "x"}, "unknown key 'doc_to_txt'.*did you mean 'doc_to_text'"),
+        ({"output_type": "loglikelihood"}, "output_type 'loglikelihood': use one of"),
+        ({"metric_list": [{"metric": "bleu"}]}, "unknown metric 'bleu'"),
+        ({"doc_to_choice": "{{choices}}"}, "doc_to_choice must be a list"),
+        (
+            {"dataset_kwargs": {"data_files": {"train": "nowhere.csv"}}},
+            "data file nowhere.csv not found beside",
+        ),
+    ],
+)
 def test_bad_task_files_are_one_line_errors(tmp_path, edit, message):
     files = _write_sentiment(tmp_path, "csv")
     path = _task_file(tmp_path, "bad", "csv", files, **{**CLS, **edit})
@@ -120,11 +148,18 @@ def test_bad_task_files_are_one_line_errors(tmp_path, edit, message):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("edit,split,message", [
-    ({"doc_to_text": "{{sentense}}"}, "train", r"'sentense' is undefined \(columns: sentence, label, score\)"),
-    ({"test_split": "test"}, "test", "split 'test' of csv.*name the dataset's splits"),
-    ({"doc_to_target": "score"}, "train", "target 4.0 is neither a choice"),
-])
+@pytest.mark.parametrize(
+    "edit,split,message",
+    [
+        (
+            {"doc_to_text": "{{sentense}}"},
+            "train",
+            r"'sentense' is undefined \(columns: sentence, label, score\)",
+        ),
+        ({"test_split": "test"}, "test", "split 'test' of csv.*name the dataset's splits"),
+        ({"doc_to_target": "score"}, "train", "target 4.0 is neither a choice"),
+    ],
+)
 def test_missing_columns_and_splits_are_one_line_errors(tmp_path, edit, split, message):
     files = _write_sentiment(tmp_path, "csv")
     task = get_task(str(_task_file(tmp_path, "bad", "csv", files, **{**CLS, **edit})))
@@ -137,7 +172,9 @@ def test_missing_columns_and_splits_are_one_line_errors(tmp_path, edit, split, m
 
 def test_process_docs_escape_hatch(tmp_path):
     files = _write_sentiment(tmp_path, "csv")
-    (tmp_path / "utils.py").write_text("def keep_short(ds):\n    return ds.filter(lambda d: len(d['sentence']) < 20)\n")
+    (tmp_path / "utils.py").write_text(
+        "def keep_short(ds):\n    return ds.filter(lambda d: len(d['sentence']) < 20)\n"
+    )
     path = _task_file(tmp_path, "short", "csv", files, **CLS)
     path.write_text(path.read_text() + "process_docs: !function utils.keep_short\n")
     rows = load_split(get_task(str(path)), "train")
@@ -150,8 +187,18 @@ def test_encoder_classification_trained_and_evaluated_equals_a_hand_computation(
 
     files = _write_sentiment(tmp_path, "parquet")
     path = str(_task_file(tmp_path, "senti", "parquet", files, **CLS))
-    out = train(TrainConfig(model=str(tiny_bert), task=path, output_dir=tmp_path / "m", steps=20, lr=5e-3,
-                            batch_size=4, max_length=32, progress=False))
+    out = train(
+        TrainConfig(
+            model=str(tiny_bert),
+            task=path,
+            output_dir=tmp_path / "m",
+            steps=20,
+            lr=5e-3,
+            batch_size=4,
+            max_length=32,
+            progress=False,
+        )
+    )
     result = evaluate(str(tiny_bert), path, adapter=out, progress=False)
     model, tok = load_for_eval(str(tiny_bert), get_task(path), out)
     batch = tok([s for s, _ in SENTENCES], return_tensors="pt", padding=True)
@@ -172,12 +219,32 @@ def test_regression_task_file(tiny_bert, tmp_path):  # noqa: F811
     from pemarith.hf.train import TrainConfig, train
 
     files = _write_sentiment(tmp_path, "csv")
-    path = str(_task_file(tmp_path, "score", "csv", files, output_type="regression", doc_to_text="sentence",
-                          doc_to_target="score", metric_list=[{"metric": "spearman"}]))
+    path = str(
+        _task_file(
+            tmp_path,
+            "score",
+            "csv",
+            files,
+            output_type="regression",
+            doc_to_text="sentence",
+            doc_to_target="score",
+            metric_list=[{"metric": "spearman"}],
+        )
+    )
     task = get_task(path)
     assert task.kind == "regression" and task.num_labels == 1
-    out = train(TrainConfig(model=str(tiny_bert), task=path, output_dir=tmp_path / "m", steps=8, lr=5e-3,
-                            batch_size=4, max_length=32, progress=False))
+    out = train(
+        TrainConfig(
+            model=str(tiny_bert),
+            task=path,
+            output_dir=tmp_path / "m",
+            steps=8,
+            lr=5e-3,
+            batch_size=4,
+            max_length=32,
+            progress=False,
+        )
+    )
     result = evaluate(str(tiny_bert), path, adapter=out, progress=False)
     model, tok = load_for_eval(str(tiny_bert), task, out)
     with torch.no_grad():
@@ -199,9 +266,20 @@ def test_causal_choice_task_scores_choices_by_loglikelihood_as_lm_eval(tiny_llam
     from pemarith.hf.evaluate import evaluate, load_for_eval
 
     files = _write_sentiment(tmp_path, "jsonl")
-    path = str(_task_file(tmp_path, "senti_lm", "json", files, **{
-        **CLS, "doc_to_text": 'Review: "{{sentence}}"\nSentiment:', "target_delimiter": " ",
-        "metric_list": [{"metric": "acc"}]}))
+    path = str(
+        _task_file(
+            tmp_path,
+            "senti_lm",
+            "json",
+            files,
+            **{
+                **CLS,
+                "doc_to_text": 'Review: "{{sentence}}"\nSentiment:',
+                "target_delimiter": " ",
+                "metric_list": [{"metric": "acc"}],
+            },
+        )
+    )
     result = evaluate(str(tiny_llama), path, progress=False)
     model, tok = load_for_eval(str(tiny_llama), get_task(path), None)
     hits = 0
@@ -217,18 +295,55 @@ def test_perplexity_task_file_and_a_sweep_keyed_on_the_file(tiny_llama, tmp_path
     from pemarith.hf.evaluate import evaluate
 
     (tmp_path / "corpus.txt").write_text("\n".join(s for s, _ in SENTENCES) + "\n")
-    path = _task_file(tmp_path, "corpus", "text", {"train": "corpus.txt", "validation": "corpus.txt"},
-                      output_type="loglikelihood_rolling", doc_to_text="text")
+    path = _task_file(
+        tmp_path,
+        "corpus",
+        "text",
+        {"train": "corpus.txt", "validation": "corpus.txt"},
+        output_type="loglikelihood_rolling",
+        doc_to_text="text",
+    )
     task = get_task(str(path))
     assert task.kind == "text" and task.metrics == ("perplexity",)
     result = evaluate(str(tiny_llama), str(path), progress=False)
     ppl = result["metrics"]["perplexity"]
     assert math.isfinite(ppl) and ppl > 1
     # trained on the file's text, then swept over it: records carry the file's digest
-    assert main(["train", "--model", str(tiny_llama), "--task", str(path), "--steps", "3", "--quiet",
-                 "-o", str(tmp_path / "lm")]) == 0
-    sweep = ["sweep", "l*lm", "-m", f"lm={tmp_path / 'lm'}", "--model", str(tiny_llama), "--task", str(path),
-             "--grid", "0:1:1", "--test-split", "none", "--no-refs", "--no-plot", "-o", str(tmp_path / "sw")]
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_llama),
+                "--task",
+                str(path),
+                "--steps",
+                "3",
+                "--quiet",
+                "-o",
+                str(tmp_path / "lm"),
+            ]
+        )
+        == 0
+    )
+    sweep = [
+        "sweep",
+        "l*lm",
+        "-m",
+        f"lm={tmp_path / 'lm'}",
+        "--model",
+        str(tiny_llama),
+        "--task",
+        str(path),
+        "--grid",
+        "0:1:1",
+        "--test-split",
+        "none",
+        "--no-refs",
+        "--no-plot",
+        "-o",
+        str(tmp_path / "sw"),
+    ]
     assert main(sweep) == 0
     first = json.loads((tmp_path / "sw" / "records.jsonl").read_text().splitlines()[0])
     assert first["fingerprint"]["task_files"] == {str(path): task.digest}
@@ -254,15 +369,25 @@ def test_published_csvs_quoted_newlines_and_empty_labels(tmp_path):
     empty label is an error naming the file and row, in the built-in reader and in task files."""
     d = tmp_path / "toxic"
     d.mkdir()
-    body = 'tweet,class\n' + '"first line\nsecond line, with a comma",1\n"plain",2\n"third",0\n' * 4
+    body = "tweet,class\n" + '"first line\nsecond line, with a comma",1\n"plain",2\n"third",0\n' * 4
     (d / "davidson_labeled_data.csv").write_text("\ufeff" + body, encoding="utf-8")
     rows = [r for s in ("train", "validation", "test") for r in load_split("davidson", s, data_dir=tmp_path)]
     assert len(rows) == 12 and sum("second line, with a comma" in r["text_a"] for r in rows) == 4
     (d / "davidson_labeled_data.csv").write_text(body + '"no label",\n')
     with pytest.raises(PemarithError, match=r"davidson_labeled_data.csv:18: empty label"):
         load_split("davidson", "train", data_dir=tmp_path)
-    task = get_task(str(_task_file(tmp_path, "dav", "csv", {"train": "toxic/davidson_labeled_data.csv"},
-                                   doc_to_text="tweet", doc_to_choice=["hate", "offensive", "neither"],
-                                   doc_to_target="class")))
+    task = get_task(
+        str(
+            _task_file(
+                tmp_path,
+                "dav",
+                "csv",
+                {"train": "toxic/davidson_labeled_data.csv"},
+                doc_to_text="tweet",
+                doc_to_choice=["hate", "offensive", "neither"],
+                doc_to_target="class",
+            )
+        )
+    )
     with pytest.raises(PemarithError, match=r"split train, row 12: empty target"):
         load_split(task, "train")

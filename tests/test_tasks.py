@@ -275,17 +275,19 @@ def test_hub_path_with_a_fake_datasets(monkeypatch):
     asked = []
     hub_rows = {
         ("nyu-mll/glue", "rte", "train"): [
-            {"sentence1": f"p{i}", "sentence2": f"h{i}", "label": i % 2, "idx": i}
-            for i in range(6)
+            {"sentence1": f"p{i}", "sentence2": f"h{i}", "label": i % 2, "idx": i} for i in range(6)
         ],
         ("nyu-mll/glue", "rte", "validation"): [
             {"sentence1": f"p{i}", "sentence2": f"h{i}", "label": -1, "idx": i} for i in range(4)
         ],
         ("google/civil_comments", None, "test"): [
-            {"text": "mild", "toxicity": 0.1}, {"text": "toxic", "toxicity": 0.9}
+            {"text": "mild", "toxicity": 0.1},
+            {"text": "toxic", "toxicity": 0.9},
         ],
         ("Salesforce/wikitext", "wikitext-103-raw-v1", "test"): [
-            {"text": " = A = \n"}, {"text": ""}, {"text": " Body .\n"}
+            {"text": " = A = \n"},
+            {"text": ""},
+            {"text": " Body .\n"},
         ],
     }
 
@@ -299,7 +301,9 @@ def test_hub_path_with_a_fake_datasets(monkeypatch):
     val = load_split("rte", "validation", source="hub")
     assert len(val) == 2 and val[0]["label"] is None  # -1: unlabelled
     assert load_split("civil_comments", "train", source="hub", seed=0) in (
-        [{"text_a": "toxic", "text_b": None, "label": None}], [])
+        [{"text_a": "toxic", "text_b": None, "label": None}],
+        [],
+    )
     assert load_text("wikitext", "test", source="hub") == " = A = \n Body .\n"
     assert ("nyu-mll/glue", "rte", "validation") in asked
     with pytest.raises(PemarithError, match="no hub source"):
@@ -318,7 +322,10 @@ def test_glue_tsv_with_a_byte_order_mark(tmp_path):
 
 
 def test_empty_label_names_file_and_row(tmp_path):
-    _write(tmp_path / "glue/RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\t\n")
+    _write(
+        tmp_path / "glue/RTE/train.tsv",
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\t\n",
+    )
     with pytest.raises(PemarithError, match=r"train.tsv:3: empty label \(task rte\)") as e:
         load_split("rte", "train", data_dir=tmp_path)
     assert "\n" not in str(e.value)

@@ -16,8 +16,12 @@ from pemarith.hf import toxicity  # noqa: E402
 def test_toxic_sentence_scores_above_benign() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a scikit-learn version mismatch would warn here
-        s = toxicity.score(["You are a stupid fucking idiot and I hate you",
-                            "Thank you for the lovely dinner, see you tomorrow"])
+        s = toxicity.score(
+            [
+                "You are a stupid fucking idiot and I hate you",
+                "Thank you for the lovely dinner, see you tomorrow",
+            ]
+        )
     assert s.shape == (2,) and s.dtype == np.float64
     assert s[0] > 0.5 > s[1]
     assert ((0 <= s) & (s <= 1)).all()

@@ -15,8 +15,14 @@ from pemarith.kinds import KINDS
 
 
 def run(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pemarith", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pemarith", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_compose_out_dtype_and_the_old_dtype(adapters, tmp_path):
@@ -35,7 +41,9 @@ def test_old_spellings_parse_to_the_new_options(capsys):
     b = p.parse_args(["train", "--model", "m", "--task", "t", "-o", "x", "--force"])
     assert a.overwrite is True and b.overwrite is True
     s = p.parse_args(["sweep", "l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x", "--seed", "3"])
-    t = p.parse_args(["sweep", "l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x", "--split-seed", "3"])
+    t = p.parse_args(
+        ["sweep", "l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x", "--split-seed", "3"]
+    )
     assert s.seed == t.seed == 3
     e = p.parse_args(["eval", "--model", "m", "--task", "t", "--json"])
     f = p.parse_args(["eval", "--model", "m", "--task", "t", "--json", "r.json"])
@@ -58,9 +66,12 @@ def test_old_spellings_do_not_change_the_defaults():
         old = [a for a in parser._actions if isinstance(a, Deprecated)]
         if not old:
             continue
-        required = {"train": ["--model", "m", "--task", "t", "-o", "x"],
-                    "sweep": ["l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x"],
-                    "compose": ["-o", "x", "a"], "eval": ["--model", "m", "--task", "t"]}[name]
+        required = {
+            "train": ["--model", "m", "--task", "t", "-o", "x"],
+            "sweep": ["l*a", "-m", "a=A", "--model", "m", "--task", "t", "-o", "x"],
+            "compose": ["-o", "x", "a"],
+            "eval": ["--model", "m", "--task", "t"],
+        }[name]
         parsed = vars(p.parse_args([name, *required]))
         for a in old:
             assert parsed[a.dest] == defaults[a.dest], (name, a.option_strings)

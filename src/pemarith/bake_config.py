@@ -55,8 +55,12 @@ def _record_head(paths: Sequence[Path]) -> dict[str, Any] | None:
     return heads[0] if heads and all(h == heads[0] for h in heads) else None
 
 
-def head_config(base_config: Mapping[str, Any], adapter_config: Mapping[str, Any],
-                head_shapes: Mapping[str, Sequence[int]], inputs: Sequence[Path]) -> dict[str, Any] | None:
+def head_config(
+    base_config: Mapping[str, Any],
+    adapter_config: Mapping[str, Any],
+    head_shapes: Mapping[str, Sequence[int]],
+    inputs: Sequence[Path],
+) -> dict[str, Any] | None:
     """The updated config (see the module docstring), or None where nothing changes.
 
     ``head_shapes``: the baked checkpoint's head keys (base names) and shapes; ``inputs``: the

@@ -17,26 +17,36 @@ if TYPE_CHECKING:
     from .methods import MergeSpec
 
 
-def check_adapters(names: list[str], ads: Mapping[str, Adapter], mode: str, rank: int | None,
-                   method: MergeSpec | None, base_model: str | None) -> None:
+def check_adapters(
+    names: list[str],
+    ads: Mapping[str, Adapter],
+    mode: str,
+    rank: int | None,
+    method: MergeSpec | None,
+    base_model: str | None,
+) -> None:
     """Raise ``CompatibilityError`` (naming the modules and the difference) unless the adapters
     ``ads[n]`` compose in ``mode``: same PEFT type, base model (unless ``base_model`` names one),
     adapted layers, ``modules_to_save`` and frozen copies, the kind's rules, and shapes."""
     first, a0 = names[0], ads[names[0]]
     if mode not in a0.kind.modes:
-        raise PemarithError(f"unknown mode {mode!r}{did_you_mean(mode, a0.kind.modes)}; "
-                            f"choose one of {', '.join(a0.kind.modes)}")
+        raise PemarithError(
+            f"unknown mode {mode!r}{did_you_mean(mode, a0.kind.modes)}; "
+            f"choose one of {', '.join(a0.kind.modes)}"
+        )
     for n in names[1:]:
         a = ads[n]
         # The layers actually adapted are compared, not target_modules: PEFT writes
         # "all-linear" as the list of full module paths it matched.
         if a0.peft_type != a.peft_type:
-            raise CompatibilityError(f"{first!r} and {n!r} have different PEFT type: "
-                                     f"{a0.peft_type!r} vs {a.peft_type!r}")
+            raise CompatibilityError(
+                f"{first!r} and {n!r} have different PEFT type: {a0.peft_type!r} vs {a.peft_type!r}"
+            )
         if base_model is None and not same_base(a0.base_model, a.base_model):
             raise CompatibilityError(
                 f"{first!r} and {n!r} have different base model: {a0.base_model!r} vs {a.base_model!r}; "
-                "if they are the same weights, pass base_model=NAME (--base-model NAME) to record NAME")
+                "if they are the same weights, pass base_model=NAME (--base-model NAME) to record NAME"
+            )
         _same_keys(first, set(a0.layers), n, set(a.layers), "adapts")
         _same_keys(first, set(a0.extra), n, set(a.extra), "saves (modules_to_save)")
         _same_keys(first, set(a0.frozen), n, set(a.frozen), "saves base weights (save_embedding_layers)")
@@ -44,7 +54,8 @@ def check_adapters(names: list[str], ads: Mapping[str, Adapter], mode: str, rank
             if a0.dtypes[key] != a.dtypes[key] or not np.array_equal(a0.tensor(key), a.tensor(key)):
                 raise CompatibilityError(
                     f"{key!r}: {first!r} and {n!r} hold different copies of this frozen base weight "
-                    "(save_embedding_layers); they were not trained on the same base model")
+                    "(save_embedding_layers); they were not trained on the same base model"
+                )
     if method is None or method.is_linear:
         a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
     else:
@@ -59,12 +70,19 @@ def check_adapters(names: list[str], ads: Mapping[str, Adapter], mode: str, rank
         for key in a0.extra:
             if a0.shapes[key] != a.shapes[key]:
                 raise CompatibilityError(
-                    f"{key!r}: {first!r} has shape {a0.shapes[key]} but {n!r} has {a.shapes[key]}")
+                    f"{key!r}: {first!r} has shape {a0.shapes[key]} but {n!r} has {a.shapes[key]}"
+                )
 
 
 def _same_keys(n0: str, k0: set[str], n: str, k: set[str], verb: str) -> None:
     if k0 != k:
         only0, only = sorted(k0 - k), sorted(k - k0)
-        parts = ([f"only {n0!r} {verb} {', '.join(only0[:5])}" + (" ..." if len(only0) > 5 else "")] if only0 else [])
-        parts += [f"only {n!r} {verb} {', '.join(only[:5])}" + (" ..." if len(only) > 5 else "")] if only else []
+        parts = (
+            [f"only {n0!r} {verb} {', '.join(only0[:5])}" + (" ..." if len(only0) > 5 else "")]
+            if only0
+            else []
+        )
+        parts += (
+            [f"only {n!r} {verb} {', '.join(only[:5])}" + (" ..." if len(only) > 5 else "")] if only else []
+        )
         raise CompatibilityError(f"{n0!r} and {n!r} differ in modules: {'; '.join(parts)}")

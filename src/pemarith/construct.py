@@ -22,10 +22,19 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> PEM:
     return PEM({name: 1.0}, {name: adapter})
 
 
-def compose(expr: str | Expression, modules: Mapping[str, str | os.PathLike[str] | PEM], mode: str = "factorwise",
-            rank: int | None = None, variables: Mapping[str, float] | None = None,
-            method: str | MergeSpec = "linear", density: float | None = None, majority_sign: str = "total",
-            seed: int = 0, base_model: str | None = None, **vars: float) -> PEM:
+def compose(
+    expr: str | Expression,
+    modules: Mapping[str, str | os.PathLike[str] | PEM],
+    mode: str = "factorwise",
+    rank: int | None = None,
+    variables: Mapping[str, float] | None = None,
+    method: str | MergeSpec = "linear",
+    density: float | None = None,
+    majority_sign: str = "total",
+    seed: int = 0,
+    base_model: str | None = None,
+    **vars: float,
+) -> PEM:
     """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``; text, or an
     :class:`~pemarith.expr.Expression` parsed once for many values) over ``modules``.
 
@@ -48,7 +57,8 @@ def compose(expr: str | Expression, modules: Mapping[str, str | os.PathLike[str]
         acc = c * p if acc is None else acc + c * p
     if acc is None:
         raise CompatibilityError(f"nothing to compose: {expression.text!r} has no modules")
-    result = PEM(acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec,
-                 base_model or acc._base_model)
+    result = PEM(
+        acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec, base_model or acc._base_model
+    )
     result._check_inputs(mode, rank, spec)  # the modules_to_save rule waits for save(keep=...)
     return result

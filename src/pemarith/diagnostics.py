@@ -124,20 +124,28 @@ class Diagnosis:
             row: dict[str, object] = {"norms": self.norms(layer), "retained": self.retained(layer)}
             if len(self.names) > 1:
                 c = self.cosine(layer)
-                row["cosine"] = {f"{a}~{b}": float(c[i, j]) for i, a in enumerate(self.names)
-                                 for j, b in enumerate(self.names) if i < j}
+                row["cosine"] = {
+                    f"{a}~{b}": float(c[i, j])
+                    for i, a in enumerate(self.names)
+                    for j, b in enumerate(self.names)
+                    if i < j
+                }
             if self.factorwise:
                 row["factorwise_cosine"] = self.factorwise_cosine(layer)
                 row["cross_ratio"] = self.cross_ratio(layer)
             layers[layer] = row
         return {
-            "kind": self.kind, "modules": list(self.names),
+            "kind": self.kind,
+            "modules": list(self.names),
             "coefficients": dict(zip(self.names, self.coefs)),
             "norms": self.norms(),
-            "cosine": {a: {b: float(cos[i, j]) for j, b in enumerate(self.names)}
-                       for i, a in enumerate(self.names)},
-            "retained": self.retained(), "factorwise_cosine": self.factorwise_cosine(),
-            "cross_ratio": self.cross_ratio(), "layers": layers,
+            "cosine": {
+                a: {b: float(cos[i, j]) for j, b in enumerate(self.names)} for i, a in enumerate(self.names)
+            },
+            "retained": self.retained(),
+            "factorwise_cosine": self.factorwise_cosine(),
+            "cross_ratio": self.cross_ratio(),
+            "layers": layers,
         }
 
 

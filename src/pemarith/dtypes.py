@@ -76,17 +76,19 @@ def f32_to_bf16_bits(values: np.ndarray, out: np.ndarray | None = None) -> np.nd
     bits, flat, fvals = values.reshape(-1).view(np.uint32), out.reshape(-1), values.reshape(-1)
     step = np.empty(min(_CHUNK, bits.size), np.uint32)
     for i in range(0, bits.size, _CHUNK):
-        c = bits[i:i + _CHUNK]
-        w = step[:c.size]
+        c = bits[i : i + _CHUNK]
+        w = step[: c.size]
         np.right_shift(c, 16, out=w)
         np.bitwise_and(w, 1, out=w)
         np.add(w, 0x7FFF, out=w)
         np.add(w, c, out=w)  # (bits + 0x7FFF + lsb) >> 16; NaNs (which may wrap) are fixed below
         np.right_shift(w, 16, out=w)
-        flat[i:i + c.size] = w
-        nan = np.isnan(fvals[i:i + _CHUNK])
+        flat[i : i + c.size] = w
+        nan = np.isnan(fvals[i : i + _CHUNK])
         if nan.any():
-            flat[i:i + c.size][nan] = (((c[nan] >> 16) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(np.uint16)
+            flat[i : i + c.size][nan] = (((c[nan] >> 16) & np.uint32(0x8000)) | np.uint32(0x7FC0)).astype(
+                np.uint16
+            )
     return out
 
 
@@ -107,12 +109,12 @@ def f64_to_f32_odd(values: np.ndarray) -> np.ndarray:
     ax, af, even, up, down = np.empty(n), np.empty(n), np.empty(n, bool), np.empty(n, bool), np.empty(n, bool)
     with np.errstate(over="ignore", invalid="ignore"):
         for i in range(0, flat.size, _CHUNK):
-            c = flat[i:i + _CHUNK]
+            c = flat[i : i + _CHUNK]
             m = c.size
-            np.copyto(res[i:i + m], c, casting="unsafe")  # nearest even
+            np.copyto(res[i : i + m], c, casting="unsafe")  # nearest even
             np.abs(c, out=ax[:m])
-            np.abs(res[i:i + m], out=af[:m])
-            b = bits[i:i + m]
+            np.abs(res[i : i + m], out=af[:m])
+            b = bits[i : i + m]
             np.equal(np.bitwise_and(b, 1), 0, out=even[:m])
             np.logical_and(np.greater(ax[:m], af[:m], out=up[:m]), even[:m], out=up[:m])
             np.logical_and(np.less(ax[:m], af[:m], out=down[:m]), even[:m], out=down[:m])
@@ -168,9 +170,9 @@ def scale_f32(stored: np.ndarray, w: float, out: np.ndarray) -> bool:
     w32, small = np.float32(w), abs(w) <= 1
     with np.errstate(over="ignore", under="ignore"):
         for i in range(0, src.size, _CHUNK):
-            c = src[i:i + _CHUNK]
+            c = src[i : i + _CHUNK]
             m = c.size
-            r, rb, t = res[i:i + m], bits[i:i + m], u[:m]
+            r, rb, t = res[i : i + m], bits[i : i + m], u[:m]
             if c.dtype == np.uint16:
                 bf16_bits_to_f32(c, out=r)
             else:
@@ -178,7 +180,7 @@ def scale_f32(stored: np.ndarray, w: float, out: np.ndarray) -> bool:
             if small:
                 np.bitwise_and(rb, np.uint32(0x7FFFFFFF), out=t)
                 lowest = int(np.subtract(t, np.uint32(1), out=t).min()) + 1  # 2**32 when all zero
-                if lowest < 0x7F800000 and float(np.uint32(lowest).view(np.float32)) * abs(w) < 2.0 ** -126:
+                if lowest < 0x7F800000 and float(np.uint32(lowest).view(np.float32)) * abs(w) < 2.0**-126:
                     return False
                 np.multiply(r, w32, out=r)
             else:
@@ -203,14 +205,14 @@ def stack_scaled(blocks: Sequence[np.ndarray], weights: Sequence[float], slot: s
     if all(exact_in_f32(b.dtype, w) for b, w in zip(blocks, weights)):
         out, row = scratch(slot + ".f32", shape, np.float32), 0
         for b, w in zip(blocks, weights):
-            if not scale_f32(b, w, out[row:row + b.shape[0]]):
+            if not scale_f32(b, w, out[row : row + b.shape[0]]):
                 break
             row += b.shape[0]
         else:
             return out
     out, row = scratch(slot + ".f64", shape, np.float64), 0
     for b, w in zip(blocks, weights):  # numpy float64 weights: a Python float would be demoted to float32
-        np.multiply(values(b), np.float64(w), out=out[row:row + b.shape[0]])
+        np.multiply(values(b), np.float64(w), out=out[row : row + b.shape[0]])
         row += b.shape[0]
     return out
 
@@ -258,8 +260,8 @@ def finite_bytes(raw: bytes | bytearray | memoryview, code: str) -> bool:
     if code == "BF16":  # exponent all ones: inf or NaN; a chunk at a time (no full-size temporaries)
         step = np.empty(min(_CHUNK, stored.size), np.uint16)
         for i in range(0, stored.size, _CHUNK):
-            c = stored[i:i + _CHUNK]
-            w = np.bitwise_and(c, np.uint16(0x7F80), out=step[:c.size])
+            c = stored[i : i + _CHUNK]
+            w = np.bitwise_and(c, np.uint16(0x7F80), out=step[: c.size])
             if (w == np.uint16(0x7F80)).any():
                 return False
         return True

@@ -63,8 +63,20 @@ def unwind_on_sigterm() -> None:
 
 PROG = "pemarith"
 # what the [hf] extra installs: a command that meets one of these missing says how to install it
-HF_PACKAGES = ("torch", "transformers", "peft", "sklearn", "scipy", "matplotlib", "tqdm", "gguf",
-               "profanity_check", "datasets", "yaml", "jinja2")
+HF_PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "sklearn",
+    "scipy",
+    "matplotlib",
+    "tqdm",
+    "gguf",
+    "profanity_check",
+    "datasets",
+    "yaml",
+    "jinja2",
+)
 
 
 def _error(message: str) -> int:
@@ -89,8 +101,9 @@ def exit_status(run: Callable[[], int | None], command: str | None = None) -> in
         top = (exc.name or "").split(".")[0]
         if top not in HF_PACKAGES:
             raise
-        return _error(f"`{PROG} {command or ''}` needs the hf extra ({top} is missing): "
-                      "pip install 'pemarith[hf]'")
+        return _error(
+            f"`{PROG} {command or ''}` needs the hf extra ({top} is missing): pip install 'pemarith[hf]'"
+        )
     except OSError as exc:
         # File-system trouble the library did not anticipate: still one line, no traceback.
         where = f": {exc.filename}" if exc.filename else ""

@@ -127,7 +127,9 @@ class _Parser:
                     self._apply(ops.pop(), out)
             else:
                 inside = any(o.text == "(" for o in ops)
-                raise self.fail("missing ')'" if inside else f"unexpected {tok.text!r} (missing operator?)", tok)
+                raise self.fail(
+                    "missing ')'" if inside else f"unexpected {tok.text!r} (missing operator?)", tok
+                )
         (node,) = out
         return node
 
@@ -191,8 +193,9 @@ class Expression:
                 stack += (node[2], node[1])  # left first
         return list(seen)
 
-    def normal_form(self, names: Iterable[str] | None = None, variables: Mapping[str, float] | None = None,
-                    **vars: float) -> dict[str, float]:
+    def normal_form(
+        self, names: Iterable[str] | None = None, variables: Mapping[str, float] | None = None, **vars: float
+    ) -> dict[str, float]:
         """``{module: coefficient}`` in order of first appearance.
 
         ``names`` are the modules; identifiers bound in ``variables`` (or ``vars``) are numbers.
@@ -210,8 +213,9 @@ class Expression:
         terms = result.terms or {}
         for name, c in terms.items():
             if not math.isfinite(c):
-                raise ExprError(f"the coefficient of {name[:100]!r} is {c} (an overflow); use smaller numbers",
-                                self.text)
+                raise ExprError(
+                    f"the coefficient of {name[:100]!r} is {c} (an overflow); use smaller numbers", self.text
+                )
         return terms
 
     def _reduce(self, known: list[str] | None, vars: Mapping[str, float]) -> _Lin:
@@ -233,7 +237,9 @@ class Expression:
                     stack += ((node[2], False), (node[1], False))  # left reduced first
             elif kind == "neg":
                 inner = values.pop()
-                values.append(_Lin(-inner.value) if inner.is_number else _Lin(terms=_scale(inner.terms, -1.0)))
+                values.append(
+                    _Lin(-inner.value) if inner.is_number else _Lin(terms=_scale(inner.terms, -1.0))
+                )
             else:
                 b, a = values.pop(), values.pop()
                 values.append(self._binary(kind, a, b, node[3]))
@@ -255,8 +261,12 @@ class Expression:
             if a.is_number and b.is_number:
                 return _Lin(a.value + sign * b.value)
             if a.is_number or b.is_number:
-                raise ExprError(f"cannot {'add' if op == '+' else 'subtract'} a number and a module "
-                                "(scale a module with '*' instead)", self.text, pos)
+                raise ExprError(
+                    f"cannot {'add' if op == '+' else 'subtract'} a number and a module "
+                    "(scale a module with '*' instead)",
+                    self.text,
+                    pos,
+                )
             return _Lin(terms=_add(a.terms, b.terms, sign))
         if op == "*":
             if a.is_number and b.is_number:
@@ -287,8 +297,9 @@ def parse(text: str) -> Expression:
     return Expression(text)
 
 
-def normal_form(text: str, names: Iterable[str] | None = None, variables: Mapping[str, float] | None = None,
-                **vars: float) -> dict[str, float]:
+def normal_form(
+    text: str, names: Iterable[str] | None = None, variables: Mapping[str, float] | None = None, **vars: float
+) -> dict[str, float]:
     """Reduce ``text`` to ``{module: coefficient}``; see :class:`Expression`."""
     return Expression(text).normal_form(names, variables, **vars)
 

@@ -46,7 +46,7 @@ _NAME_LIMIT = 200  # characters of a path echoed in a message
 
 def _show(path: str | os.PathLike[str]) -> str:
     text = str(path)
-    return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT // 2] + "..." + text[-_NAME_LIMIT // 2:]
+    return text if len(text) <= _NAME_LIMIT else text[: _NAME_LIMIT // 2] + "..." + text[-_NAME_LIMIT // 2 :]
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -65,8 +65,9 @@ def resolve_output(target: str | os.PathLike[str]) -> Path:
         raise OutputError(f"cannot resolve the output {_show(target)}: {e}") from None
 
 
-def check_target(out: Path, protect: Iterable[Path], force: bool,
-                 is_previous: Callable[[Path], bool] | None, what: str) -> None:
+def check_target(
+    out: Path, protect: Iterable[Path], force: bool, is_previous: Callable[[Path], bool] | None, what: str
+) -> None:
     """Refuse ``out`` as an output unless the rules of the module docstring allow it."""
     cwd = Path.cwd().resolve()
     if _inside(cwd, out):
@@ -76,23 +77,30 @@ def check_target(out: Path, protect: Iterable[Path], force: bool,
         p = Path(p).expanduser().resolve()
         if _inside(out, p) or _inside(p, out):
             rel = "is" if out == p else ("lies inside" if _inside(out, p) else "contains")
-            raise OutputError(f"output {_show(out)} would overwrite the input {_show(p)} (it {rel} it); "
-                              "choose another directory")
+            raise OutputError(
+                f"output {_show(out)} would overwrite the input {_show(p)} (it {rel} it); "
+                "choose another directory"
+            )
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
         raise OutputError(f"output {_show(out)} already exists; pass --force (force=True) to replace it")
     if out.is_symlink() or not out.is_dir():
-        raise OutputError(f"output {_show(out)} exists and is not a directory; only an empty directory "
-                          f"or an earlier {what} may be replaced: choose another path")
+        raise OutputError(
+            f"output {_show(out)} exists and is not a directory; only an empty directory "
+            f"or an earlier {what} may be replaced: choose another path"
+        )
     if any(out.iterdir()) and not (is_previous is not None and is_previous(out)):
-        raise OutputError(f"output {_show(out)} is a directory that pemarith did not write (no earlier "
-                          f"{what} there); only an empty directory or an earlier {what} may be "
-                          "replaced: choose another directory")
+        raise OutputError(
+            f"output {_show(out)} is a directory that pemarith did not write (no earlier "
+            f"{what} there); only an empty directory or an earlier {what} may be "
+            "replaced: choose another directory"
+        )
 
 
-def check_records_dir(out: str | os.PathLike[str], is_previous: Callable[[Path], bool], what: str,
-                      protect: Iterable[Path] = ()) -> Path:
+def check_records_dir(
+    out: str | os.PathLike[str], is_previous: Callable[[Path], bool], what: str, protect: Iterable[Path] = ()
+) -> Path:
     """Check a directory that a command keeps adding records to (a sweep, a search): it may be
     new, empty, or an earlier one of its kind (``is_previous``), never the working directory, an
     ancestor of it, a file, a protected path or another non-empty directory. Returns it resolved."""
@@ -138,8 +146,13 @@ def _libc() -> ctypes.CDLL | None:
         lib = None
         with contextlib.suppress(OSError, AttributeError):
             lib = ctypes.CDLL(None, use_errno=True)
-            lib.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                                      ctypes.c_uint]
+            lib.renameat2.argtypes = [
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_uint,
+            ]
         if lib is not None and not hasattr(lib, "renameat2"):
             lib = None
         _LIBC.append(lib)
@@ -158,8 +171,10 @@ def _reserve(out: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OutputError(f"output {_show(out)} is being written by another pemarith process "
-                              f"(it holds {lock.name}); wait for it or choose another directory") from None
+            raise OutputError(
+                f"output {_show(out)} is being written by another pemarith process "
+                f"(it holds {lock.name}); wait for it or choose another directory"
+            ) from None
         # The file may have been unlinked by the previous holder after we opened it: retry then.
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock))
@@ -207,9 +222,13 @@ def _fsync(path: str | Path, flags: int) -> None:
 
 
 @contextlib.contextmanager
-def output_dir(target: str | os.PathLike[str], inputs: Iterable[Path] = (), force: bool = False,
-               is_previous: Callable[[Path], bool] | None = None,
-               what: str = "pemarith output") -> Iterator[Path]:
+def output_dir(
+    target: str | os.PathLike[str],
+    inputs: Iterable[Path] = (),
+    force: bool = False,
+    is_previous: Callable[[Path], bool] | None = None,
+    what: str = "pemarith output",
+) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success rename it to ``target``.
 
     ``inputs`` are the protected paths, ``is_previous`` says whether an existing non-empty
@@ -264,8 +283,10 @@ def _install(tmp: Path, out: Path) -> None:
         try:
             rename_noreplace(tmp, out)
         except FileExistsError:
-            raise OutputError(f"output {_show(out)} appeared while pemarith was writing it; nothing was "
-                              "replaced (run again with --force to replace it)") from None
+            raise OutputError(
+                f"output {_show(out)} appeared while pemarith was writing it; nothing was "
+                "replaced (run again with --force to replace it)"
+            ) from None
         return
     if _renameat2(tmp, out, _EXCHANGE):
         shutil.rmtree(tmp, ignore_errors=True)

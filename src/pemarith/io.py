@@ -35,8 +35,18 @@ from .tensorfile import (
     read_safetensors_header,
 )
 
-__all__ = ["ITEMSIZES", "Adapter", "SafetensorsWriter", "TensorInfo", "dtype_code", "inspect_adapter",
-           "is_adapter_output", "read_bytes", "read_safetensors_header", "write_json"]
+__all__ = [
+    "ITEMSIZES",
+    "Adapter",
+    "SafetensorsWriter",
+    "TensorInfo",
+    "dtype_code",
+    "inspect_adapter",
+    "is_adapter_output",
+    "read_bytes",
+    "read_safetensors_header",
+    "write_json",
+]
 
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
@@ -57,8 +67,15 @@ def dtype_code(dtype: Any) -> str:
     """``"F32"`` for ``np.float32``, ``"float32"``, ``"F32"``, ``"bf16"``, ... (errors otherwise)."""
     if isinstance(dtype, str):
         low = dtype.lower().replace("torch.", "")
-        alias = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16",
-                 "fp64": "float64", "double": "float64", "float": "float32"}
+        alias = {
+            "fp32": "float32",
+            "fp16": "float16",
+            "half": "float16",
+            "bf16": "bfloat16",
+            "fp64": "float64",
+            "double": "float64",
+            "float": "float32",
+        }
         low = alias.get(low, low)
         if low in _NAMES:
             return _NAMES[low]
@@ -105,7 +122,9 @@ class Adapter:
             if not isinstance(self.config, dict):
                 raise ValueError("not a JSON object")
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise AdapterError(f"{cfg}: corrupt {CONFIG_NAME} ({str(e)[:200] or 'nested too deeply'})") from None
+            raise AdapterError(
+                f"{cfg}: corrupt {CONFIG_NAME} ({str(e)[:200] or 'nested too deeply'})"
+            ) from None
         peft_type = str(self.config.get("peft_type", "")).upper()
         if peft_type not in KINDS:
             raise AdapterError(
@@ -148,9 +167,11 @@ class Adapter:
             else:
                 self.layers.setdefault(split[0], {})[split[1]] = key
         if not self.layers:
-            raise AdapterError(f"{self.weights_path}: no {self.kind.name} tensors (the file holds "
-                               f"{', '.join(list(self.shapes)[:3])[:200]}), but {CONFIG_NAME} says "
-                               f"peft_type {self.kind.name}: is the config of another adapter?")
+            raise AdapterError(
+                f"{self.weights_path}: no {self.kind.name} tensors (the file holds "
+                f"{', '.join(list(self.shapes)[:3])[:200]}), but {CONFIG_NAME} says "
+                f"peft_type {self.kind.name}: is the config of another adapter?"
+            )
         self.kind.validate_layout(self)
         self._hash = FileHash(self.weights_path)
 
@@ -199,8 +220,11 @@ class Adapter:
 
     def summary(self) -> str:
         """One line: kind, its main numbers, where, e.g. ``LORA r=8 lora_alpha=16 scaling=2 at runs/s0``."""
-        numbers = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in self.kind.describe(self).items() if not isinstance(v, bool) or v)
+        numbers = " ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in self.kind.describe(self).items()
+            if not isinstance(v, bool) or v
+        )
         return f"{self.peft_type} {numbers} at {self.path}".replace("  ", " ")
 
 
@@ -209,20 +233,26 @@ def _load_bin(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise AdapterError(f"{path}: reading adapter_model.bin needs torch; convert it to safetensors") from None
+        raise AdapterError(
+            f"{path}: reading adapter_model.bin needs torch; convert it to safetensors"
+        ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt pickle
         raise AdapterError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(state, dict):
-        raise AdapterError(f"{path}: not a state dict (it holds a {type(state).__name__}); "
-                           "save the adapter with PEFT's save_pretrained")
+        raise AdapterError(
+            f"{path}: not a state dict (it holds a {type(state).__name__}); "
+            "save the adapter with PEFT's save_pretrained"
+        )
     out: dict[str, np.ndarray] = {}
     for key, t in state.items():
         if not isinstance(key, str) or not isinstance(t, torch.Tensor) or t.layout != torch.strided:
             what = type(t).__name__ if not isinstance(t, torch.Tensor) else f"a {t.layout} tensor"
-            raise AdapterError(f"{path}: entry {str(key)[:100]!r} is {what}, not a named dense tensor; "
-                               "save the adapter with PEFT's save_pretrained")
+            raise AdapterError(
+                f"{path}: entry {str(key)[:100]!r} is {what}, not a named dense tensor; "
+                "save the adapter with PEFT's save_pretrained"
+            )
         if t.dtype == torch.bfloat16:
             out[key] = bf16_bits_to_f32(t.view(torch.int16).numpy().view(np.uint16))
         else:
@@ -230,8 +260,10 @@ def _load_bin(path: Path) -> dict[str, np.ndarray]:
                 out[key] = t.numpy()
                 dtype_code(out[key].dtype)  # refuse unsupported dtypes early
             except (TypeError, AdapterError):
-                raise AdapterError(f"{path}: tensor {key[:100]!r} has unsupported dtype {t.dtype}; "
-                                   "use float32, float16, bfloat16 or float64") from None
+                raise AdapterError(
+                    f"{path}: tensor {key[:100]!r} has unsupported dtype {t.dtype}; "
+                    "use float32, float16, bfloat16 or float64"
+                ) from None
     return out
 
 

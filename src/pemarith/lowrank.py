@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def concat(Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], weights: Sequence[float]
-           ) -> tuple[np.ndarray, np.ndarray]:
+def concat(
+    Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], weights: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """``sum_i w_i B_i A_i`` as one pair of factors, losslessly.
 
     Returns ``B = [B_1, ..., B_n]`` (``d x sum r_i``) and ``A = [w_1 A_1; ...; w_n A_n]``
@@ -25,7 +26,7 @@ def concat(Bs: Sequence[np.ndarray], As: Sequence[np.ndarray], weights: Sequence
     A = np.empty((sum(Ai.shape[0] for Ai in As), As[0].shape[1]), np.result_type(*As, *weights))
     row = 0
     for w, Ai in zip(weights, As):  # each block scaled straight into place: no temporaries
-        np.multiply(Ai, w, out=A[row:row + Ai.shape[0]])
+        np.multiply(Ai, w, out=A[row : row + Ai.shape[0]])
         row += Ai.shape[0]
     return B, A
 

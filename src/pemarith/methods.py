@@ -46,19 +46,26 @@ class MergeSpec:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise PemarithError(f"unknown merge method {self.method!r}{did_you_mean(self.method, METHODS)}; "
-                                f"choose one of {', '.join(METHODS)}")
+            raise PemarithError(
+                f"unknown merge method {self.method!r}{did_you_mean(self.method, METHODS)}; "
+                f"choose one of {', '.join(METHODS)}"
+            )
         if self.majority_sign not in SIGNS:
-            raise PemarithError(f"unknown majority sign method {self.majority_sign!r}; choose total or frequency")
+            raise PemarithError(
+                f"unknown majority sign method {self.majority_sign!r}; choose total or frequency"
+            )
         if self.method == "linear":
             if self.density is not None:
-                raise PemarithError("--density applies to ties, dare_linear, dare_ties and magnitude_prune, "
-                                    "not to linear")
+                raise PemarithError(
+                    "--density applies to ties, dare_linear, dare_ties and magnitude_prune, not to linear"
+                )
             return
         d = self.density
         if d is None:
-            raise PemarithError(f"method {self.method} needs a density: the share of each task vector "
-                                "to keep, e.g. --density 0.5 (density=0.5)")
+            raise PemarithError(
+                f"method {self.method} needs a density: the share of each task vector "
+                "to keep, e.g. --density 0.5 (density=0.5)"
+            )
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d <= 1:
             raise PemarithError(f"density must be in (0, 1], got {d!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -89,7 +96,7 @@ def prune_magnitude(tau: np.ndarray, density: float) -> np.ndarray:
     flat = np.abs(tau).reshape(-1)
     mask = np.zeros(tau.size, dtype=bool)
     if k > 0:
-        mask[np.argpartition(flat, tau.size - k)[tau.size - k:]] = True
+        mask[np.argpartition(flat, tau.size - k)[tau.size - k :]] = True
     return tau * mask.reshape(tau.shape)
 
 

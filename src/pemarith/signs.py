@@ -49,11 +49,14 @@ class SignReport:
     def _total(self) -> LayerSigns:
         ls = list(self.layers.values())
         n = len(self.names)
-        return LayerSigns(sum(x.entries for x in ls), sum(x.conflicts for x in ls),
-                          tuple(sum(x.kept[i] for x in ls) for i in range(n)),
-                          tuple(sum(x.nonzero[i] for x in ls) for i in range(n)),
-                          tuple(sum(x.kept_energy[i] for x in ls) for i in range(n)),
-                          tuple(sum(x.energy[i] for x in ls) for i in range(n)))
+        return LayerSigns(
+            sum(x.entries for x in ls),
+            sum(x.conflicts for x in ls),
+            tuple(sum(x.kept[i] for x in ls) for i in range(n)),
+            tuple(sum(x.nonzero[i] for x in ls) for i in range(n)),
+            tuple(sum(x.kept_energy[i] for x in ls) for i in range(n)),
+            tuple(sum(x.energy[i] for x in ls) for i in range(n)),
+        )
 
     def conflict(self, layer: str | None = None) -> float | None:
         """The share of shared entries whose signs conflict (of one layer, or of all)."""
@@ -70,10 +73,13 @@ class SignReport:
         return {n: (k / e if e else None) for n, k, e in zip(self.names, x.kept_energy, x.energy)}
 
     def to_json(self) -> dict[str, object]:
-        return {"density": self.density, "conflict": self.conflict(), "survives": self.survives(),
-                "survives_energy": self.survives_energy(),
-                "layers": {k: {"conflict": self.conflict(k), "survives": self.survives(k)}
-                           for k in self.layers}}
+        return {
+            "density": self.density,
+            "conflict": self.conflict(),
+            "survives": self.survives(),
+            "survives_energy": self.survives_energy(),
+            "layers": {k: {"conflict": self.conflict(k), "survives": self.survives(k)} for k in self.layers},
+        }
 
 
 def layer_signs(taus: list[np.ndarray], density: float) -> LayerSigns:
@@ -84,9 +90,14 @@ def layer_signs(taus: list[np.ndarray], density: float) -> LayerSigns:
     pruned = np.stack([prune_magnitude(t, density) for t in taus])
     kept = (pruned != 0) & majority_sign_mask(pruned, "total")
     sq = stacked.astype(np.float64) ** 2
-    return LayerSigns(int(shared.sum()), int(conflicts.sum()),
-                      tuple(int(k.sum()) for k in kept), tuple(int(z.sum()) for z in nz),
-                      tuple(float((s * k).sum()) for s, k in zip(sq, kept)), tuple(float(s.sum()) for s in sq))
+    return LayerSigns(
+        int(shared.sum()),
+        int(conflicts.sum()),
+        tuple(int(k.sum()) for k in kept),
+        tuple(int(z.sum()) for z in nz),
+        tuple(float((s * k).sum()) for s, k in zip(sq, kept)),
+        tuple(float(s.sum()) for s in sq),
+    )
 
 
 def sign_report(pem: PEM, density: float = 0.2) -> SignReport:
@@ -117,4 +128,4 @@ def shorten(names: list[str]) -> dict[str, str]:
     post = 0
     while all(len(p) > pre + post + 1 for p in parts) and len({p[-1 - post] for p in parts}) == 1:
         post += 1
-    return {n: ".".join(p[pre:len(p) - post]) for n, p in zip(names, parts)}
+    return {n: ".".join(p[pre : len(p) - post]) for n, p in zip(names, parts)}

@@ -28,9 +28,23 @@ from .errors import AdapterError, OutputError
 
 # Every safetensors dtype, by item size: what a base model may hold (integer buffers, booleans,
 # fp8) and is copied through byte for byte when merging into it.
-ITEMSIZES: dict[str, int] = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2,
-                             "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
-                             "I64": 8, "U64": 8, "F64": 8}
+ITEMSIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,9 @@ class TensorInfo:
 MAX_HEADER = 100_000_000  # bytes: the safetensors library's own limit
 
 
-def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def read_safetensors_header(
+    path: Path, any_dtype: bool = False
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it at
     least as strictly as the ``safetensors`` library: a header of at most 100 MB, a JSON object
     whose ``__metadata__`` (if any) maps strings to strings, and entries of a string ``dtype``, a
@@ -63,8 +79,9 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
             raise AdapterError(f"{path}: truncated safetensors file ({size} bytes, no header)")
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER:
-            raise AdapterError(f"{path}: corrupt safetensors file (a header of {n} bytes; the format "
-                               f"allows {MAX_HEADER})")
+            raise AdapterError(
+                f"{path}: corrupt safetensors file (a header of {n} bytes; the format allows {MAX_HEADER})"
+            )
         if n > size - 8:
             raise AdapterError(
                 f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})"
@@ -75,7 +92,9 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise AdapterError(f"{path}: corrupt safetensors header ({str(e)[:200] or 'nested too deeply'})") from None
+        raise AdapterError(
+            f"{path}: corrupt safetensors header ({str(e)[:200] or 'nested too deeply'})"
+        ) from None
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise AdapterError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
@@ -88,8 +107,10 @@ def read_safetensors_header(path: Path, any_dtype: bool = False) -> tuple[dict[s
         code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         shape, offsets = cast(list, shape), cast(list, offsets)  # checked just below
         if not (isinstance(code, str) and _int_list(shape) and _int_list(offsets) and len(offsets) == 2):
-            raise AdapterError(f"{path}: corrupt safetensors header entry for {shown!r} (dtype must be a "
-                               "string, shape and data_offsets lists of non-negative integers)")
+            raise AdapterError(
+                f"{path}: corrupt safetensors header entry for {shown!r} (dtype must be a "
+                "string, shape and data_offsets lists of non-negative integers)"
+            )
         if code not in (ITEMSIZES if any_dtype else HELD):
             raise AdapterError(f"{path}: tensor {shown!r} has unsupported dtype {code[:20]}")
         b, end = offsets
@@ -175,8 +196,13 @@ class SafetensorsWriter:
     end (for values known only after the tensors, such as SVD errors).
     """
 
-    def __init__(self, path: Path, specs: list[tuple[str, str, tuple[int, ...]]],
-                 metadata: Mapping[str, str], reserve: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        specs: list[tuple[str, str, tuple[int, ...]]],
+        metadata: Mapping[str, str],
+        reserve: int = 0,
+    ):
         self.path = path
         self._specs = specs
         header: dict[str, Any] = {"__metadata__": dict(metadata)}
@@ -199,8 +225,10 @@ class SafetensorsWriter:
             raise RuntimeError(f"writer expected {k} {code} {shape}, got {key} {array.dtype} {array.shape}")
         raw = encode(array, code)
         if not finite_bytes(raw, code):  # an overflow: 1e308*a, 1000*a in float16, a huge merge
-            raise OutputError(f"{key[:100]}: the result is not finite in {code} (the coefficients or the "
-                              "merged weights overflow it); use smaller coefficients or a wider --out-dtype")
+            raise OutputError(
+                f"{key[:100]}: the result is not finite in {code} (the coefficients or the "
+                "merged weights overflow it); use smaller coefficients or a wider --out-dtype"
+            )
         self._put(raw)
         self._next += 1
 
@@ -212,8 +240,9 @@ class SafetensorsWriter:
         self._put(raw)
         self._next += 1
 
-    def copy_tensor(self, key: str, path: Path, info: TensorInfo, chunk: int = 1 << 24,
-                    buffer: bytearray | None = None) -> None:
+    def copy_tensor(
+        self, key: str, path: Path, info: TensorInfo, chunk: int = 1 << 24, buffer: bytearray | None = None
+    ) -> None:
         """Write the next tensor as ``path`` stores it at ``info``, byte for byte, a ``chunk`` at
         a time through one buffer (``buffer``, the caller's to reuse, else a new one): a large
         tensor that is only copied (an embedding) is never held whole."""
@@ -227,7 +256,7 @@ class SafetensorsWriter:
                 f.seek(info.start)
                 left = n
                 while left:
-                    got = f.readinto(buf[:min(left, len(buf))])
+                    got = f.readinto(buf[: min(left, len(buf))])
                     if not got:
                         raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
                     self._put(buf[:got])

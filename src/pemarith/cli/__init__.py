@@ -24,8 +24,16 @@ from .args import MINUS_HINT, PROG, Parser
 
 # name -> module of this package (in the order of `pemarith --help`)
 COMMANDS: dict[str, str] = {
-    "compose": "compose", "inspect": "inspect", "diagnose": "diagnose", "bake": "bake",
-    "tasks": "tasks", "train": "train", "eval": "eval", "sweep": "sweep", "search": "search", "reproduce": "reproduce",
+    "compose": "compose",
+    "inspect": "inspect",
+    "diagnose": "diagnose",
+    "bake": "bake",
+    "tasks": "tasks",
+    "train": "train",
+    "eval": "eval",
+    "sweep": "sweep",
+    "search": "search",
+    "reproduce": "reproduce",
     "demo": "demo",
 }
 CORE_COMMANDS = ("compose", "inspect", "diagnose", "bake")
@@ -56,8 +64,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for the option tables of ``search`` or ``demo``); otherwise (``None``, ``--help``, an unknown
     command) every subcommand is, so the help and the "invalid choice" error list them all.
     Registering a subcommand never imports torch."""
-    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     command = None if argv is None else _first_command(argv)

@@ -16,8 +16,9 @@ from ..errors import PROG, PemarithError, did_you_mean
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-MINUS_HINT = (" (an expression that starts with '-' goes after '--', e.g. "
-              "`pemarith compose -m t=DIR -o OUT -- -t`)")
+MINUS_HINT = (
+    " (an expression that starts with '-' goes after '--', e.g. `pemarith compose -m t=DIR -o OUT -- -t`)"
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -103,48 +104,106 @@ def csv(text: str) -> tuple[str, ...]:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="data directory (default: $PEMARITH_DATA_DIR, ../shared/data or ./data)")
-    p.add_argument("--split-seed", type=int, default=0, metavar="S",
-                   help="seed of the permutation that cuts splits from a file (default 0)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory (default: $PEMARITH_DATA_DIR, ../shared/data or ./data)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of the permutation that cuts splits from a file (default 0)",
+    )
 
 
 def composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
     """The options of a command that composes and writes (``compose``, ``bake``)."""
     p.add_argument(
-        "-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
-        type=module_arg, default=[],
+        "-m",
+        "--module",
+        dest="modules",
+        metavar="NAME=PATH",
+        action="append",
+        type=module_arg,
+        default=[],
         help="an adapter directory and the name the expression calls it (repeat for each "
         "module); a bare PATH is named after its directory",
     )
     p.add_argument("-o", "--out", required=True, metavar="OUT", help=out_help)
-    p.add_argument("--mode", choices=("factorwise", "exact"), default="factorwise",
-                   help="LoRA arithmetic on the factors (paper, default) or on Delta W")
-    p.add_argument("--rank", type=rank_arg, metavar="R",
-                   help="with --mode exact: recompress to rank R by a truncated SVD")
-    p.add_argument("--set", dest="vars", metavar="NAME=VALUE", action="append",
-                   type=var_arg, default=[], help="bind a free variable, e.g. --set l=0.3")
-    p.add_argument("--keep", metavar="NAME",
-                   help="module whose modules_to_save tensors (e.g. a classifier head) to keep "
-                   "when the coefficients do not sum to 1")
-    p.add_argument("--method", default="linear",
-                   choices=("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"),
-                   help="merge method: linear arithmetic (default), or PEFT's TIES, DARE and magnitude "
-                   "pruning on the signed task vectors of each layer (LoRA: needs --mode exact --rank R)")
-    p.add_argument("--density", type=float, metavar="D",
-                   help="with a method other than linear: the share of each task vector kept, in (0, 1]")
-    p.add_argument("--majority-sign", choices=("total", "frequency"), default="total",
-                   help="TIES' sign election: by summed value (total, default, as PEFT) or by count")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of DARE's random masks (default 0): the same seed gives the same output")
-    p.add_argument("--base-model", metavar="NAME",
-                   help="the modules' base model, recorded as base_model_name_or_path: pass it when "
-                   "modules name their base differently (a path, a hub id) but were trained on the same weights")
-    p.add_argument("--force", action="store_true", help="replace OUT if it is an earlier pemarith output or an empty directory "
-                   "(anything else is refused)")
+    p.add_argument(
+        "--mode",
+        choices=("factorwise", "exact"),
+        default="factorwise",
+        help="LoRA arithmetic on the factors (paper, default) or on Delta W",
+    )
+    p.add_argument(
+        "--rank",
+        type=rank_arg,
+        metavar="R",
+        help="with --mode exact: recompress to rank R by a truncated SVD",
+    )
+    p.add_argument(
+        "--set",
+        dest="vars",
+        metavar="NAME=VALUE",
+        action="append",
+        type=var_arg,
+        default=[],
+        help="bind a free variable, e.g. --set l=0.3",
+    )
+    p.add_argument(
+        "--keep",
+        metavar="NAME",
+        help="module whose modules_to_save tensors (e.g. a classifier head) to keep "
+        "when the coefficients do not sum to 1",
+    )
+    p.add_argument(
+        "--method",
+        default="linear",
+        choices=("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"),
+        help="merge method: linear arithmetic (default), or PEFT's TIES, DARE and magnitude "
+        "pruning on the signed task vectors of each layer (LoRA: needs --mode exact --rank R)",
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        metavar="D",
+        help="with a method other than linear: the share of each task vector kept, in (0, 1]",
+    )
+    p.add_argument(
+        "--majority-sign",
+        choices=("total", "frequency"),
+        default="total",
+        help="TIES' sign election: by summed value (total, default, as PEFT) or by count",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of DARE's random masks (default 0): the same seed gives the same output",
+    )
+    p.add_argument(
+        "--base-model",
+        metavar="NAME",
+        help="the modules' base model, recorded as base_model_name_or_path: pass it when "
+        "modules name their base differently (a path, a hub id) but were trained on the same weights",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it is an earlier pemarith output or an empty directory "
+        "(anything else is refused)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON report")
-    p.add_argument("expr", nargs="+", metavar="EXPR",
-                   help="the expression, first or last; after '--' it may start with '-'")
+    p.add_argument(
+        "expr",
+        nargs="+",
+        metavar="EXPR",
+        help="the expression, first or last; after '--' it may start with '-'",
+    )
 
 
 _TOKENS = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
@@ -165,12 +224,15 @@ def bind_modules(text: str, modules: dict[str, str], variables: dict[str, float]
             if os.path.isdir(name):
                 hint = f"a directory {shown!r} exists here: add -m {shown}={shown}"
             where = text if len(text) <= 120 else text[:120] + "..."
-            raise PemarithError(f"unknown name {shown!r} at position {match.start() + 1} "
-                                f"in {where!r}; {hint}")
+            raise PemarithError(
+                f"unknown name {shown!r} at position {match.start() + 1} in {where!r}; {hint}"
+            )
     return normal_form(text, list(modules), variables)
 
 
-def composition(args: argparse.Namespace, text: str | None = None) -> tuple[Any, dict[str, str], dict[str, float]]:
+def composition(
+    args: argparse.Namespace, text: str | None = None
+) -> tuple[Any, dict[str, str], dict[str, float]]:
     """The PEM that a command's ``-m``, ``--set``, ``--mode``, ``--rank``, ``--keep`` and EXPR
     describe, with the modules given and the normal form's terms."""
     import pemarith
@@ -196,9 +258,13 @@ def composition(args: argparse.Namespace, text: str | None = None) -> tuple[Any,
     for name in (v for v in variables if v not in present):
         print(f"{PROG}: note: --set {name[:60]} is not used in the expression", file=sys.stderr)
     method = getattr(args, "method", "linear")
-    options = {"method": method, "density": getattr(args, "density", None),
-               "majority_sign": getattr(args, "majority_sign", "total"), "seed": getattr(args, "seed", 0),
-               "base_model": getattr(args, "base_model", None)}
+    options = {
+        "method": method,
+        "density": getattr(args, "density", None),
+        "majority_sign": getattr(args, "majority_sign", "total"),
+        "seed": getattr(args, "seed", 0),
+        "base_model": getattr(args, "base_model", None),
+    }
     pem = pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables, **options)
     return pem, modules, terms
 
@@ -234,24 +300,40 @@ class Deprecated(argparse.Action):
         kwargs["default"] = argparse.SUPPRESS
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         note(f"{option_string} is now {self.new}; the old spelling goes in the next release")
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def add_hardware(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--dtype`` (pemarith.hf.hardware), shared by the model-side commands."""
-    p.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto (default: a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", dest="model_dtype", default="auto",
-                   choices=("auto", "float32", "bfloat16", "float16"),
-                   help="the model's dtype (default auto: bfloat16 on a GPU that has it, else float32)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEV",
+        help="auto (default: a GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    p.add_argument(
+        "--dtype",
+        dest="model_dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="the model's dtype (default auto: bfloat16 on a GPU that has it, else float32)",
+    )
 
 
 def add_revision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--revision", metavar="REV",
-                   help="with a hub id as --model: the branch, tag or commit to load (owner/name@REV)")
+    p.add_argument(
+        "--revision",
+        metavar="REV",
+        help="with a hub id as --model: the branch, tag or commit to load (owner/name@REV)",
+    )
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -261,11 +343,16 @@ def model_name(args: argparse.Namespace) -> str:
     if not revision:
         return args.model
     if os.path.exists(os.path.expanduser(args.model)) or "/" not in args.model or "@" in args.model:
-        raise PemarithError(f"--revision applies to a hub id owner/name; {args.model!r} is not one "
-                            "(a local directory or a short name has no revisions)")
+        raise PemarithError(
+            f"--revision applies to a hub id owner/name; {args.model!r} is not one "
+            "(a local directory or a short name has no revisions)"
+        )
     return f"{args.model}@{revision}"
 
 
 def add_verbose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--verbose", action="store_true",
-                   help="show third-party warnings (PEFT's, transformers', torch's), hidden by default")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show third-party warnings (PEFT's, transformers', torch's), hidden by default",
+    )

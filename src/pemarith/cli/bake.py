@@ -38,8 +38,9 @@ def register(subparsers: Any) -> None:
         epilog=BAKE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--base", required=True, metavar="DIR",
-                   help="the base model's checkpoint directory (safetensors)")
+    p.add_argument(
+        "--base", required=True, metavar="DIR", help="the base model's checkpoint directory (safetensors)"
+    )
     composition_args(p, "output checkpoint directory (must not exist unless --force)")
     p.set_defaults(func=run)
 
@@ -48,22 +49,41 @@ def run(args: argparse.Namespace) -> int:
     from pemarith.bake import bake
 
     pem, modules, terms = composition(args)
-    report = bake(pem, args.base, args.out, mode=args.mode, rank=args.rank, keep=args.keep,
-                  force=args.force, protect=tuple(modules.values()))
+    report = bake(
+        pem,
+        args.base,
+        args.out,
+        mode=args.mode,
+        rank=args.rank,
+        keep=args.keep,
+        force=args.force,
+        protect=tuple(modules.values()),
+    )
     note_unused(modules, terms)
-    summary = {"expression": str(pem), "mode": args.mode, "base": str(args.base),
-               "path": str(report.path), "shards": report.shards, "merged": report.merged,
-               "replaced": report.replaced, "added": report.added, "skipped": report.skipped,
-               "config": report.config, "seconds": report.seconds}
+    summary = {
+        "expression": str(pem),
+        "mode": args.mode,
+        "base": str(args.base),
+        "path": str(report.path),
+        "shards": report.shards,
+        "merged": report.merged,
+        "replaced": report.replaced,
+        "added": report.added,
+        "skipped": report.skipped,
+        "config": report.config,
+        "seconds": report.seconds,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     changed = sum(len(v) for v in report.merged.values())
     print(f"baked     {summary['expression']} ({args.mode}) into {args.base}")
     print(f"output    {report.path} ({len(report.shards)} shard(s))")
-    print(f"merged    {len(report.merged)} layers ({changed} tensors)"
-          + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "")
-          + (f"; added {', '.join(report.added)}" if report.added else ""))
+    print(
+        f"merged    {len(report.merged)} layers ({changed} tensors)"
+        + (f"; replaced {', '.join(report.replaced)}" if report.replaced else "")
+        + (f"; added {', '.join(report.added)}" if report.added else "")
+    )
     if report.config:
         print(f"config    config.json: {', '.join(report.config)} set for the merged classifier head")
     if report.skipped:

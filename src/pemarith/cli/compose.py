@@ -48,8 +48,12 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     composition_args(p, "output adapter directory (must not exist unless --force)")
-    p.add_argument("--out-dtype", dest="dtype", choices=DTYPES,
-                   help="dtype of the written weights (default: that of the inputs)")
+    p.add_argument(
+        "--out-dtype",
+        dest="dtype",
+        choices=DTYPES,
+        help="dtype of the written weights (default: that of the inputs)",
+    )
     p.add_argument("--dtype", dest="dtype", choices=DTYPES, action=Deprecated, new="--out-dtype")
     p.set_defaults(func=run)
 
@@ -58,15 +62,25 @@ def run(args: argparse.Namespace) -> int:
     from pemarith.expr import format_terms
 
     pem, modules, terms = composition(args)
-    report = pem.save(args.out, mode=args.mode, rank=args.rank, force=args.force,
-                      keep=args.keep, dtype=args.dtype, protect=tuple(modules.values()))
+    report = pem.save(
+        args.out,
+        mode=args.mode,
+        rank=args.rank,
+        force=args.force,
+        keep=args.keep,
+        dtype=args.dtype,
+        protect=tuple(modules.values()),
+    )
     note_unused(modules, terms)
     (c,) = terms.values() if len(terms) == 1 else (1.0,)
     kind = str(getattr(getattr(pem, "kind", None), "name", "")).lower()
     if args.mode == "factorwise" and kind == "lora" and abs(c) not in (0.0, 1.0):
         # SPEC: users must be told; the paper's method scales both factors.
-        print(f"{PROG}: note: factorwise scales both A and B, so the weight update is scaled by "
-              f"c*|c| = {c * abs(c):g}; use --mode exact to scale it by {c:g}", file=sys.stderr)
+        print(
+            f"{PROG}: note: factorwise scales both A and B, so the weight update is scaled by "
+            f"c*|c| = {c * abs(c):g}; use --mode exact to scale it by {c:g}",
+            file=sys.stderr,
+        )
 
     errors = dict(getattr(report, "layer_errors", None) or {})
     summary: dict[str, Any] = {
@@ -91,12 +105,16 @@ def run(args: argparse.Namespace) -> int:
     svd = ", truncated SVD" if errors else ""
     print(f"mode      {report.mode}{rank}{svd}")
     if summary["method"] != "linear":
-        options = ", ".join(f"{k} {v}" for k, v in summary.items() if k in ("density", "majority_sign", "seed"))
+        options = ", ".join(
+            f"{k} {v}" for k, v in summary.items() if k in ("density", "majority_sign", "seed")
+        )
         print(f"method    {summary['method']} ({options})")
     print(f"output    {report.path}")
     if errors:
-        print(f"SVD error relative Frobenius per layer: max {summary['max_layer_error']:.3g}, "
-              f"mean {summary['mean_layer_error']:.3g} ({len(errors)} layers)")
+        print(
+            f"SVD error relative Frobenius per layer: max {summary['max_layer_error']:.3g}, "
+            f"mean {summary['mean_layer_error']:.3g} ({len(errors)} layers)"
+        )
     if report.seconds is not None:
         print(f"time      {report.seconds:.3g} s")
     return 0

@@ -52,20 +52,46 @@ def register(subparsers: Any) -> None:
         epilog=DIAGNOSE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
-                   type=module_arg, default=[],
-                   help="an adapter directory and its name (repeat for each module)")
-    p.add_argument("--set", dest="vars", metavar="NAME=VALUE", action="append",
-                   type=var_arg, default=[], help="bind a free variable of EXPR, e.g. --set l=0.3")
+    p.add_argument(
+        "-m",
+        "--module",
+        dest="modules",
+        metavar="NAME=PATH",
+        action="append",
+        type=module_arg,
+        default=[],
+        help="an adapter directory and its name (repeat for each module)",
+    )
+    p.add_argument(
+        "--set",
+        dest="vars",
+        metavar="NAME=VALUE",
+        action="append",
+        type=var_arg,
+        default=[],
+        help="bind a free variable of EXPR, e.g. --set l=0.3",
+    )
     p.add_argument("--layers", action="store_true", help="also print a table with one row per layer")
-    p.add_argument("--density", type=float, default=0.2, metavar="D",
-                   help="the TIES density the survival shares are computed at (default 0.2)")
-    p.add_argument("--no-signs", action="store_true",
-                   help="skip the sign-conflict report (it forms each layer's dense update)")
+    p.add_argument(
+        "--density",
+        type=float,
+        default=0.2,
+        metavar="D",
+        help="the TIES density the survival shares are computed at (default 0.2)",
+    )
+    p.add_argument(
+        "--no-signs",
+        action="store_true",
+        help="skip the sign-conflict report (it forms each layer's dense update)",
+    )
     p.add_argument("--json", action="store_true", help="print everything, per layer too, as JSON")
-    p.add_argument("expr", nargs="*", metavar="EXPR",
-                   help="optional composition whose interference to measure (-m modules it does "
-                   "not use are still compared); after '--' it may start with '-'")
+    p.add_argument(
+        "expr",
+        nargs="*",
+        metavar="EXPR",
+        help="optional composition whose interference to measure (-m modules it does "
+        "not use are still compared); after '--' it may start with '-'",
+    )
     p.set_defaults(func=run)
 
 
@@ -96,39 +122,63 @@ def run(args: argparse.Namespace) -> int:
 
         signs = sign_report(pem, args.density)
     if args.json:
-        print(json.dumps({"expression": shown if text else None,
-                          **d.to_json(), "signs": signs.to_json() if signs else None}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "expression": shown if text else None,
+                    **d.to_json(),
+                    "signs": signs.to_json() if signs else None,
+                },
+                indent=2,
+            )
+        )
         return 0
     names = list(d.names)
     from pemarith.signs import shorten
 
     short = shorten(list(d.gram))
     print(f"modules      {', '.join(names)} ({d.kind}, {len(d.gram)} layers)")
-    print("update norm  " + "  ".join(f"{n} {v:.4g}" for n, v in d.norms().items())
-          + "   (||D_i||_F, all layers)")
+    print(
+        "update norm  "
+        + "  ".join(f"{n} {v:.4g}" for n, v in d.norms().items())
+        + "   (||D_i||_F, all layers)"
+    )
     if len(names) > 1:
         cos = d.cosine()
         print("cosine similarity of the updates, whole modules:")
-        print("\n".join(table({a: {b: float(cos[i, j]) for j, b in enumerate(names)}
-                                for i, a in enumerate(names)}, "")))
+        print(
+            "\n".join(
+                table(
+                    {a: {b: float(cos[i, j]) for j, b in enumerate(names)} for i, a in enumerate(names)}, ""
+                )
+            )
+        )
         for i, a in enumerate(names):
-            for b in names[i + 1:]:
+            for b in names[i + 1 :]:
                 per = d.pair_cosines(a, b)
                 lo, hi = min(per, key=per.get), max(per, key=per.get)
                 mid = statistics.median(per.values())
-                print(f"per layer, {a}~{b}: min {per[lo]:.3g} ({short[lo]}), median {mid:.3g}, "
-                      f"max {per[hi]:.3g} ({short[hi]})")
+                print(
+                    f"per layer, {a}~{b}: min {per[lo]:.3g} ({short[lo]}), median {mid:.3g}, "
+                    f"max {per[hi]:.3g} ({short[hi]})"
+                )
                 print("  -> " + _cosine_words(float(cos[i, names.index(b)]), a, b))
     if text:
         print(f"composition  {shown}")
         r = d.retained()
-        print(f"retained norm  {fmt(r)}   ||sum c_i D_i|| / sum |c_i| ||D_i|| (1: aligned; "
-              "near 0: the terms cancel)")
+        print(
+            f"retained norm  {fmt(r)}   ||sum c_i D_i|| / sum |c_i| ||D_i|| (1: aligned; "
+            "near 0: the terms cancel)"
+        )
         if r is not None:
-            print(f"  -> the merge keeps {r:.0%} of the norm its terms would have if they pointed the same way")
+            print(
+                f"  -> the merge keeps {r:.0%} of the norm its terms would have if they pointed the same way"
+            )
         if d.factorwise:
-            print(f"factorwise     cos(F, E) {fmt(d.factorwise_cosine())}, cross terms "
-                  f"{fmt(d.cross_ratio())} of the own terms (F: factorwise, E: exact update)")
+            print(
+                f"factorwise     cos(F, E) {fmt(d.factorwise_cosine())}, cross terms "
+                f"{fmt(d.cross_ratio())} of the own terms (F: factorwise, E: exact update)"
+            )
             fc, cr = d.factorwise_cosine(), d.cross_ratio()
             if fc is not None and cr is not None:
                 print("  -> " + _factorwise_words(fc, cr))
@@ -138,19 +188,35 @@ def run(args: argparse.Namespace) -> int:
         conflict, keep, energy = signs.conflict(), signs.survives(), signs.survives_energy()
         print(f"sign conflict  {fmt(conflict)}   of the entries two or more modules change")
         if conflict is not None:
-            print(f"  -> in {conflict:.0%} of the shared entries the modules pull in opposite directions: a linear "
-                  "merge lets them cancel there, TIES keeps one sign")
-        print(f"survives at density {signs.density:g} (TIES): " + "  ".join(
-            f"{n} {fmt(keep[n])} of entries, {fmt(energy[n])} of norm^2" for n in names if keep[n] is not None))
+            print(
+                f"  -> in {conflict:.0%} of the shared entries the modules pull in opposite directions: a linear "
+                "merge lets them cancel there, TIES keeps one sign"
+            )
+        print(
+            f"survives at density {signs.density:g} (TIES): "
+            + "  ".join(
+                f"{n} {fmt(keep[n])} of entries, {fmt(energy[n])} of norm^2"
+                for n in names
+                if keep[n] is not None
+            )
+        )
         for n in (n for n in names if keep[n] is not None and energy[n] is not None):
-            print(f"  -> TIES keeps {keep[n]:.0%} of {n}'s entries, carrying {energy[n]:.0%} of its squared norm")
+            print(
+                f"  -> TIES keeps {keep[n]:.0%} of {n}'s entries, carrying {energy[n]:.0%} of its squared norm"
+            )
     if args.layers:
         rows = {}
         for layer in d.gram:
             row: dict[str, Any] = {f"|{n}|": v for n, v in d.norms(layer).items()}
             c = d.cosine(layer)
-            row.update({f"cos {a}~{b}": float(c[i, j]) for i, a in enumerate(names)
-                        for j, b in enumerate(names) if i < j})
+            row.update(
+                {
+                    f"cos {a}~{b}": float(c[i, j])
+                    for i, a in enumerate(names)
+                    for j, b in enumerate(names)
+                    if i < j
+                }
+            )
             if text:
                 row["retained"] = d.retained(layer)
                 if d.factorwise:

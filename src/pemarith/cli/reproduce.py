@@ -45,32 +45,55 @@ def _tasks(text: str) -> list[str]:
 def register(subparsers: Any) -> None:
     """Add ``reproduce`` to the ``pemarith`` parser."""
     p = subparsers.add_parser(
-        "reproduce", help="reproduce a setting of the paper (train, compose, tune lambda, report)",
+        "reproduce",
+        help="reproduce a setting of the paper (train, compose, tune lambda, report)",
         description="Train every module a setting needs, compose them, tune lambda on validation "
         "with the sweep machinery, evaluate on the held-out test half, and write results.json, "
         "report.md and plots. A rerun resumes: finished work is skipped.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("name", metavar="NAME", help="a reproduction (see below) or a recipe .toml")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes from the recipe's [quick] table (minutes; checks the pipeline)")
-    p.add_argument("--out", metavar="DIR",
-                   help="output directory (default runs/reproduce/NAME, NAME-quick with --quick)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes from the recipe's [quick] table (minutes; checks the pipeline)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="output directory (default runs/reproduce/NAME, NAME-quick with --quick)"
+    )
     p.add_argument("--store", metavar="DIR", help="store of finished work (default: OUT/../store)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="data directory (default: $PEMARITH_DATA_DIR, ../shared/data or ./data)")
-    p.add_argument("--seeds", type=_seeds, nargs="+", metavar="S",
-                   help="override the recipe's seeds (e.g. --seeds 0 1 or --seeds 0,1)")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="data directory (default: $PEMARITH_DATA_DIR, ../shared/data or ./data)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        nargs="+",
+        metavar="S",
+        help="override the recipe's seeds (e.g. --seeds 0 1 or --seeds 0,1)",
+    )
     p.add_argument("--tasks", type=_tasks, metavar="A,B", help="override the recipe's tasks")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads (on a busy 2-core machine 1 is fastest)")
-    p.add_argument("--report", action="store_true",
-                   help="do not run: rebuild report.md and plots from OUT/results.json")
-    p.add_argument("--docs", metavar="DIR",
-                   help="also publish the results to DIR (e.g. docs/results): data file, "
-                   "figures and the page's generated tables")
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (on a busy 2-core machine 1 is fastest)"
+    )
+    p.add_argument(
+        "--report", action="store_true", help="do not run: rebuild report.md and plots from OUT/results.json"
+    )
+    p.add_argument(
+        "--docs",
+        metavar="DIR",
+        help="also publish the results to DIR (e.g. docs/results): data file, "
+        "figures and the page's generated tables",
+    )
     p.add_argument("--progress", action="store_true", help="show training progress bars")
-    p.add_argument("--verbose", action="store_true",
-                   help="show third-party warnings (PEFT's, transformers', torch's), hidden by default")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show third-party warnings (PEFT's, transformers', torch's), hidden by default",
+    )
     p.set_defaults(func=run)
 
 
@@ -89,14 +112,24 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         path = out / "results.json"
         if not path.is_file():
-            raise PemarithError(f"{path} does not exist; run `pemarith reproduce {args.name}"
-                                f"{' --quick' if args.quick else ''}` first")
+            raise PemarithError(
+                f"{path} does not exist; run `pemarith reproduce {args.name}"
+                f"{' --quick' if args.quick else ''}` first"
+            )
         results = read_json(path)
         written = publish(results, out)
     else:
-        results = reproduce(args.name, quick=args.quick, out=out, store=args.store,
-                            data_dir=args.data_dir, seeds=args.seeds, tasks=args.tasks,
-                            threads=args.threads, progress=args.progress)
+        results = reproduce(
+            args.name,
+            quick=args.quick,
+            out=out,
+            store=args.store,
+            data_dir=args.data_dir,
+            seeds=args.seeds,
+            tasks=args.tasks,
+            threads=args.threads,
+            progress=args.progress,
+        )
         written = [out / "results.json", out / "report.md"]
     if args.docs:
         written += publish_docs(results, args.docs, recipe.name)

@@ -80,52 +80,120 @@ def register(subparsers: Any) -> None:
 
     from ..hf.search_config import SAMPLERS
 
-    p = subparsers.add_parser("search", help="search one coefficient per module with Optuna",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("expr", nargs="+", metavar="EXPR",
-                   help="the expression, e.g. \"a*x + b*y\"; after '--' it may start with '-'")
-    p.add_argument("-m", "--module", dest="modules", metavar="NAME=PATH", action="append",
-                   type=module_arg, default=[], help="an adapter directory (repeat per module)")
+    p = subparsers.add_parser(
+        "search",
+        help="search one coefficient per module with Optuna",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "expr",
+        nargs="+",
+        metavar="EXPR",
+        help="the expression, e.g. \"a*x + b*y\"; after '--' it may start with '-'",
+    )
+    p.add_argument(
+        "-m",
+        "--module",
+        dest="modules",
+        metavar="NAME=PATH",
+        action="append",
+        type=module_arg,
+        default=[],
+        help="an adapter directory (repeat per module)",
+    )
     p.add_argument("--model", required=True, help="base model: minilm, smollm2, a directory or hub id")
-    p.add_argument("--task", dest="tasks", action="append", required=True, metavar="TASK",
-                   help="task name or task file (.yaml, docs/tasks.md) to evaluate (repeat to track several; see `pemarith tasks`)")
-    p.add_argument("-o", "--out", required=True, metavar="DIR",
-                   help="output directory: trials, results, plots, and the records a rerun resumes from")
-    p.add_argument("--var", dest="variables", action="append", type=_var, default=[],
-                   metavar="NAME=LO:HI[:STEP]", required=True,
-                   help="a searched variable and its range (repeat for each free name)")
+    p.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        required=True,
+        metavar="TASK",
+        help="task name or task file (.yaml, docs/tasks.md) to evaluate (repeat to track several; see `pemarith tasks`)",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory: trials, results, plots, and the records a rerun resumes from",
+    )
+    p.add_argument(
+        "--var",
+        dest="variables",
+        action="append",
+        type=_var,
+        default=[],
+        metavar="NAME=LO:HI[:STEP]",
+        required=True,
+        help="a searched variable and its range (repeat for each free name)",
+    )
     p.add_argument("--budget", type=_positive, default=40, metavar="N", help="trials (default 40)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                   help="Optuna sampler (default tpe; cmaes for several continuous variables; grid "
-                   "needs LO:HI:STEP)")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default="tpe",
+        help="Optuna sampler (default tpe; cmaes for several continuous variables; grid needs LO:HI:STEP)",
+    )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="the sampler's seed (default 0)")
-    p.add_argument("--objective", metavar="METRIC|loss",
-                   help="metric to optimise (default: the first task's first metric; loss, perplexity "
-                   "and toxicity are minimised, others maximised), or loss: the validation loss")
-    p.add_argument("--l1", type=_l1, default=0.0, metavar="W",
-                   help="add LoraHub's penalty W * mean |v| over the variables (default 0)")
-    p.add_argument("--mode", choices=("factorwise", "exact"), default="factorwise",
-                   help="LoRA arithmetic on the factors (paper, default) or on Delta W")
+    p.add_argument(
+        "--objective",
+        metavar="METRIC|loss",
+        help="metric to optimise (default: the first task's first metric; loss, perplexity "
+        "and toxicity are minimised, others maximised), or loss: the validation loss",
+    )
+    p.add_argument(
+        "--l1",
+        type=_l1,
+        default=0.0,
+        metavar="W",
+        help="add LoraHub's penalty W * mean |v| over the variables (default 0)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("factorwise", "exact"),
+        default="factorwise",
+        help="LoRA arithmetic on the factors (paper, default) or on Delta W",
+    )
     p.add_argument("--rank", type=rank_arg, metavar="R", help="with --mode exact: truncated SVD to rank R")
-    p.add_argument("--keep", metavar="NAME",
-                   help="module whose modules_to_save (head) to keep when coefficients do not sum to 1")
-    p.add_argument("--limit", type=_positive, metavar="N",
-                   help="first N rows of each split (text tasks: N tokens for perplexity)")
+    p.add_argument(
+        "--keep",
+        metavar="NAME",
+        help="module whose modules_to_save (head) to keep when coefficients do not sum to 1",
+    )
+    p.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="first N rows of each split (text tasks: N tokens for perplexity)",
+    )
     p.add_argument("--samples", type=_positive, metavar="N", help="generations scored for toxicity")
-    p.add_argument("--max-tokens", type=_positive, metavar="N",
-                   help="text tasks: tokens scored for perplexity (default: --limit, else all)")
+    p.add_argument(
+        "--max-tokens",
+        type=_positive,
+        metavar="N",
+        help="text tasks: tokens scored for perplexity (default: --limit, else all)",
+    )
     p.add_argument("--batch-size", type=_positive, default=32, metavar="N")
-    p.add_argument("--split-seed", type=int, default=0, metavar="S",
-                   help="seed of the split permutation (default 0)")
+    p.add_argument(
+        "--split-seed", type=int, default=0, metavar="S", help="seed of the split permutation (default 0)"
+    )
     p.add_argument("--data-dir", metavar="DIR", help="data directory (default: PEMARITH_DATA_DIR, ...)")
     p.add_argument("--val-split", default="validation", help="split to search on (default: validation)")
     p.add_argument("--test-split", default="test", help="split to report the best on; 'none' to skip")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="evaluate on Ray actors, each loading the model once: start a local Ray "
-                   "(no ADDRESS) or join a cluster (e.g. auto); needs pemarith[ray]")
-    p.add_argument("--workers", type=_positive, metavar="K",
-                   help="with --ray: K actors, K trials at a time (default 2)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="evaluate on Ray actors, each loading the model once: start a local Ray "
+        "(no ADDRESS) or join a cluster (e.g. auto); needs pemarith[ray]",
+    )
+    p.add_argument(
+        "--workers", type=_positive, metavar="K", help="with --ray: K actors, K trials at a time (default 2)"
+    )
     p.add_argument("--restart", action="store_true", help="discard DIR's records and start afresh")
     p.add_argument("--no-plot", action="store_true", help="do not draw the figures")
     p.add_argument("--json", action="store_true", help="print results.json")
@@ -142,14 +210,34 @@ def run(args: argparse.Namespace) -> int:
     from ..hf.search import run_search
     from ..hf.search_config import SearchConfig
 
-    config = SearchConfig(device=args.device, dtype=args.model_dtype, 
-        expr=" ".join(args.expr), modules=module_map(args.modules), model=model_name(args),
-        tasks=tuple(args.tasks), out=args.out, variables=tuple(args.variables), budget=args.budget,
-        sampler=args.sampler, seed=args.seed, objective=args.objective, l1=args.l1, mode=args.mode,
-        rank=args.rank, keep=args.keep, limit=args.limit, split_seed=args.split_seed,
-        data_dir=args.data_dir, val_split=args.val_split,
-        test_split=None if args.test_split == "none" else args.test_split, batch_size=args.batch_size,
-        max_tokens=args.max_tokens, samples=args.samples, restart=args.restart, plot=not args.no_plot)
+    config = SearchConfig(
+        device=args.device,
+        dtype=args.model_dtype,
+        expr=" ".join(args.expr),
+        modules=module_map(args.modules),
+        model=model_name(args),
+        tasks=tuple(args.tasks),
+        out=args.out,
+        variables=tuple(args.variables),
+        budget=args.budget,
+        sampler=args.sampler,
+        seed=args.seed,
+        objective=args.objective,
+        l1=args.l1,
+        mode=args.mode,
+        rank=args.rank,
+        keep=args.keep,
+        limit=args.limit,
+        split_seed=args.split_seed,
+        data_dir=args.data_dir,
+        val_split=args.val_split,
+        test_split=None if args.test_split == "none" else args.test_split,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        samples=args.samples,
+        restart=args.restart,
+        plot=not args.no_plot,
+    )
     engine = None
     if args.ray is not None:
         from ..hf.search_ray import ray_engine
@@ -163,13 +251,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     best = result.best
     shown = ", ".join(f"{n} = {best.params[n]:.6g}" for n in result.names)
-    print(f"best      trial {best.number}: {shown}  (objective {best.objective:.6g}, {result.metric} "
-          f"{result.direction[:3]})")
+    print(
+        f"best      trial {best.number}: {shown}  (objective {best.objective:.6g}, {result.metric} "
+        f"{result.direction[:3]})"
+    )
     print("validation " + ", ".join(f"{c} {best.scores[c]:.4g}" for c in result.columns if c in best.scores))
     if result.test is not None:
-        print("test      " + ", ".join(f"{c} {result.test[c]:.4g}" for c in result.columns if c in result.test))
-    print(f"trials    {len(result.trials)} ({config.sampler}, seed {config.seed}, {result.engine}); "
-          f"{result.evaluations} evaluated, {result.reused} read back from {config.out}/records.jsonl; "
-          f"{result.seconds:.1f} s")
+        print(
+            "test      " + ", ".join(f"{c} {result.test[c]:.4g}" for c in result.columns if c in result.test)
+        )
+    print(
+        f"trials    {len(result.trials)} ({config.sampler}, seed {config.seed}, {result.engine}); "
+        f"{result.evaluations} evaluated, {result.reused} read back from {config.out}/records.jsonl; "
+        f"{result.seconds:.1f} s"
+    )
     print("wrote     " + ", ".join(result.files.values()))
     return 0

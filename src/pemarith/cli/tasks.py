@@ -8,12 +8,17 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("tasks", help="list the tasks with their splits and metrics",
-                              description="List the tasks train, eval, sweep and search know: the built-ins, "
-                              "and with --include DIR the task files in DIR.")
-    p.add_argument("--include", metavar="DIR",
-                   help="also list the task files (.yaml, lm-eval's vocabulary) in DIR; pass one to "
-                        "--task by its path")
+    p = subparsers.add_parser(
+        "tasks",
+        help="list the tasks with their splits and metrics",
+        description="List the tasks train, eval, sweep and search know: the built-ins, "
+        "and with --include DIR the task files in DIR.",
+    )
+    p.add_argument(
+        "--include",
+        metavar="DIR",
+        help="also list the task files (.yaml, lm-eval's vocabulary) in DIR; pass one to --task by its path",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 

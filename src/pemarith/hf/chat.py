@@ -26,8 +26,7 @@ def chat_text(tok: Any, instruction: str, answer: str | None = None) -> str:
     messages = [{"role": "user", "content": instruction}]
     if answer is not None:
         messages.append({"role": "assistant", "content": answer})
-    return tok.apply_chat_template(messages, tokenize=False,
-                                   add_generation_prompt=answer is None)
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
 
 
 def _prompt_ids(tok: Any, instruction: str, max_prompt: int) -> list[int]:
@@ -35,8 +34,14 @@ def _prompt_ids(tok: Any, instruction: str, max_prompt: int) -> list[int]:
     return ids[-max_prompt:]
 
 
-def generate_answers(model: Any, tok: Any, instructions: Sequence[str], max_new_tokens: int = 64,
-                     batch_size: int = 8, max_prompt: int = 256) -> list[str]:
+def generate_answers(
+    model: Any,
+    tok: Any,
+    instructions: Sequence[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    max_prompt: int = 256,
+) -> list[str]:
     """Greedy answers (deterministic) to each instruction, special tokens removed."""
     import torch
 
@@ -46,18 +51,27 @@ def generate_answers(model: Any, tok: Any, instructions: Sequence[str], max_new_
     with torch.inference_mode():
         for idx, chunk in F.batches(feats, batch_size):
             batch = F.pad(chunk, tok.pad_token_id, side="left")
-            gen = model.generate(input_ids=batch["input_ids"].to(dev),
-                                 attention_mask=batch["attention_mask"].to(dev),
-                                 do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id)
-            texts = tok.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                input_ids=batch["input_ids"].to(dev),
+                attention_mask=batch["attention_mask"].to(dev),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
+            texts = tok.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for i, t in zip(idx, texts):
                 out[i] = t.strip()
     return out
 
 
-def reference_nll(model: Any, tok: Any, instructions: Sequence[str], answers: Sequence[str],
-                  batch_size: int = 8, max_length: int = 384) -> dict[str, float]:
+def reference_nll(
+    model: Any,
+    tok: Any,
+    instructions: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 8,
+    max_length: int = 384,
+) -> dict[str, float]:
     """``{"nll": mean NLL per answer token, "tokens": answer tokens}`` of the reference answers.
 
     Each row is the chat text of (instruction, answer); only the answer's tokens (everything
@@ -69,7 +83,9 @@ def reference_nll(model: Any, tok: Any, instructions: Sequence[str], answers: Se
     for ins, ans in zip(instructions, answers, strict=True):
         prompt = tok(chat_text(tok, ins), add_special_tokens=False).input_ids
         full = tok(chat_text(tok, ins, ans), add_special_tokens=False).input_ids
-        target = full[len(prompt):] if full[:len(prompt)] == prompt else full[-max(1, len(full) - len(prompt)):]
+        target = (
+            full[len(prompt) :] if full[: len(prompt)] == prompt else full[-max(1, len(full) - len(prompt)) :]
+        )
         room = max(max_length - len(target), 1)
         prompt = prompt[-room:]
         feats.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target})

@@ -18,6 +18,7 @@ from pemarith.errors import PemarithError
 #: Written last into a converted checkpoint: its presence means the conversion is complete.
 CONVERSION_MARKER = "pemarith_conversion.json"
 
+
 def is_converted(path: Path) -> bool:
     """True when ``path`` is a complete converted checkpoint (its marker file exists)."""
     return (path / CONVERSION_MARKER).is_file()

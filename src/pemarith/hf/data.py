@@ -107,9 +107,7 @@ def _iter_table(path: Path, task: Task) -> Iterator[tuple[int, dict[str, Any]]]:
             if not row:
                 continue
             if len(row) != width:
-                raise PemarithError(
-                    f"{path}:{n}: {len(row)} fields, expected {width} ({', '.join(header)})"
-                )
+                raise PemarithError(f"{path}:{n}: {len(row)} fields, expected {width} ({', '.join(header)})")
             yield n, dict(zip(header, row))
 
 
@@ -125,13 +123,10 @@ def _label(task: Task, value: Any, where: str) -> int | float | None:
             raise PemarithError(f"{where}: label {value!r} is not a number") from None
     raw = str(value).strip()
     if not raw:
-        raise PemarithError(
-            f"{where}: empty label (task {task.name}); fill it in or remove the row"
-        )
+        raise PemarithError(f"{where}: empty label (task {task.name}); fill it in or remove the row")
     if raw not in task.label_values:
         raise PemarithError(
-            f"{where}: label {raw!r} is not one of {', '.join(task.label_values)}"
-            f" (task {task.name})"
+            f"{where}: label {raw!r} is not one of {', '.join(task.label_values)} (task {task.name})"
         )
     return task.label_values.index(raw)
 
@@ -289,9 +284,7 @@ def part_indices(n: int, part: Part, seed: int) -> list[int]:
 
 def _part(task: Task, split: str) -> Part:
     if split not in task.splits:
-        raise PemarithError(
-            f"task {task.name} has no split {split!r}; splits: {', '.join(task.splits)}"
-        )
+        raise PemarithError(f"task {task.name} has no split {split!r}; splits: {', '.join(task.splits)}")
     return task.splits[split]
 
 

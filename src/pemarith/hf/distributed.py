@@ -68,8 +68,9 @@ class Claims:
                     return False
                 continue
             with os.fdopen(fd, "w") as f:
-                json.dump({"worker": self.worker, "host": self.host, "pid": os.getpid(),
-                           "time": time.time()}, f)
+                json.dump(
+                    {"worker": self.worker, "host": self.host, "pid": os.getpid(), "time": time.time()}, f
+                )
             return True
         return False
 
@@ -117,14 +118,17 @@ def start_local_workers(config: Any, log: Callable[[str], None]) -> tuple[list[s
     threads = str(max(1, (os.cpu_count() or 1) // n))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     os.environ.setdefault("OMP_NUM_THREADS", threads)  # this process too, if torch is not loaded yet
-    procs = [subprocess.Popen([sys.executable, "-m", "pemarith.hf.sweep_worker", str(spec)], env=env)
-             for _ in range(n - 1)]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pemarith.hf.sweep_worker", str(spec)], env=env)
+        for _ in range(n - 1)
+    ]
     log(f"started {n - 1} more worker(s) on this machine: pids {', '.join(str(p.pid) for p in procs)}")
     return procs, spec
 
 
-def finish_local_workers(procs: list[subprocess.Popen], spec: Path, log: Callable[[str], None],
-                         stop: bool) -> None:
+def finish_local_workers(
+    procs: list[subprocess.Popen], spec: Path, log: Callable[[str], None], stop: bool
+) -> None:
     """Wait for the peers (they end once every evaluation is recorded); ``stop`` terminates them."""
     for p in procs:
         if stop and p.poll() is None:

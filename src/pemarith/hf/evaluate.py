@@ -78,9 +78,15 @@ def answer_logprob(model: Any, batch: Mapping[str, Any]) -> Any:
     return (picked * (target != -100)).sum(-1)
 
 
-def score_choices(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]],
-                  batch_size: int = 16, max_length: int = 256,
-                  progress: bool = False) -> np.ndarray:
+def score_choices(
+    model: Any,
+    tok: Any,
+    task: Any,
+    rows: Sequence[Mapping[str, Any]],
+    batch_size: int = 16,
+    max_length: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
     """``(len(rows), n_classes)`` log-likelihoods of each class's answer after each prompt."""
     import torch
 
@@ -91,13 +97,13 @@ def score_choices(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, A
     if single:  # one forward per prompt: the next-token distribution holds every answer
         feats = [{"input_ids": p} for p in prompts]
     else:  # one sequence per (prompt, answer)
-        feats = [{"input_ids": p + a, "labels": [-100] * len(p) + a}
-                 for p in prompts for a in answers]
+        feats = [{"input_ids": p + a, "labels": [-100] * len(p) + a} for p in prompts for a in answers]
         batch_size = max(batch_size // len(answers), 1) * len(answers)
     out = np.zeros(len(feats) if not single else (len(rows), len(answers)), dtype=np.float64)
     it = F.batches(feats, batch_size)
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(it, total=math.ceil(len(feats) / batch_size), desc=f"score {task.name}")
     with torch.inference_mode():
         for idx, chunk in it:
@@ -110,9 +116,15 @@ def score_choices(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, A
     return out if single else out.reshape(len(rows), len(answers))
 
 
-def predict_encoder(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]],
-                    batch_size: int = 32, max_length: int = 128,
-                    progress: bool = False) -> np.ndarray:
+def predict_encoder(
+    model: Any,
+    tok: Any,
+    task: Any,
+    rows: Sequence[Mapping[str, Any]],
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = False,
+) -> np.ndarray:
     """Class indices (classification) or scores (regression) from an encoder's head."""
     import torch
 
@@ -121,6 +133,7 @@ def predict_encoder(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
     it = F.batches(feats, batch_size)
     if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(it, total=math.ceil(len(feats) / batch_size), desc=f"eval {task.name}")
     dev = model_device(model)
     with torch.inference_mode():
@@ -132,10 +145,18 @@ def predict_encoder(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
     return out
 
 
-def generate_samples(model: Any, tok: Any, prompt: str = TOXICITY_PROMPT, samples: int = 1000,
-                     max_new_tokens: int = 32, batch_size: int = 50, seed: int = 0,
-                     top_k: int = 50, temperature: float = 1.0,
-                     progress: bool = False) -> list[str]:
+def generate_samples(
+    model: Any,
+    tok: Any,
+    prompt: str = TOXICITY_PROMPT,
+    samples: int = 1000,
+    max_new_tokens: int = 32,
+    batch_size: int = 50,
+    seed: int = 0,
+    top_k: int = 50,
+    temperature: float = 1.0,
+    progress: bool = False,
+) -> list[str]:
     """``samples`` continuations of ``prompt`` (top-k/temperature sampling), prompt removed."""
     import torch
 
@@ -145,23 +166,42 @@ def generate_samples(model: Any, tok: Any, prompt: str = TOXICITY_PROMPT, sample
     starts = range(0, samples, batch_size)
     if progress:
         from tqdm.auto import tqdm
+
         starts = tqdm(starts, desc="generate")
     with torch.inference_mode():
         for s in starts:
             n = min(batch_size, samples - s)
-            gen = model.generate(input_ids=ids.repeat(n, 1), attention_mask=torch.ones_like(
-                ids).repeat(n, 1), do_sample=True, top_k=top_k, temperature=temperature,
-                max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-            texts += tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+            gen = model.generate(
+                input_ids=ids.repeat(n, 1),
+                attention_mask=torch.ones_like(ids).repeat(n, 1),
+                do_sample=True,
+                top_k=top_k,
+                temperature=temperature,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
+            texts += tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     return texts
 
 
-def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]] | None = None,
-                    *, text: str | None = None, metrics: Sequence[str] | None = None,
-                    batch_size: int = 32, max_length: int | None = None,
-                    max_tokens: int | None = None, stride: int = 512, samples: int = 1000,
-                    max_new_tokens: int = 32, seed: int = 0,
-                    progress: bool = False, predictions: bool = False) -> dict[str, Any]:
+def evaluate_loaded(
+    model: Any,
+    tok: Any,
+    task: Any,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    text: str | None = None,
+    metrics: Sequence[str] | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    max_tokens: int | None = None,
+    stride: int = 512,
+    samples: int = 1000,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+    predictions: bool = False,
+) -> dict[str, Any]:
     """The task's metrics for a loaded (possibly PEFT-wrapped) model, ``{name: value}``.
 
     Labelled tasks score ``rows``; with ``predictions`` the result also holds the per-row
@@ -178,17 +218,20 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
     try:
         if task.kind != "text":
             F.check_rows(rows or [], task)
-            refs = np.asarray([r["label"] for r in rows], dtype=np.float64
-                              if task.kind == "regression" else np.int64)
+            refs = np.asarray(
+                [r["label"] for r in rows], dtype=np.float64 if task.kind == "regression" else np.int64
+            )
             if is_encoder(model):
-                preds = predict_encoder(model, tok, task, rows, batch_size, max_length or 128,
-                                        progress)
+                preds = predict_encoder(model, tok, task, rows, batch_size, max_length or 128, progress)
             else:
                 if task.kind != "classification" or not task.label_words:
-                    raise PemarithError(f"task {task.name} has no label words: a causal LM "
-                                        "cannot be evaluated on it; use an encoder")
-                preds = score_choices(model, tok, task, rows, batch_size, max_length or 256,
-                                      progress).argmax(-1)
+                    raise PemarithError(
+                        f"task {task.name} has no label words: a causal LM "
+                        "cannot be evaluated on it; use an encoder"
+                    )
+                preds = score_choices(model, tok, task, rows, batch_size, max_length or 256, progress).argmax(
+                    -1
+                )
             out: dict[str, Any] = M.compute([n for n in names if n not in M.SPECIAL], preds, refs)
             out["n"] = len(rows)
             if task.kind == "classification":  # 1: a degenerate, one-class module (reports flag it)
@@ -205,16 +248,32 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
                     if not rows:
                         raise PemarithError(f"task {task.name}: no text for perplexity")
                     text = "\n".join(r["text_a"] for r in rows)
-                out.update(M.perplexity(model, tok, text, stride=stride, max_length=max_length,
-                                        max_tokens=max_tokens, progress=progress))
+                out.update(
+                    M.perplexity(
+                        model,
+                        tok,
+                        text,
+                        stride=stride,
+                        max_length=max_length,
+                        max_tokens=max_tokens,
+                        progress=progress,
+                    )
+                )
             elif name == "toxicity":
                 from . import toxicity
 
-                gens = generate_samples(model, tok, samples=samples, max_new_tokens=max_new_tokens,
-                                        seed=seed, progress=progress)
+                gens = generate_samples(
+                    model, tok, samples=samples, max_new_tokens=max_new_tokens, seed=seed, progress=progress
+                )
                 summary = toxicity.summarise(toxicity.score(gens))
-                out.update({"toxicity": summary["mean"], "toxic_share": summary["share_toxic"],
-                            "samples": summary["n"], "examples": gens[:5]})
+                out.update(
+                    {
+                        "toxicity": summary["mean"],
+                        "toxic_share": summary["share_toxic"],
+                        "samples": summary["n"],
+                        "examples": gens[:5],
+                    }
+                )
             else:
                 raise PemarithError(f"metric {name!r} does not apply to text task {task.name}")
         return out
@@ -222,8 +281,9 @@ def evaluate_loaded(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str,
         model.train(was_training)
 
 
-def load_for_eval(model: str, task: Any, adapter: str | Path | None = None,
-                  placement: Any = None) -> tuple[Any, Any]:
+def load_for_eval(
+    model: str, task: Any, adapter: str | Path | None = None, placement: Any = None
+) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the base ``model`` with ``adapter`` (a PEFT dir) merged in, or a
     fully fine-tuned model directory given as ``adapter``, on ``placement``'s device and dtype
     (:class:`pemarith.hf.hardware.Placement`; None: float32 on the CPU)."""
@@ -234,8 +294,10 @@ def load_for_eval(model: str, task: Any, adapter: str | Path | None = None,
         raise PemarithError(f"adapter {adapter_dir} is not a directory")
     full = adapter_dir is not None and not (adapter_dir / "adapter_config.json").is_file()
     if full and not (adapter_dir / "config.json").is_file():
-        raise PemarithError(f"{adapter_dir} has neither adapter_config.json (a PEFT adapter) "
-                            "nor config.json (a fine-tuned model)")
+        raise PemarithError(
+            f"{adapter_dir} has neither adapter_config.json (a PEFT adapter) "
+            "nor config.json (a fine-tuned model)"
+        )
     source = str(adapter_dir) if full else model
     if F.model_kind(source) == "encoder":
         if task.kind == "text":
@@ -254,11 +316,22 @@ def load_for_eval(model: str, task: Any, adapter: str | Path | None = None,
     return peft_model.merge_and_unload(), tok
 
 
-def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Path | None = None,
-             pem: Any = None, data_dir: str | Path | None = None, batch_size: int = 32,
-             limit: int | None = None, split_seed: int = 0, json_out: str | Path | None = None,
-             save_options: Mapping[str, Any] | None = None, device: str | None = None,
-             dtype: str | None = None, **options: Any) -> dict[str, Any]:
+def evaluate(
+    model: str,
+    task: Any,
+    split: str = "validation",
+    adapter: str | Path | None = None,
+    pem: Any = None,
+    data_dir: str | Path | None = None,
+    batch_size: int = 32,
+    limit: int | None = None,
+    split_seed: int = 0,
+    json_out: str | Path | None = None,
+    save_options: Mapping[str, Any] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Evaluate base ``model`` (+ ``adapter`` dir, or + composition ``pem``) on a task split.
 
     ``pem`` is saved with ``pem.save(tmp, **save_options)`` (e.g. ``keep``) and loaded like an
@@ -276,8 +349,7 @@ def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Pa
         raise PemarithError("give an adapter or a composition, not both")
     task = get_task(task)
     if split not in task.splits:
-        raise PemarithError(f"task {task.name} has no {split!r} split; it has "
-                            f"{', '.join(task.splits)}")
+        raise PemarithError(f"task {task.name} has no {split!r} split; it has {', '.join(task.splits)}")
     placement = None if device is None and dtype is None else resolve(device, dtype)
     start = time.perf_counter()
     rows = load_split(task, split, data_dir=data_dir, seed=split_seed)
@@ -296,12 +368,26 @@ def evaluate(model: str, task: Any, split: str = "validation", adapter: str | Pa
             report = pem.save(Path(tmp) / "composed", **dict(save_options or {}))
             adapter, described = report.path, _describe_pem(pem)
         loaded, tok = load_for_eval(model, task, adapter, placement)
-        scores = evaluate_loaded(loaded, tok, task, rows, text=text, batch_size=batch_size,
-                                 progress=options.pop("progress", True), **options)
-    result = {"task": task.name, "split": split, "model": model, "adapter": described,
-              "n": scores.pop("n", None) or scores.get("tokens") or scores.get("samples"),
-              "metrics": scores, "seconds": round(time.perf_counter() - start, 2),
-              "device": placement.describe() if placement is not None else "cpu float32"}
+        scores = evaluate_loaded(
+            loaded,
+            tok,
+            task,
+            rows,
+            text=text,
+            batch_size=batch_size,
+            progress=options.pop("progress", True),
+            **options,
+        )
+    result = {
+        "task": task.name,
+        "split": split,
+        "model": model,
+        "adapter": described,
+        "n": scores.pop("n", None) or scores.get("tokens") or scores.get("samples"),
+        "metrics": scores,
+        "seconds": round(time.perf_counter() - start, 2),
+        "device": placement.describe() if placement is not None else "cpu float32",
+    }
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")

@@ -26,8 +26,21 @@ from ..errors import PemarithError
 Feature = dict[str, Any]
 
 #: config.model_type values of encoders that get a sequence-classification head.
-ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta",
-                           "deberta-v2", "albert", "mpnet", "camembert", "modernbert"})
+ENCODER_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "albert",
+        "mpnet",
+        "camembert",
+        "modernbert",
+    }
+)
 
 
 def model_kind(name: str) -> str:
@@ -50,10 +63,13 @@ def model_kind(name: str) -> str:
     if any(a.endswith("ForCausalLM") for a in archs):
         return "causal"
     if config.get("model_type") in ENCODER_TYPES or any(
-            a.endswith(("ForSequenceClassification", "ForMaskedLM")) for a in archs):
+        a.endswith(("ForSequenceClassification", "ForMaskedLM")) for a in archs
+    ):
         return "encoder"
-    raise PemarithError(f"cannot tell whether {name} is an encoder or a causal LM "
-                        f"(architectures {archs}, model_type {config.get('model_type')!r})")
+    raise PemarithError(
+        f"cannot tell whether {name} is an encoder or a causal LM "
+        f"(architectures {archs}, model_type {config.get('model_type')!r})"
+    )
 
 
 def check_rows(rows: Sequence[Mapping[str, Any]], task: Any, labelled: bool = True) -> None:
@@ -64,22 +80,29 @@ def check_rows(rows: Sequence[Mapping[str, Any]], task: Any, labelled: bool = Tr
     for i, row in enumerate(rows[:5]):
         missing = [k for k in need if k not in row]
         if missing:
-            raise PemarithError(f"task {task.name}: row {i} has no {', '.join(missing)} "
-                                f"(has {', '.join(map(str, row))}); rows need text_a, text_b, label")
+            raise PemarithError(
+                f"task {task.name}: row {i} has no {', '.join(missing)} "
+                f"(has {', '.join(map(str, row))}); rows need text_a, text_b, label"
+            )
     if labelled and task.kind == "classification":
         bad = [r["label"] for r in rows if r["label"] not in range(task.num_labels)]
         if bad:
-            raise PemarithError(f"task {task.name}: label {bad[0]!r} is not a class index in "
-                                f"0..{task.num_labels - 1}")
+            raise PemarithError(
+                f"task {task.name}: label {bad[0]!r} is not a class index in 0..{task.num_labels - 1}"
+            )
 
 
-def encoder_features(tok: Any, task: Any, rows: Sequence[Mapping[str, Any]],
-                     max_length: int) -> list[Feature]:
+def encoder_features(
+    tok: Any, task: Any, rows: Sequence[Mapping[str, Any]], max_length: int
+) -> list[Feature]:
     """``tokenizer(text_a, text_b)`` truncated to ``max_length``, plus ``labels`` if present."""
     a = [r["text_a"] for r in rows]
     b = [r.get("text_b") for r in rows] if task.text_b is not None else None
-    enc = tok(a, b, truncation=True, max_length=max_length) if b else tok(
-        a, truncation=True, max_length=max_length)
+    enc = (
+        tok(a, b, truncation=True, max_length=max_length)
+        if b
+        else tok(a, truncation=True, max_length=max_length)
+    )
     feats = []
     for i, row in enumerate(rows):
         f = {k: enc[k][i] for k in enc.keys()}
@@ -103,8 +126,7 @@ def prompt_ids(tok: Any, task: Any, row: Mapping[str, Any], room: int) -> list[i
     return ids[-room:] if len(ids) > room else ids
 
 
-def prompt_features(tok: Any, task: Any, rows: Sequence[Mapping[str, Any]],
-                    max_length: int) -> list[Feature]:
+def prompt_features(tok: Any, task: Any, rows: Sequence[Mapping[str, Any]], max_length: int) -> list[Feature]:
     """Prompt + answer of the row's label; ``labels`` is -100 on the prompt (not trained)."""
     answers = choice_ids(tok, task)
     feats = []
@@ -123,7 +145,7 @@ def lm_features(tok: Any, texts: Sequence[str], max_length: int) -> list[Feature
         stream += tok(t, add_special_tokens=False).input_ids
         if eos is not None:
             stream.append(eos)
-    blocks = [stream[i:i + max_length] for i in range(0, len(stream), max_length)]
+    blocks = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
     return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) >= 2]
 
 
@@ -160,5 +182,5 @@ def batches(feats: Sequence[Feature], batch_size: int) -> Iterator[tuple[list[in
     """Batches of similar length (sorted by length; fewer pad tokens), with their indices."""
     order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         yield idx, [feats[i] for i in idx]

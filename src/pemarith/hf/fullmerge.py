@@ -42,8 +42,15 @@ class FullSession:
     :meth:`primary_metrics`, :attr:`text_only`.
     """
 
-    def __init__(self, models: Mapping[str, Path], tasks: Sequence[str], data_dir: Any = None,
-                 limit: int | None = None, batch_size: int = 32, seed: int = 0):
+    def __init__(
+        self,
+        models: Mapping[str, Path],
+        tasks: Sequence[str],
+        data_dir: Any = None,
+        limit: int | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+    ):
         from .tasks import get_task
 
         if not models:
@@ -118,8 +125,9 @@ class FullSession:
         model = self._live()
         out: dict[str, float] = {}
         for task in self.tasks:
-            scores = evaluate_loaded(model, self._tok, task, self._data(task, split),
-                                     batch_size=self.batch_size, seed=self.seed)
+            scores = evaluate_loaded(
+                model, self._tok, task, self._data(task, split), batch_size=self.batch_size, seed=self.seed
+            )
             out.update(numeric_scores(task, self.tasks, scores))
         return out
 
@@ -129,11 +137,21 @@ class FullSession:
         return primary_metrics(self.tasks, keys)
 
 
-def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = "l",
-                   grid: str = "0:1:0.02", search: str = "grid", coarse: int = 5,
-                   select: str = "max", fingerprint: Mapping[str, Any] | None = None,
-                   val_split: str = "validation", test_split: str | None = "test",
-                   plot: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_full_sweep(
+    session: FullSession,
+    expr: str,
+    out: str | Path,
+    var: str = "l",
+    grid: str = "0:1:0.02",
+    search: str = "grid",
+    coarse: int = 5,
+    select: str = "max",
+    fingerprint: Mapping[str, Any] | None = None,
+    val_split: str = "validation",
+    test_split: str | None = "test",
+    plot: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Sweep ``var`` in ``expr`` over full checkpoints: pick on validation, the pick on test.
 
     Writes ``records.jsonl`` (resumable), ``results.json`` and ``sweep.png`` into ``out``, in the
@@ -151,8 +169,7 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
     rule = parse_rule(select)
     expression = Expression(expr)
     names = list(session.paths)
-    cache = RecordCache(out, {"expr": expr, "var": var, "kind": "full",
-                              **dict(fingerprint or {})})
+    cache = RecordCache(out, {"expr": expr, "var": var, "kind": "full", **dict(fingerprint or {})})
     columns: list[str] = []
 
     def evaluate_value(value: float, split: str) -> dict[str, float]:
@@ -167,12 +184,12 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
         scores = cache.evaluate("value", split, value, compute)
         if not columns:
             keys = [k for k, v in scores.items() if isinstance(v, (int, float))]
-            columns.extend(dict.fromkeys([*session.primary_metrics(keys),
-                                          *rule.metric_names(var)]))
+            columns.extend(dict.fromkeys([*session.primary_metrics(keys), *rule.metric_names(var)]))
         return scores
 
-    found = run_search(lambda v: evaluate_value(v, val_split), values, rule, var, lambda: columns,
-                       None, search, coarse)
+    found = run_search(
+        lambda v: evaluate_value(v, val_split), values, rule, var, lambda: columns, None, search, coarse
+    )
     test = evaluate_value(found.pick, test_split) if test_split else None
     validation = sorted(found.evaluated)
     pick_val = next(s for v, s in validation if v == found.pick)
@@ -180,19 +197,46 @@ def run_full_sweep(session: FullSession, expr: str, out: str | Path, var: str = 
     if plot:
         from .plot import plot_sweep
 
-        files["plot"] = str(plot_sweep(out / "sweep.png", var, validation, columns, {},
-                                       found.pick, title=f"{expr} (full weights, {val_split})"))
+        files["plot"] = str(
+            plot_sweep(
+                out / "sweep.png",
+                var,
+                validation,
+                columns,
+                {},
+                found.pick,
+                title=f"{expr} (full weights, {val_split})",
+            )
+        )
     result = {
-        "expr": expr, "var": var, "kind": "full", "modules": {n: str(p) for n, p in session.paths.items()},
-        "select": select, "search": search, "grid": grid, "metrics": columns,
-        "pick": {var: found.pick, "normal_form": format_terms(expression.normal_form(
-            names, {var: found.pick})), val_split: pick_val,
-            **({test_split: test} if test_split else {})},
+        "expr": expr,
+        "var": var,
+        "kind": "full",
+        "modules": {n: str(p) for n, p in session.paths.items()},
+        "select": select,
+        "search": search,
+        "grid": grid,
+        "metrics": columns,
+        "pick": {
+            var: found.pick,
+            "normal_form": format_terms(expression.normal_form(names, {var: found.pick})),
+            val_split: pick_val,
+            **({test_split: test} if test_split else {}),
+        },
         "validation": [{var: v, **s} for v, s in validation],
-        "evaluations": len(found.evaluated), "grid_size": len(values),
-        "reused_from_cache": cache.reused, "seconds": round(time.perf_counter() - t0, 3),
+        "evaluations": len(found.evaluated),
+        "grid_size": len(values),
+        "reused_from_cache": cache.reused,
+        "seconds": round(time.perf_counter() - t0, 3),
         "files": files,
     }
-    write_file(out / "results.json", json.dumps(result, indent=2, default=lambda o: None if isinstance(
-        o, float) and not math.isfinite(o) else str(o)) + "\n")
+    write_file(
+        out / "results.json",
+        json.dumps(
+            result,
+            indent=2,
+            default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else str(o),
+        )
+        + "\n",
+    )
     return result

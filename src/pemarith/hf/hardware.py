@@ -46,14 +46,20 @@ def resolve(device: str | None = "auto", dtype: str | None = "auto") -> Placemen
         try:
             dev = torch.device(name)
         except (RuntimeError, ValueError):
-            raise PemarithError(f"--device {device!r}: not a device; use one of {', '.join(DEVICES)}") from None
+            raise PemarithError(
+                f"--device {device!r}: not a device; use one of {', '.join(DEVICES)}"
+            ) from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise PemarithError(f"--device {device}: torch sees no CUDA GPU (torch "
-                                    f"{torch.__version__}); use --device cpu or auto")
+                raise PemarithError(
+                    f"--device {device}: torch sees no CUDA GPU (torch "
+                    f"{torch.__version__}); use --device cpu or auto"
+                )
             if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise PemarithError(f"--device {device}: torch sees {torch.cuda.device_count()} "
-                                    f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+                raise PemarithError(
+                    f"--device {device}: torch sees {torch.cuda.device_count()} "
+                    f"CUDA device(s) (cuda:0..cuda:{torch.cuda.device_count() - 1})"
+                )
         elif dev.type == "mps":
             if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
                 raise PemarithError(f"--device {device}: torch sees no MPS device; use --device cpu or auto")

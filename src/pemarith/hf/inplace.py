@@ -44,6 +44,7 @@ from ..kinds import KINDS
 
 DEFAULT_ADAPTER = "default"
 
+
 def peft_config(config: dict[str, Any]) -> Any:
     """A ``peft.PeftConfig`` from an ``adapter_config.json`` dict (inference mode)."""
     from peft import PeftConfig
@@ -51,8 +52,9 @@ def peft_config(config: dict[str, Any]) -> Any:
     fields = {k: v for k, v in config.items() if not k.startswith("pemarith")}
     peft_type = str(fields.get("peft_type", "")).upper()
     if peft_type not in KINDS:
-        raise PemarithError(f"cannot sweep a {fields.get('peft_type')!r} adapter in place; "
-                            f"supported: {', '.join(KINDS)}")
+        raise PemarithError(
+            f"cannot sweep a {fields.get('peft_type')!r} adapter in place; supported: {', '.join(KINDS)}"
+        )
     cfg = PeftConfig.from_peft_type(**fields)
     cfg.inference_mode = True
     return cfg
@@ -88,13 +90,16 @@ class LiveAdapter:
     model with the adapter disabled (modules_to_save heads revert to the base model's).
     """
 
-    def __init__(self, model: Any, config: dict[str, Any], adapter_name: str = DEFAULT_ADAPTER,
-                 merge: bool = True):
+    def __init__(
+        self, model: Any, config: dict[str, Any], adapter_name: str = DEFAULT_ADAPTER, merge: bool = True
+    ):
         from peft import PeftModel
 
         if isinstance(model, PeftModel):
-            raise PemarithError("LiveAdapter takes the base model, not a PeftModel; "
-                                "pass model.get_base_model() or a fresh model")
+            raise PemarithError(
+                "LiveAdapter takes the base model, not a PeftModel; "
+                "pass model.get_base_model() or a fresh model"
+            )
         self.adapter_name = adapter_name
         self.merge = merge
         self.merged = False
@@ -108,8 +113,9 @@ class LiveAdapter:
         self.config = dict(config)
         self.model = get_peft_model(base, peft_config(config), adapter_name=self.adapter_name)
         self.model.eval()
-        state = get_peft_model_state_dict(self.model, adapter_name=self.adapter_name,
-                                          save_embedding_layers=False)
+        state = get_peft_model_state_dict(
+            self.model, adapter_name=self.adapter_name, save_embedding_layers=False
+        )
         # Only tensors that alias a live parameter can be written through; a copy would silently
         # absorb the write. Match by storage pointer, which state_dict() preserves.
         params = {p.data_ptr(): p for p in self.model.parameters()}
@@ -164,8 +170,9 @@ class LiveAdapter:
                 self.model.merge_adapter()
                 self.merged = True
 
-    def load(self, pem: Any, mode: str = "factorwise", rank: int | None = None,
-             keep: str | None = None) -> None:
+    def load(
+        self, pem: Any, mode: str = "factorwise", rank: int | None = None, keep: str | None = None
+    ) -> None:
         """Write the composition ``pem`` into the live adapter (what ``pem.save`` would write)."""
         config = pem.output_config(mode, rank)
         self.load_tensors(pem.iter_tensors(mode=mode, rank=rank, keep=keep), config)
@@ -178,8 +185,9 @@ class LiveAdapter:
         problems = incompatibilities(self.config, config)
         if problems:
             if _kind(self.config) != _kind(config):
-                raise CompatibilityError("cannot write this composition into the live adapter: "
-                                         + "; ".join(problems))
+                raise CompatibilityError(
+                    "cannot write this composition into the live adapter: " + "; ".join(problems)
+                )
             self.rebuild(config)
         rule = KINDS[_kind(config)].live_tensor
         seen: set[str] = set()
@@ -187,8 +195,10 @@ class LiveAdapter:
             for key, arr in tensors:
                 target = self.targets.get(key)
                 if target is None:
-                    raise CompatibilityError(f"the composition has a tensor {key} that the live "
-                                             f"adapter lacks{did_you_mean(key, self.targets)}")
+                    raise CompatibilityError(
+                        f"the composition has a tensor {key} that the live "
+                        f"adapter lacks{did_you_mean(key, self.targets)}"
+                    )
                 value = torch.from_numpy(_as_float(np.asarray(arr)))
                 factor, pad_dim = rule(key, self.config, config)
                 if factor != 1.0:
@@ -200,8 +210,10 @@ class LiveAdapter:
         missing = [k for k in self.targets if k not in seen]
         if missing:
             more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            raise CompatibilityError(f"the composition does not write {missing[0]}{more}; "
-                                     "the live adapter would keep stale weights")
+            raise CompatibilityError(
+                f"the composition does not write {missing[0]}{more}; "
+                "the live adapter would keep stale weights"
+            )
         if self.merge:
             self.model.merge_adapter()
             self.merged = True
@@ -212,12 +224,16 @@ class LiveAdapter:
         """Zero-pad ``value`` along ``dim`` (the kind's ``live_tensor`` names it) to ``target``'s shape."""
         import torch
 
-        ok = (dim is not None and value.dim() == target.dim()
-              and all(v == t for i, (v, t) in enumerate(zip(value.shape, target.shape)) if i != dim)
-              and value.shape[dim] <= target.shape[dim])
+        ok = (
+            dim is not None
+            and value.dim() == target.dim()
+            and all(v == t for i, (v, t) in enumerate(zip(value.shape, target.shape)) if i != dim)
+            and value.shape[dim] <= target.shape[dim]
+        )
         if not ok:
-            raise CompatibilityError(f"{key}: shape {tuple(value.shape)} does not fit the live "
-                                     f"adapter's {tuple(target.shape)}")
+            raise CompatibilityError(
+                f"{key}: shape {tuple(value.shape)} does not fit the live adapter's {tuple(target.shape)}"
+            )
         out = torch.zeros(target.shape, dtype=value.dtype)
         out.narrow(dim, 0, value.shape[dim]).copy_(value)
         return out
@@ -227,8 +243,11 @@ def numeric_scores(task: Any, tasks: Sequence[Any], scores: Mapping[str, Any]) -
     """The numbers among ``evaluate_loaded``'s scores, named ``task.metric`` when a sweep
     tracks several tasks and ``metric`` when it tracks one."""
     prefix = f"{task.name}." if len(tasks) > 1 else ""
-    return {prefix + k: float(v) for k, v in scores.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        prefix + k: float(v)
+        for k, v in scores.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def primary_metrics(tasks: Sequence[Any], keys: Sequence[str]) -> list[str]:
@@ -264,8 +283,10 @@ class Session:
         for task in self.tasks:
             for split in (config.val_split, config.test_split):
                 if split and split not in task.splits:
-                    raise PemarithError(f"task {task.name} has no {split!r} split (it has "
-                                        f"{', '.join(task.splits)}); choose --val-split/--test-split")
+                    raise PemarithError(
+                        f"task {task.name} has no {split!r} split (it has "
+                        f"{', '.join(task.splits)}); choose --val-split/--test-split"
+                    )
         self.text_only = all(t.kind == "text" for t in self.tasks)
         self._probe = probe
         self._live: Any = None
@@ -284,8 +305,9 @@ class Session:
             device, dtype = getattr(cfg, "device", None), getattr(cfg, "dtype", None)
             placement = None if device is None and dtype is None else resolve(device, dtype)
             if model_kind(cfg.model) == "encoder":
-                model, self._tok = load_encoder(cfg.model, first.num_labels, first.problem_type, seed=0,
-                                                placement=placement)
+                model, self._tok = load_encoder(
+                    cfg.model, first.num_labels, first.problem_type, seed=0, placement=placement
+                )
             else:
                 model, self._tok = load_causal_lm(cfg.model, placement=placement)
             self._live = LiveAdapter(model, self._probe().output_config(cfg.mode, cfg.rank))
@@ -319,15 +341,18 @@ class Session:
         out: dict[str, float] = {}
         for task in self.tasks:
             rows, text = self._data(task, split)
-            max_tokens = cfg.max_tokens if cfg.max_tokens is not None else (
-                cfg.limit if task.kind == "text" else None)
+            max_tokens = (
+                cfg.max_tokens if cfg.max_tokens is not None else (cfg.limit if task.kind == "text" else None)
+            )
             if base:
                 with live.base() as model:
-                    scores = evaluate_loaded(model, self._tok, task, rows, text=text,
-                                             max_tokens=max_tokens, **options)
+                    scores = evaluate_loaded(
+                        model, self._tok, task, rows, text=text, max_tokens=max_tokens, **options
+                    )
             else:
-                scores = evaluate_loaded(live.model, self._tok, task, rows, text=text,
-                                         max_tokens=max_tokens, **options)
+                scores = evaluate_loaded(
+                    live.model, self._tok, task, rows, text=text, max_tokens=max_tokens, **options
+                )
             out.update(numeric_scores(task, self.tasks, scores))
         return out
 
@@ -341,9 +366,16 @@ class Session:
             if task.kind == "text":
                 continue
             rows, text = self._data(task, split)
-            scores = evaluate_loaded(self.live.model, self._tok, task, rows, text=text,
-                                     batch_size=self.config.batch_size, seed=self.config.seed,
-                                     predictions=True)
+            scores = evaluate_loaded(
+                self.live.model,
+                self._tok,
+                task,
+                rows,
+                text=text,
+                batch_size=self.config.batch_size,
+                seed=self.config.seed,
+                predictions=True,
+            )
             out[task.name] = {"predictions": scores["predictions"], "labels": scores["labels"]}
         return out
 

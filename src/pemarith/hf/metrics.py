@@ -121,13 +121,13 @@ def get_metric(name: str) -> MetricFn:
     """The metric function for ``name`` (or one of its aliases)."""
     key = ALIASES.get(name, name)
     if key not in METRICS:
-        raise PemarithError(f"unknown metric {name!r}{did_you_mean(name, [*METRICS, *ALIASES])}; "
-                            f"known: {', '.join(METRICS)}")
+        raise PemarithError(
+            f"unknown metric {name!r}{did_you_mean(name, [*METRICS, *ALIASES])}; known: {', '.join(METRICS)}"
+        )
     return METRICS[key]
 
 
-def compute(names: Sequence[str], predictions: Sequence[Any],
-            references: Sequence[Any]) -> dict[str, float]:
+def compute(names: Sequence[str], predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
     """``{name: get_metric(name)(predictions, references)}`` for each name, in order."""
     if isinstance(names, str):
         names = (names,)
@@ -163,7 +163,8 @@ def perplexity(
         raise PemarithError(f"perplexity: stride must be >= 1, not {stride}")
     if max_length is None:
         ctx = getattr(model.config, "max_position_embeddings", None) or getattr(
-            model.config, "n_positions", 1024)
+            model.config, "n_positions", 1024
+        )
         max_length = min(int(ctx), 1024)
     if max_length < 2:
         raise PemarithError(f"perplexity: max_length must be >= 2, not {max_length}")
@@ -181,6 +182,7 @@ def perplexity(
     starts = list(range(0, seq_len, stride))
     if progress:
         from tqdm.auto import tqdm
+
         starts = tqdm(starts, desc="perplexity", unit="window")
     try:
         with torch.inference_mode():
@@ -201,4 +203,3 @@ def perplexity(
         model.train(was_training)
     mean = nll_sum / n_scored
     return {"perplexity": math.exp(mean), "nll": mean, "tokens": n_scored}
-

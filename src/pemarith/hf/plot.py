@@ -17,10 +17,15 @@ from typing import Any
 from ..fs import write_with
 
 
-def plot_sweep(path: str | os.PathLike[str], var: str,
-               points: Sequence[tuple[float, Mapping[str, float]]], metrics: Sequence[str],
-               refs: Mapping[str, Mapping[str, float]] | None = None, pick: float | None = None,
-               title: str = "") -> Path:
+def plot_sweep(
+    path: str | os.PathLike[str],
+    var: str,
+    points: Sequence[tuple[float, Mapping[str, float]]],
+    metrics: Sequence[str],
+    refs: Mapping[str, Mapping[str, float]] | None = None,
+    pick: float | None = None,
+    title: str = "",
+) -> Path:
     """Write a PNG of ``metrics`` against ``var`` to ``path`` (atomically); return the path.
 
     ``points`` are ``(value, scores)``; ``refs`` maps a label (``"module a"``, ``"base model"``)
@@ -39,8 +44,9 @@ def plot_sweep(path: str | os.PathLike[str], var: str,
         ax.plot(xs, ys, marker="o", markersize=3, color="black", label="composition")
         for i, (label, scores) in enumerate((refs or {}).items()):
             if _finite(scores.get(metric)):
-                ax.axhline(scores[metric], linestyle="--", linewidth=1.2,
-                           color=colors[i % len(colors)], label=label)
+                ax.axhline(
+                    scores[metric], linestyle="--", linewidth=1.2, color=colors[i % len(colors)], label=label
+                )
         if pick is not None:
             ax.axvline(pick, linestyle=":", color="gray", label=f"{var} = {pick:g} (selected)")
         ax.set_xlabel(f"{var} (lambda)" if var != "lambda" else var)

@@ -42,6 +42,8 @@ from .select import resolve_metric
 from .taskfile import task_digests
 
 Scores = dict[str, float]
+
+
 @dataclass
 class Trial:
     number: int
@@ -94,7 +96,9 @@ def make_sampler(config: SearchConfig) -> Any:
         try:
             import cmaes  # noqa: F401  (Optuna's CMA-ES sampler needs it)
         except ImportError:
-            raise PemarithError("--sampler cmaes needs the cmaes package: pip install 'pemarith[search]'") from None
+            raise PemarithError(
+                "--sampler cmaes needs the cmaes package: pip install 'pemarith[search]'"
+            ) from None
         return s.CmaEsSampler(seed=config.seed, warn_independent_sampling=False)
     return s.TPESampler(seed=config.seed)
 
@@ -157,14 +161,17 @@ def prepare(config: SearchConfig, log: Callable[[str], None] = _log) -> Prepared
     free = [n for n in present if n not in config.modules]
     for name in names:
         if name not in present:
-            raise PemarithError(f"--var {name!r} does not occur in {config.expr[:120]!r}"
-                                f"{did_you_mean(name, free)}")
+            raise PemarithError(
+                f"--var {name!r} does not occur in {config.expr[:120]!r}{did_you_mean(name, free)}"
+            )
     unbound = [n for n in free if n not in names]
     if unbound:
         n = unbound[0][:60]
-        raise PemarithError(f"unknown name {n!r} in {config.expr[:120]!r}: give it a range with "
-                            f"--var {n}=LO:HI, or make it a module with -m {n}=PATH"
-                            f"{did_you_mean(unbound[0], list(config.modules))}")
+        raise PemarithError(
+            f"unknown name {n!r} in {config.expr[:120]!r}: give it a range with "
+            f"--var {n}=LO:HI, or make it a module with -m {n}=PATH"
+            f"{did_you_mean(unbound[0], list(config.modules))}"
+        )
     pems = {n: pemarith.load(p, n) for n, p in config.modules.items()}
     probe = _generic_params(expression, pems, config.variables)
     used = {n: pems[n] for n in expression.normal_form(list(pems), probe)}
@@ -172,8 +179,9 @@ def prepare(config: SearchConfig, log: Callable[[str], None] = _log) -> Prepared
         if name not in used:
             log(f"note: -m {name} is not used in the expression")
     if config.keep is not None and config.keep not in used:
-        raise PemarithError(f"--keep {config.keep!r} is not a module of the expression"
-                            f"{did_you_mean(config.keep, used)}")
+        raise PemarithError(
+            f"--keep {config.keep!r} is not a module of the expression{did_you_mean(config.keep, used)}"
+        )
     return Prepared(used, probe, config)
 
 
@@ -190,8 +198,12 @@ def default_session(config: SearchConfig, prepared: Prepared) -> Any:
     return session
 
 
-def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], None] = _log,
-               engine: Callable[[SearchConfig, Prepared], Any] | None = None) -> SearchResult:
+def run_search(
+    config: SearchConfig,
+    session: Any = None,
+    log: Callable[[str], None] = _log,
+    engine: Callable[[SearchConfig, Prepared], Any] | None = None,
+) -> SearchResult:
     """Run ``config``; see the module docstring. ``session`` evaluates compositions (default:
     :func:`default_session`, which loads the model once, lazily, so a search whose evaluations
     are all recorded loads no model). ``engine(config, prepared)`` gives another evaluator of
@@ -203,11 +215,21 @@ def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], N
     prepared = prepare(config, log)
     used = prepared.used
     fingerprint = {
-        "expr": config.expr, "model": config.model, "tasks": list(config.tasks),
+        "expr": config.expr,
+        "model": config.model,
+        "tasks": list(config.tasks),
         "variables": [[v.name, v.lo, v.hi, v.step] for v in config.variables],
-        "sampler": config.sampler, "seed": config.seed, "objective": config.objective, "l1": config.l1,
-        "mode": config.mode, "rank": config.rank, "keep": config.keep, "limit": config.limit,
-        "split_seed": config.split_seed, "max_tokens": config.max_tokens, "samples": config.samples,
+        "sampler": config.sampler,
+        "seed": config.seed,
+        "objective": config.objective,
+        "l1": config.l1,
+        "mode": config.mode,
+        "rank": config.rank,
+        "keep": config.keep,
+        "limit": config.limit,
+        "split_seed": config.split_seed,
+        "max_tokens": config.max_tokens,
+        "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
         **dtype_key(config.device, config.dtype),
         **task_digests(config.tasks),
@@ -222,8 +244,15 @@ def run_search(config: SearchConfig, session: Any = None, log: Callable[[str], N
         getattr(evaluator, "close", lambda: None)()
 
 
-def _run(config: SearchConfig, names: list[str], records: SearchRecords, evaluator: Any, optuna: Any,
-         log: Callable[[str], None], t0: float) -> SearchResult:
+def _run(
+    config: SearchConfig,
+    names: list[str],
+    records: SearchRecords,
+    evaluator: Any,
+    optuna: Any,
+    log: Callable[[str], None],
+    t0: float,
+) -> SearchResult:
     budget = config.budget
     notes: list[str] = []
     grid = grid_points(config) if config.sampler == "grid" else []
@@ -239,8 +268,7 @@ def _run(config: SearchConfig, names: list[str], records: SearchRecords, evaluat
 
     def evaluate(points: Sequence[Mapping[str, float]], split: str) -> list[dict[str, Any]]:
         """Records of ``points`` on ``split``: read back, or evaluated (in one batch) and recorded."""
-        todo = [p for p in dict.fromkeys(params_key(p) for p in points)
-                if (p, split) not in records.records]
+        todo = [p for p in dict.fromkeys(params_key(p) for p in points) if (p, split) not in records.records]
         missing = [next(p for p in points if params_key(p) == k) for k in todo]
         counts["reused"] += len(points) - len(missing)
         for params, (scores, seconds) in zip(missing, evaluator.evaluate(missing, split) if missing else []):
@@ -255,8 +283,12 @@ def _run(config: SearchConfig, names: list[str], records: SearchRecords, evaluat
             metric.append(resolve_metric(wanted, keys))
         return float(scores[metric[0]])
 
-    dists = {v.name: optuna.distributions.FloatDistribution(
-        v.lo, v.hi, step=None if config.sampler == "grid" else v.step) for v in config.variables}
+    dists = {
+        v.name: optuna.distributions.FloatDistribution(
+            v.lo, v.hi, step=None if config.sampler == "grid" else v.step
+        )
+        for v in config.variables
+    }
     study = None
     trials: list[Trial] = []
     asks = [0]  # trials asked of the current study
@@ -266,6 +298,7 @@ def _run(config: SearchConfig, names: list[str], records: SearchRecords, evaluat
             study.enqueue_trial(grid[asks[0]])
         asks[0] += 1
         return study.ask(dists)
+
     while len(trials) < budget:
         k = min(evaluator.workers, budget - len(trials))
         asked = []
@@ -286,8 +319,10 @@ def _run(config: SearchConfig, names: list[str], records: SearchRecords, evaluat
             study.tell(trial, value)
             trials.append(Trial(len(trials), params, dict(rec["scores"]), value, rec["seconds"]))
             shown = " ".join(f"{n}={params[n]:.4g}" for n in names)
-            log(f"trial {trials[-1].number:<4} {shown}  {metric[0]}={rec['scores'][metric[0]]:.4g}"
-                f"  objective={value:.4g}  ({rec['seconds']:.2f} s)")
+            log(
+                f"trial {trials[-1].number:<4} {shown}  {metric[0]}={rec['scores'][metric[0]]:.4g}"
+                f"  objective={value:.4g}  ({rec['seconds']:.2f} s)"
+            )
     direction = study.direction.name.lower()
     sign = -1.0 if direction == "minimize" else 1.0
     best = max(trials, key=lambda t: (sign * t.objective, -t.number))

@@ -28,8 +28,10 @@ class Var:
 
     def grid(self) -> list[float]:
         if self.step is None:
-            raise PemarithError(f"--sampler grid needs a step for --var {self.name}: "
-                                f"--var {self.name}={self.lo:g}:{self.hi:g}:STEP")
+            raise PemarithError(
+                f"--sampler grid needs a step for --var {self.name}: "
+                f"--var {self.name}={self.lo:g}:{self.hi:g}:STEP"
+            )
         n = math.floor((self.hi - self.lo) / self.step + 1e-9) + 1
         return [round(self.lo + i * self.step, 10) for i in range(n)]
 
@@ -106,8 +108,10 @@ class SearchConfig:
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
             raise PemarithError(f"--budget must be a positive integer, got {self.budget!r}")
         if self.sampler not in SAMPLERS:
-            raise PemarithError(f"unknown --sampler {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}"
-                                f"; choose one of {', '.join(SAMPLERS)}")
+            raise PemarithError(
+                f"unknown --sampler {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}"
+                f"; choose one of {', '.join(SAMPLERS)}"
+            )
         if not (math.isfinite(self.l1) and self.l1 >= 0):
             raise PemarithError(f"--l1 must be a finite number >= 0, got {self.l1}")
         if self.limit is not None and self.limit < 1:
@@ -119,10 +123,19 @@ class SearchConfig:
 
     def session_config(self) -> Any:
         """What :class:`~pemarith.hf.inplace.Session` reads (its ``seed`` is the split seed)."""
-        return SimpleNamespace(model=self.model, tasks=self.tasks, mode=self.mode, rank=self.rank,
-                               val_split=self.val_split, test_split=self.test_split,
-                               data_dir=self.data_dir, seed=self.split_seed, limit=self.limit,
-                               batch_size=self.batch_size, max_tokens=self.max_tokens,
-                               samples=self.samples, device=self.device, dtype=self.dtype)
-
-
+        return SimpleNamespace(
+            model=self.model,
+            tasks=self.tasks,
+            mode=self.mode,
+            rank=self.rank,
+            val_split=self.val_split,
+            test_split=self.test_split,
+            data_dir=self.data_dir,
+            seed=self.split_seed,
+            limit=self.limit,
+            batch_size=self.batch_size,
+            max_tokens=self.max_tokens,
+            samples=self.samples,
+            device=self.device,
+            dtype=self.dtype,
+        )

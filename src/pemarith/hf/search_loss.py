@@ -26,8 +26,14 @@ from ..errors import PemarithError
 from .evaluator import Evaluator
 
 
-def task_loss(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]],
-              scores: Mapping[str, float], batch_size: int = 32) -> float:
+def task_loss(
+    model: Any,
+    tok: Any,
+    task: Any,
+    rows: Sequence[Mapping[str, Any]],
+    scores: Mapping[str, float],
+    batch_size: int = 32,
+) -> float:
     """The loss of ``model`` on ``rows`` of ``task`` (see the module docstring); ``scores`` are
     the metrics already computed on the same rows (text tasks take their perplexity)."""
     import torch
@@ -38,8 +44,9 @@ def task_loss(model: Any, tok: Any, task: Any, rows: Sequence[Mapping[str, Any]]
     if task.kind == "text":
         ppl = next((v for k, v in scores.items() if k.split(".")[-1] == "perplexity"), None)
         if ppl is None:
-            raise PemarithError(f"--objective loss on text task {task.name} needs its perplexity; "
-                                "add --metric perplexity")
+            raise PemarithError(
+                f"--objective loss on text task {task.name} needs its perplexity; add --metric perplexity"
+            )
         return math.log(ppl)
     labels = np.asarray([r["label"] for r in rows], dtype=np.float64)
     if not is_encoder(model):

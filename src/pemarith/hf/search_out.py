@@ -28,28 +28,54 @@ def write_outputs(config: Any, result: Any) -> dict[str, str]:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["trial", *result.names, *result.columns, "objective", "seconds"])
     for t in result.trials:
-        writer.writerow([t.number, *(format(t.params[n], ".10g") for n in result.names),
-                         *(format(t.scores[c], ".10g") if c in t.scores else "" for c in result.columns),
-                         format(t.objective, ".10g"), format(t.seconds, ".4f")])
-    files = {"csv": str(write_file(out / "trials.csv", buf.getvalue())),
-             "json": str(out / "results.json")}
+        writer.writerow(
+            [
+                t.number,
+                *(format(t.params[n], ".10g") for n in result.names),
+                *(format(t.scores[c], ".10g") if c in t.scores else "" for c in result.columns),
+                format(t.objective, ".10g"),
+                format(t.seconds, ".4f"),
+            ]
+        )
+    files = {"csv": str(write_file(out / "trials.csv", buf.getvalue())), "json": str(out / "results.json")}
     if config.plot:
         files.update(plot_search(out, result))
     best = result.best
     summary = {
-        "expr": config.expr, "model": config.model, "tasks": list(config.tasks),
-        "modules": dict(config.modules), "mode": config.mode, "rank": config.rank,
+        "expr": config.expr,
+        "model": config.model,
+        "tasks": list(config.tasks),
+        "modules": dict(config.modules),
+        "mode": config.mode,
+        "rank": config.rank,
         "variables": {v.name: {"lo": v.lo, "hi": v.hi, "step": v.step} for v in config.variables},
-        "engine": result.engine, "sampler": config.sampler, "seed": config.seed,
-        "budget": config.budget, "objective": {"metric": result.metric, "direction": result.direction,
-                                               "l1": config.l1},
-        "best": {"trial": best.number, "params": dict(best.params), "objective": best.objective,
-                 config.val_split: dict(best.scores),
-                 **({config.test_split: result.test} if config.test_split else {})},
-        "trials": [{"trial": t.number, "params": t.params, "scores": t.scores, "objective": t.objective,
-                    "seconds": t.seconds} for t in result.trials],
-        "evaluations": result.evaluations, "reused_from_records": result.reused,
-        "seconds": result.seconds, "notes": result.notes, "files": files,
+        "engine": result.engine,
+        "sampler": config.sampler,
+        "seed": config.seed,
+        "budget": config.budget,
+        "objective": {"metric": result.metric, "direction": result.direction, "l1": config.l1},
+        "best": {
+            "trial": best.number,
+            "params": dict(best.params),
+            "objective": best.objective,
+            config.val_split: dict(best.scores),
+            **({config.test_split: result.test} if config.test_split else {}),
+        },
+        "trials": [
+            {
+                "trial": t.number,
+                "params": t.params,
+                "scores": t.scores,
+                "objective": t.objective,
+                "seconds": t.seconds,
+            }
+            for t in result.trials
+        ],
+        "evaluations": result.evaluations,
+        "reused_from_records": result.reused,
+        "seconds": result.seconds,
+        "notes": result.notes,
+        "files": files,
     }
     if config.val_split != "validation":
         summary["best"]["validation"] = dict(best.scores)
@@ -83,8 +109,14 @@ def plot_search(out: Path, result: Any) -> dict[str, str]:
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
     for ax, name in zip(axes[0], result.names):
         ax.plot([t.params[name] for t in result.trials], ys, "o", markersize=3, color="gray")
-        ax.plot([result.best.params[name]], [result.best.objective], "*", markersize=10, color="red",
-                label=f"best {name} = {result.best.params[name]:.4g}")
+        ax.plot(
+            [result.best.params[name]],
+            [result.best.objective],
+            "*",
+            markersize=10,
+            color="red",
+            label=f"best {name} = {result.best.params[name]:.4g}",
+        )
         ax.set_xlabel(name)
         ax.set_ylabel("objective")
         ax.grid(alpha=0.3)

@@ -64,8 +64,11 @@ class RayEvaluator:
         self.ray, self.workers, self.config = ray, workers, config
         self.started = False
         if not ray.is_initialized():
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                       "configure_logging": False}
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+            }
             if address:
                 ray.init(address=address, **options)
             else:

@@ -36,7 +36,9 @@ class SearchRecords:
         self.path = self.dir / RECORDS
         self.fingerprint = json.loads(json.dumps(dict(fingerprint)))
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
-        check_records_dir(self.dir, lambda d: (d / RECORDS).is_file(), "search directory (one with records.jsonl)")
+        check_records_dir(
+            self.dir, lambda d: (d / RECORDS).is_file(), "search directory (one with records.jsonl)"
+        )
         if restart and self.path.exists():
             self.path.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,10 +59,15 @@ class SearchRecords:
         except (json.JSONDecodeError, KeyError, TypeError):
             head = None
         if head != self.fingerprint:
-            diff = sorted(k for k in {*(head or {}), *self.fingerprint}
-                          if (head or {}).get(k) != self.fingerprint.get(k))
-            raise PemarithError(f"{self.dir} holds another search (differs in: {', '.join(diff) or 'header'}); "
-                                "use another -o DIR, or --restart to discard its records")
+            diff = sorted(
+                k
+                for k in {*(head or {}), *self.fingerprint}
+                if (head or {}).get(k) != self.fingerprint.get(k)
+            )
+            raise PemarithError(
+                f"{self.dir} holds another search (differs in: {', '.join(diff) or 'header'}); "
+                "use another -o DIR, or --restart to discard its records"
+            )
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
@@ -77,10 +84,17 @@ class SearchRecords:
     def get(self, params: Mapping[str, float], split: str) -> dict[str, Any] | None:
         return self.records.get((params_key(params), split))
 
-    def add(self, params: Mapping[str, float], split: str, scores: Scores, seconds: float,
-            **extra: Any) -> dict[str, Any]:
-        rec = {"key": params_key(params), "split": split, "params": dict(params), "scores": scores,
-               "seconds": round(seconds, 4), **extra}
+    def add(
+        self, params: Mapping[str, float], split: str, scores: Scores, seconds: float, **extra: Any
+    ) -> dict[str, Any]:
+        rec = {
+            "key": params_key(params),
+            "split": split,
+            "params": dict(params),
+            "scores": scores,
+            "seconds": round(seconds, 4),
+            **extra,
+        }
         self.append(rec)
         self.records[(rec["key"], split)] = rec
         return rec

@@ -42,7 +42,10 @@ _TOKEN = re.compile(
     r"|(?P<op><=|>=|[<>+\-*/()]))"
 )
 _CMP: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
 }
 
 
@@ -151,8 +154,9 @@ class Rule:
                 if n[1] is not None:
                     return ("base", resolve_metric(n[1], columns))
                 if len(set(named)) != 1:
-                    raise RuleError(f"'base' in {cond.text!r} must refer to exactly one metric; "
-                                    "write base.METRIC")
+                    raise RuleError(
+                        f"'base' in {cond.text!r} must refer to exactly one metric; write base.METRIC"
+                    )
                 return ("base", named[0])
             if n[0] == "num":
                 return n
@@ -160,8 +164,9 @@ class Rule:
 
         return bind(cond.left), bind(cond.right)
 
-    def satisfied(self, scores: Mapping[str, float], base: Mapping[str, float] | None,
-                  columns: Sequence[str]) -> bool:
+    def satisfied(
+        self, scores: Mapping[str, float], base: Mapping[str, float] | None, columns: Sequence[str]
+    ) -> bool:
         """True when every condition holds for ``scores`` (NaN fails)."""
         for cond in self.conditions:
             left, right = self._bind(cond, columns)
@@ -170,8 +175,13 @@ class Rule:
                 return False
         return True
 
-    def pick(self, records: Iterable[tuple[float, Mapping[str, float]]], var: str,
-             columns: Sequence[str], base: Mapping[str, float] | None = None) -> float:
+    def pick(
+        self,
+        records: Iterable[tuple[float, Mapping[str, float]]],
+        var: str,
+        columns: Sequence[str],
+        base: Mapping[str, float] | None = None,
+    ) -> float:
         """The value of ``var`` the rule selects among ``records`` (validation scores).
 
         ``columns`` are the tracked metric names; the first is the primary metric.
@@ -180,13 +190,13 @@ class Rule:
             raise RuleError("no metric to select on")
         self.check(var, columns)
         if self.needs_base and base is None:
-            raise RuleError(f"the rule {self.text!r} compares with 'base' but the base model "
-                            "was not evaluated")
+            raise RuleError(
+                f"the rule {self.text!r} compares with 'base' but the base model was not evaluated"
+            )
         rows = sorted(records, key=lambda r: r[0])
         feasible = [(v, s) for v, s in rows if self.satisfied(s, base, columns)]
         if not feasible:
-            raise RuleError(f"no value of {var} satisfies {self.text!r} "
-                            f"({len(rows)} evaluated)")
+            raise RuleError(f"no value of {var} satisfies {self.text!r} ({len(rows)} evaluated)")
         if self.target == var:
             return feasible[-1][0] if self.direction == "max" else feasible[0][0]
         metric = resolve_metric(self.target, columns) if self.target else columns[0]
@@ -234,8 +244,10 @@ class _Parser:
         self.i = 0
 
     def fail(self, message: str, pos: int) -> RuleError:
-        return RuleError(f"bad selection rule {self.text!r}: {message} at position {pos + 1}; "
-                         "expected e.g. 'max', 'min ppl' or 'max l where ppl <= base + 0.5'")
+        return RuleError(
+            f"bad selection rule {self.text!r}: {message} at position {pos + 1}; "
+            "expected e.g. 'max', 'min ppl' or 'max l where ppl <= base + 0.5'"
+        )
 
     def peek(self) -> tuple[str, str, int]:
         return self.toks[self.i]
@@ -300,7 +312,7 @@ class _Parser:
             if text == "base":
                 return ("base", None)
             if text.startswith("base."):
-                return ("base", text[len("base."):])
+                return ("base", text[len("base.") :])
             return ("metric", text)
         if text == "(":
             node = self.sum()
@@ -327,10 +339,17 @@ class SearchResult:
     method: str
 
 
-def search(objective: Objective, values: Sequence[float], rule: Rule, var: str,
-           columns: Callable[[], Sequence[str]] | Sequence[str], base: Mapping[str, float] | None = None,
-           method: str = "grid", coarse: int = 5,
-           batch: Callable[[list[float]], list[Scores]] | None = None) -> SearchResult:
+def search(
+    objective: Objective,
+    values: Sequence[float],
+    rule: Rule,
+    var: str,
+    columns: Callable[[], Sequence[str]] | Sequence[str],
+    base: Mapping[str, float] | None = None,
+    method: str = "grid",
+    coarse: int = 5,
+    batch: Callable[[list[float]], list[Scores]] | None = None,
+) -> SearchResult:
     """Evaluate ``objective`` over ``values`` (``method="grid"``) or a coarse-to-fine subset.
 
     ``refine``: evaluate every ``coarse``-th value (and the last), pick by ``rule``, then evaluate
@@ -343,8 +362,9 @@ def search(objective: Objective, values: Sequence[float], rule: Rule, var: str,
     then the fine ones), in any order: a distributed sweep shares each stage among its workers.
     """
     if method not in SEARCHES:
-        raise PemarithError(f"unknown search {method!r}{did_you_mean(method, SEARCHES)}; "
-                            f"choose {' or '.join(SEARCHES)}")
+        raise PemarithError(
+            f"unknown search {method!r}{did_you_mean(method, SEARCHES)}; choose {' or '.join(SEARCHES)}"
+        )
     if coarse < 2:
         raise PemarithError(f"--coarse must be at least 2, got {coarse}")
     values = sorted(values)

@@ -107,8 +107,10 @@ def check_subset(rows: Sequence[Row], classes: Sequence[int], name: str, thresho
     low = [c for c in classes if counts.get(c, 0) < MIN_CLASS_SHARE * max(1, len(rows))]
     if low:
         have = ", ".join(f"class {c}: {counts.get(c, 0)}" for c in classes)
-        raise PemarithError(f"skewed subset {name} is degenerate ({have} of {len(rows)}; each class needs "
-                            f"{MIN_CLASS_SHARE:.0%}): a module trained on it would learn one class")
+        raise PemarithError(
+            f"skewed subset {name} is degenerate ({have} of {len(rows)}; each class needs "
+            f"{MIN_CLASS_SHARE:.0%}): a module trained on it would learn one class"
+        )
 
 
 def skewed_split(
@@ -145,8 +147,10 @@ def skewed_split(
     else:
         feasible = _feasible(counts)
         if not feasible:
-            raise PemarithError(f"no class can take 80% of its rows into one of two equal subsets "
-                                f"(a share of at most 62.5% is needed; {_shares(counts)})")
+            raise PemarithError(
+                f"no class can take 80% of its rows into one of two equal subsets "
+                f"(a share of at most 62.5% is needed; {_shares(counts)})"
+            )
         selected = rng.choice(feasible)
 
     chosen = list(by_class[selected])
@@ -174,8 +178,10 @@ def skewed_split(
         try:
             check_subset(subset, classes, name, threshold)
         except PemarithError as e:
-            raise PemarithError(f"{e}; class {selected} was selected ({_shares(counts)}): select a class "
-                                f"with a share of at most 62.5%") from None
+            raise PemarithError(
+                f"{e}; class {selected} was selected ({_shares(counts)}): select a class "
+                f"with a share of at most 62.5%"
+            ) from None
     return SkewedSplit(s0, s1, selected, seed, threshold)
 
 

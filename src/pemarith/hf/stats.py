@@ -31,8 +31,10 @@ def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> dict[str, fl
     Returns ``{"b", "c", "n", "p"}`` (see the module docstring for the formula).
     """
     if len(first) != len(second):
-        raise PemarithError(f"mcnemar_exact: {len(first)} vs {len(second)} rows; "
-                            "both classifiers must be scored on the same rows")
+        raise PemarithError(
+            f"mcnemar_exact: {len(first)} vs {len(second)} rows; "
+            "both classifiers must be scored on the same rows"
+        )
     b = sum(1 for x, y in zip(first, second) if x and not y)
     c = sum(1 for x, y in zip(first, second) if y and not x)
     n = b + c
@@ -41,13 +43,18 @@ def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> dict[str, fl
     k = min(b, c)
     # exact integer arithmetic: the tail probability of a fair binomial
     tail = sum(math.comb(n, i) for i in range(k + 1))
-    p = min(1.0, 2 * tail / 2 ** n)
+    p = min(1.0, 2 * tail / 2**n)
     return {"b": b, "c": c, "n": n, "p": p}
 
 
-def bootstrap_difference(first: Sequence[float], second: Sequence[float], paired: bool,
-                         confidence: float = 0.95, n_resamples: int = 9999,
-                         seed: int = 0) -> dict[str, Any]:
+def bootstrap_difference(
+    first: Sequence[float],
+    second: Sequence[float],
+    paired: bool,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> dict[str, Any]:
     """``mean(first) - mean(second)`` with a percentile bootstrap interval (seeded, reproducible).
 
     Returns ``{"difference", "low", "high", "n": (len(first), len(second)), "paired"}``. With
@@ -61,19 +68,26 @@ def bootstrap_difference(first: Sequence[float], second: Sequence[float], paired
     if x.size < 2 or y.size < 2:
         raise PemarithError(f"bootstrap_difference: need at least 2 values each, got {x.size} and {y.size}")
     if paired and x.size != y.size:
-        raise PemarithError(f"bootstrap_difference: {x.size} vs {y.size} values; paired samples "
-                            "must be scored on the same items")
+        raise PemarithError(
+            f"bootstrap_difference: {x.size} vs {y.size} values; paired samples "
+            "must be scored on the same items"
+        )
     d = float(x.mean() - y.mean())
     if np.ptp(x) == 0 and np.ptp(y) == 0 or paired and np.ptp(x - y) == 0:
         low = high = d
     else:
-        res = stats.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis=axis) - b.mean(axis=axis),
-                              paired=paired, vectorized=True, confidence_level=confidence,
-                              n_resamples=n_resamples, method="percentile",
-                              rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (x, y),
+            lambda a, b, axis=-1: a.mean(axis=axis) - b.mean(axis=axis),
+            paired=paired,
+            vectorized=True,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"difference": d, "low": low, "high": high, "n": (int(x.size), int(y.size)),
-            "paired": paired}
+    return {"difference": d, "low": low, "high": high, "n": (int(x.size), int(y.size)), "paired": paired}
 
 
 def format_difference(r: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:

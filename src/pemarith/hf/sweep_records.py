@@ -30,9 +30,16 @@ class RecordCache:
     :meth:`evaluate_many` shares a stage with the other workers through claims.
     """
 
-    def __init__(self, out: str | os.PathLike[str], fingerprint: Mapping[str, Any],
-                 restart: bool = False, worker: str | None = None, claim_timeout: float = 3600.0,
-                 poll: float = 2.0, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        fingerprint: Mapping[str, Any],
+        restart: bool = False,
+        worker: str | None = None,
+        claim_timeout: float = 3600.0,
+        poll: float = 2.0,
+        log: Callable[[str], None] | None = None,
+    ):
         self.dir = Path(out).expanduser()
         self.worker = worker
         self.path = self.dir / (f"records-{worker}.jsonl" if worker else RECORDS)
@@ -40,11 +47,16 @@ class RecordCache:
         self.records: dict[tuple[str, str, str | None], dict[str, Any]] = {}
         self.reused = 0
         self.poll, self.log = poll, log
-        check_records_dir(self.dir, lambda d: any(d.glob("records*.jsonl")) or (d / "claims").is_dir(),
-                          "sweep directory (one with records.jsonl)")
+        check_records_dir(
+            self.dir,
+            lambda d: any(d.glob("records*.jsonl")) or (d / "claims").is_dir(),
+            "sweep directory (one with records.jsonl)",
+        )
         if restart and worker:
-            raise PemarithError("--restart cannot join a distributed sweep (the other workers' records "
-                                "would stay); run it once without workers, then start the workers")
+            raise PemarithError(
+                "--restart cannot join a distributed sweep (the other workers' records "
+                "would stay); run it once without workers, then start the workers"
+            )
         if restart and self.path.exists():
             self.path.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -84,11 +96,15 @@ class RecordCache:
         if head is None and not lines and path != self.path:
             return  # another worker's file, created a moment ago
         if head != self.fingerprint:
-            diff = sorted(k for k in {*(head or {}), *self.fingerprint}
-                          if (head or {}).get(k) != self.fingerprint.get(k))
+            diff = sorted(
+                k
+                for k in {*(head or {}), *self.fingerprint}
+                if (head or {}).get(k) != self.fingerprint.get(k)
+            )
             raise PemarithError(
                 f"{self.dir} holds another sweep (differs in: {', '.join(diff) or 'header'}; "
-                f"{path.name}); use another -o DIR, or --restart to discard its records")
+                f"{path.name}); use another -o DIR, or --restart to discard its records"
+            )
         for line in lines[1:]:
             try:
                 rec = json.loads(line)
@@ -105,23 +121,28 @@ class RecordCache:
     def get(self, what: str, split: str, value: float | None = None) -> dict[str, Any] | None:
         return self.records.get((what, split, key_of(value)))
 
-    def evaluate(self, what: str, split: str, value: float | None,
-                 compute: Callable[[], Scores]) -> Scores:
+    def evaluate(self, what: str, split: str, value: float | None, compute: Callable[[], Scores]) -> Scores:
         """The cached scores, or ``compute()`` recorded before it is returned."""
         return self.evaluate_many([(what, split, value, compute)])[0]
 
     def _compute(self, what: str, split: str, value: float | None, compute: Callable[[], Scores]) -> None:
         t0 = time.perf_counter()
         scores = compute()
-        rec = {"what": what, "split": split, "value": value, "scores": scores,
-               "seconds": round(time.perf_counter() - t0, 4)}
+        rec = {
+            "what": what,
+            "split": split,
+            "value": value,
+            "scores": scores,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
         if self.worker:
             rec["worker"] = self.worker
         self._append(rec)
         self.records[(what, split, key_of(value))] = rec
 
-    def evaluate_many(self, items: Sequence[tuple[str, str, float | None, Callable[[], Scores]]]
-                      ) -> list[Scores]:
+    def evaluate_many(
+        self, items: Sequence[tuple[str, str, float | None, Callable[[], Scores]]]
+    ) -> list[Scores]:
         """The scores of every ``(what, split, value, compute)``: cached ones read back, the others
         computed. In a distributed sweep this worker computes the items it can claim and waits
         for the others' records (polling every ``poll`` seconds)."""

@@ -57,9 +57,23 @@ from . import metrics as M
 from .task_types import DatasetSource, Part, Task
 
 LM_EVAL_KEYS = (
-    "task", "dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split",
-    "test_split", "output_type", "doc_to_text", "doc_to_target", "doc_to_choice", "target_delimiter",
-    "metric_list", "process_docs", "description", "tag", "metadata",
+    "task",
+    "dataset_path",
+    "dataset_name",
+    "dataset_kwargs",
+    "training_split",
+    "validation_split",
+    "test_split",
+    "output_type",
+    "doc_to_text",
+    "doc_to_target",
+    "doc_to_choice",
+    "target_delimiter",
+    "metric_list",
+    "process_docs",
+    "description",
+    "tag",
+    "metadata",
 )
 OWN_KEYS = ("doc_to_text_pair", "resplit")
 OUTPUT_TYPES = {
@@ -68,8 +82,12 @@ OUTPUT_TYPES = {
     "loglikelihood_rolling": "text",
     "generate_until": "text",
 }
-_DEFAULT_METRICS = {"multiple_choice": ("accuracy",), "regression": ("spearman", "pearson"),
-                    "loglikelihood_rolling": ("perplexity",), "generate_until": ("toxicity",)}
+_DEFAULT_METRICS = {
+    "multiple_choice": ("accuracy",),
+    "regression": ("spearman", "pearson"),
+    "loglikelihood_rolling": ("perplexity",),
+    "generate_until": ("toxicity",),
+}
 _RESPLIT = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
 
 
@@ -126,8 +144,9 @@ def _task(path: Path, doc: dict[str, Any], digest: str) -> Task:
     known = (*LM_EVAL_KEYS, *OWN_KEYS)
     for key in doc:
         if key not in known:
-            raise PemarithError(f"{path}: unknown key {key!r}{did_you_mean(str(key), known)}; "
-                                f"keys: {', '.join(known)}")
+            raise PemarithError(
+                f"{path}: unknown key {key!r}{did_you_mean(str(key), known)}; keys: {', '.join(known)}"
+            )
     name = str(_need(doc, "task", path))
     output_type = str(doc.get("output_type", "multiple_choice"))
     if output_type not in OUTPUT_TYPES:
@@ -137,8 +156,10 @@ def _task(path: Path, doc: dict[str, Any], digest: str) -> Task:
     if kind == "classification":
         raw = _need(doc, "doc_to_choice", path)
         if not isinstance(raw, list) or len(raw) < 2:
-            raise PemarithError(f"{path}: doc_to_choice must be a list of at least two choices "
-                                "(a template per row is not supported: the classes must be fixed)")
+            raise PemarithError(
+                f"{path}: doc_to_choice must be a list of at least two choices "
+                "(a template per row is not supported: the classes must be fixed)"
+            )
         choices = tuple(str(c) for c in raw)
     if kind != "text":
         _need(doc, "doc_to_target", path)
@@ -159,19 +180,31 @@ def _task(path: Path, doc: dict[str, Any], digest: str) -> Task:
         process_docs=_function(path, doc["process_docs"]) if doc.get("process_docs") else None,
     )
     return Task(
-        name=name, kind=kind, description=str(doc.get("description") or f"task file {path.name}"),
-        source=source, splits=splits, metrics=_metrics(path, doc, output_type),
-        text_a="doc_to_text", text_b="doc_to_text_pair" if source.text_pair else None,
+        name=name,
+        kind=kind,
+        description=str(doc.get("description") or f"task file {path.name}"),
+        source=source,
+        splits=splits,
+        metrics=_metrics(path, doc, output_type),
+        text_a="doc_to_text",
+        text_b="doc_to_text_pair" if source.text_pair else None,
         label="doc_to_target" if kind != "text" else None,
-        label_values=tuple(str(i) for i in range(len(choices))), label_names=choices,
-        prompt="{text_a}" if kind == "classification" else None, label_words=choices,
-        target_delimiter=str(doc.get("target_delimiter", " ")), origin=str(path), digest=digest,
+        label_values=tuple(str(i) for i in range(len(choices))),
+        label_names=choices,
+        prompt="{text_a}" if kind == "classification" else None,
+        label_words=choices,
+        target_delimiter=str(doc.get("target_delimiter", " ")),
+        origin=str(path),
+        digest=digest,
     )
 
 
 def _splits(path: Path, doc: Mapping[str, Any]) -> dict[str, Part]:
-    named = {"train": doc.get("training_split"), "validation": doc.get("validation_split"),
-             "test": doc.get("test_split")}
+    named = {
+        "train": doc.get("training_split"),
+        "validation": doc.get("validation_split"),
+        "test": doc.get("test_split"),
+    }
     if doc.get("resplit"):
         if not named["train"]:
             raise PemarithError(f"{path}: resplit cuts validation and test from training_split: name it")
@@ -193,9 +226,11 @@ def _metrics(path: Path, doc: Mapping[str, Any], output_type: str) -> tuple[str,
         name = e.get("metric") if isinstance(e, dict) else e
         key = M.ALIASES.get(str(name), str(name))
         if key not in M.METRICS and key not in M.SPECIAL:
-            raise PemarithError(f"{path}: unknown metric {name!r}"
-                                f"{did_you_mean(str(name), [*M.METRICS, *M.ALIASES, *M.SPECIAL])}; "
-                                f"known: {', '.join([*M.METRICS, *M.SPECIAL])}")
+            raise PemarithError(
+                f"{path}: unknown metric {name!r}"
+                f"{did_you_mean(str(name), [*M.METRICS, *M.ALIASES, *M.SPECIAL])}; "
+                f"known: {', '.join([*M.METRICS, *M.SPECIAL])}"
+            )
         names.append(key)
     return tuple(names) or _DEFAULT_METRICS[output_type]
 
@@ -215,8 +250,10 @@ def _resolve_files(task_file: Path, files: Any) -> Any:
         if isinstance(f, str) and "://" not in f:
             found = _beside(task_file, f)
             if found is None and not any(c in f for c in "*?["):
-                raise PemarithError(f"{task_file}: data file {f} not found beside the task file "
-                                    f"({task_file.parent}) nor in the working directory")
+                raise PemarithError(
+                    f"{task_file}: data file {f} not found beside the task file "
+                    f"({task_file.parent}) nor in the working directory"
+                )
             return str(found) if found is not None else str(task_file.parent / f)
         return f
 
@@ -227,8 +264,10 @@ def _resolve_files(task_file: Path, files: Any) -> Any:
 
 def _function(task_file: Path, ref: Any) -> Any:
     if not isinstance(ref, _Function) or "." not in ref:
-        raise PemarithError(f"{task_file}: process_docs is '!function FILE.FUNCTION' (a Python file "
-                            "beside the task file), as in lm-eval")
+        raise PemarithError(
+            f"{task_file}: process_docs is '!function FILE.FUNCTION' (a Python file "
+            "beside the task file), as in lm-eval"
+        )
     module, _, fn = str(ref).rpartition(".")
     file = task_file.parent / (module.replace(".", "/") + ".py")
     if not file.is_file():
@@ -262,8 +301,9 @@ def _label(task: Task, value: Any, where: str) -> int | float:
     if isinstance(value, float) and value != value:  # pandas reads an empty CSV cell as NaN
         value = None
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise PemarithError(f"{where}: empty target (task {task.name}); fill it in or drop the row "
-                            "(process_docs)")
+        raise PemarithError(
+            f"{where}: empty target (task {task.name}); fill it in or drop the row (process_docs)"
+        )
     if task.kind == "regression":
         try:
             return float(value)
@@ -277,8 +317,10 @@ def _label(task: Task, value: Any, where: str) -> int | float:
         return task.label_names.index(text)
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(task.label_names):
         return int(text)
-    raise PemarithError(f"{where}: target {given!r} is neither a choice ({', '.join(task.label_names)}) "
-                        f"nor a choice index 0..{len(task.label_names) - 1} (task {task.name})")
+    raise PemarithError(
+        f"{where}: target {given!r} is neither a choice ({', '.join(task.label_names)}) "
+        f"nor a choice index 0..{len(task.label_names) - 1} (task {task.name})"
+    )
 
 
 def _dataset(source: DatasetSource, split: str, task: Task) -> Any:
@@ -288,13 +330,17 @@ def _dataset(source: DatasetSource, split: str, task: Task) -> Any:
         ds = datasets.load_dataset(source.path, source.name, split=split, **dict(source.kwargs))
     except (ValueError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PemarithError(f"task {task.name} ({task.origin}): split {split!r} of {source.path}: {msg}; "
-                            "name the dataset's splits in training_split/validation_split/test_split, "
-                            "or set resplit: true") from None
+        raise PemarithError(
+            f"task {task.name} ({task.origin}): split {split!r} of {source.path}: {msg}; "
+            "name the dataset's splits in training_split/validation_split/test_split, "
+            "or set resplit: true"
+        ) from None
     except (FileNotFoundError, datasets.exceptions.DatasetGenerationError) as e:
         cause = e.__cause__ or e  # datasets wraps the reader's error (e.g. columns that differ)
         msg = " ".join(str(cause).split()) or type(cause).__name__
-        raise PemarithError(f"task {task.name} ({task.origin}): {source.path} could not be read: {msg}") from None
+        raise PemarithError(
+            f"task {task.name} ({task.origin}): {source.path} could not be read: {msg}"
+        ) from None
     return source.process_docs(ds) if source.process_docs is not None else ds
 
 

@@ -34,15 +34,19 @@ def _profanity_check() -> Scorer:
             warnings.simplefilter("always")
             from profanity_check import predict_prob
     except ImportError as e:
-        raise PemarithError("toxicity scoring needs alt-profanity-check: "
-                            "pip install 'pemarith[hf]' (or alt-profanity-check)") from e
+        raise PemarithError(
+            "toxicity scoring needs alt-profanity-check: pip install 'pemarith[hf]' (or alt-profanity-check)"
+        ) from e
     # Its model is a pickled scikit-learn estimator: a different scikit-learn version may unpickle
     # it with subtly different behaviour, so say so instead of letting the warning scroll past.
     for w in caught:
         if type(w.message).__name__ == "InconsistentVersionWarning":
-            warnings.warn(f"alt-profanity-check's pickled model was made with another scikit-learn "
-                          f"version ({w.message}); install the scikit-learn version it pins",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"alt-profanity-check's pickled model was made with another scikit-learn "
+                f"version ({w.message}); install the scikit-learn version it pins",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return lambda texts: np.asarray(predict_prob(list(texts)), dtype=np.float64)
 
 
@@ -54,8 +58,9 @@ SCORERS: dict[str, Callable[[], Scorer]] = {
 def score(texts: Sequence[str], scorer: str = "profanity-check") -> np.ndarray:
     """Toxicity probability in [0, 1] for each text (see the module docstring: not Detoxify)."""
     if scorer not in SCORERS:
-        raise PemarithError(f"unknown toxicity scorer {scorer!r}{did_you_mean(scorer, SCORERS)}; "
-                            f"known: {', '.join(SCORERS)}")
+        raise PemarithError(
+            f"unknown toxicity scorer {scorer!r}{did_you_mean(scorer, SCORERS)}; known: {', '.join(SCORERS)}"
+        )
     if isinstance(texts, str):
         raise PemarithError("toxicity.score takes a list of texts, not one string")
     if len(texts) == 0:

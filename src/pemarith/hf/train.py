@@ -49,8 +49,7 @@ def training_rows(cfg: TrainConfig, task: Any) -> tuple[list[dict[str, Any]], st
     from .data import load_split
 
     if cfg.split not in task.splits:
-        raise PemarithError(f"task {task.name} has no {cfg.split!r} split; it has "
-                            f"{', '.join(task.splits)}")
+        raise PemarithError(f"task {task.name} has no {cfg.split!r} split; it has {', '.join(task.splits)}")
     rows = load_split(task, cfg.split, data_dir=cfg.data_dir, seed=cfg.split_seed)
     source = f"{task.name} {cfg.split} (split seed {cfg.split_seed})"
     if cfg.subset is None:
@@ -59,7 +58,8 @@ def training_rows(cfg: TrainConfig, task: Any) -> tuple[list[dict[str, Any]], st
 
     parts = skewed_subsets(rows, seed=cfg.subset_seed, size=cfg.subset_size)
     return list(parts[SUBSETS.index(cfg.subset)]), (
-        f"{cfg.subset} of {source}, subset seed {cfg.subset_seed}, size {cfg.subset_size}")
+        f"{cfg.subset} of {source}, subset seed {cfg.subset_seed}, size {cfg.subset_size}"
+    )
 
 
 def _peft_config(cfg: TrainConfig, model: Any, kind: str) -> Any:
@@ -69,12 +69,16 @@ def _peft_config(cfg: TrainConfig, model: Any, kind: str) -> Any:
     targets = cfg.targets
     if targets is None:
         if family is None:
-            raise PemarithError(f"no default targets for model type {model.config.model_type!r};"
-                                " give targets (e.g. --targets q_proj,v_proj)")
+            raise PemarithError(
+                f"no default targets for model type {model.config.model_type!r};"
+                " give targets (e.g. --targets q_proj,v_proj)"
+            )
         targets = family.lora if cfg.peft_type == "lora" else family.ia3
     task_type = TaskType.SEQ_CLS if kind == "encoder" else TaskType.CAUSAL_LM
-    common: dict[str, Any] = {"task_type": task_type,
-                              "target_modules": targets if isinstance(targets, str) else list(targets)}
+    common: dict[str, Any] = {
+        "task_type": task_type,
+        "target_modules": targets if isinstance(targets, str) else list(targets),
+    }
     head = cfg.modules_to_save
     if head is None and kind == "encoder" and family is not None:
         head = family.head
@@ -102,14 +106,17 @@ def _fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-def _features(cfg: TrainConfig, task: Any, kind: str, tok: Any,
-              rows: list[dict[str, Any]]) -> tuple[list[F.Feature], str]:
+def _features(
+    cfg: TrainConfig, task: Any, kind: str, tok: Any, rows: list[dict[str, Any]]
+) -> tuple[list[F.Feature], str]:
     """Tokenized examples and the objective actually used."""
     objective = cfg.objective
     if kind == "encoder":
         if objective == "lm" or task.kind == "text":
-            raise PemarithError(f"an encoder trains on labelled tasks only; {task.name} "
-                                f"({task.kind}) with objective {objective} needs a causal LM")
+            raise PemarithError(
+                f"an encoder trains on labelled tasks only; {task.name} "
+                f"({task.kind}) with objective {objective} needs a causal LM"
+            )
         F.check_rows(rows, task)
         return F.encoder_features(tok, task, rows, cfg.max_length), "head"
     if objective == "auto":
@@ -118,8 +125,10 @@ def _features(cfg: TrainConfig, task: Any, kind: str, tok: Any,
         F.check_rows(rows, task, labelled=False)
         return F.lm_features(tok, [r["text_a"] for r in rows], cfg.max_length), "lm"
     if task.kind != "classification" or not task.label_words:
-        raise PemarithError(f"task {task.name} has no label words: a causal LM cannot be trained "
-                            "to classify it; use an encoder or --objective lm")
+        raise PemarithError(
+            f"task {task.name} has no label words: a causal LM cannot be trained "
+            "to classify it; use an encoder or --objective lm"
+        )
     F.check_rows(rows, task)
     return F.prompt_features(tok, task, rows, cfg.max_length), "classify"
 
@@ -140,7 +149,7 @@ def _order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     out: list[list[int]] = []
     while len(out) < steps:
         perm = torch.randperm(n, generator=gen).tolist()
-        out += [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+        out += [perm[i : i + batch_size] for i in range(0, n, batch_size)]
     return out[:steps]
 
 
@@ -158,8 +167,10 @@ def resume_file(output_dir: str | Path) -> Path:
 
 
 def _resume_identity(cfg: TrainConfig, init_fp: str) -> dict[str, Any]:
-    return {**{k: v for k, v in cfg.to_json().items() if k not in _RESUME_IGNORES},
-            "init_fingerprint": init_fp}
+    return {
+        **{k: v for k, v in cfg.to_json().items() if k not in _RESUME_IGNORES},
+        "init_fingerprint": init_fp,
+    }
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -175,8 +186,13 @@ def train(cfg: TrainConfig) -> Path:
     rows, source = training_rows(cfg, task)
     out = Path(cfg.output_dir)
     protect = [Path(cfg.init_adapter)] if cfg.init_adapter is not None else []
-    with output_dir(out, protect, force=cfg.overwrite, is_previous=holds("training.json"),
-                    what="trained module (a directory with training.json)") as tmp:
+    with output_dir(
+        out,
+        protect,
+        force=cfg.overwrite,
+        is_previous=holds("training.json"),
+        what="trained module (a directory with training.json)",
+    ) as tmp:
         # weights stay float32 (the optimiser's master copy); --dtype is the autocast dtype
         from .hardware import Placement, resolve
 
@@ -185,8 +201,9 @@ def train(cfg: TrainConfig) -> Path:
         if kind == "encoder":
             if task.kind == "text":
                 raise PemarithError(f"task {task.name} is a text task: it needs a causal LM")
-            model, tok = load_encoder(cfg.model, task.num_labels, task.problem_type,
-                                      seed=cfg.init_seed, placement=master)
+            model, tok = load_encoder(
+                cfg.model, task.num_labels, task.problem_type, seed=cfg.init_seed, placement=master
+            )
         else:
             model, tok = load_causal_lm(cfg.model, placement=master)
         feats, objective = _features(cfg, task, kind, tok, rows)
@@ -243,20 +260,28 @@ def train(cfg: TrainConfig) -> Path:
         net.train()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(order), initial=done, desc=f"train {task.name} ({cfg.peft_type})",
-                   disable=not cfg.progress, unit="step")
+        bar = tqdm(
+            total=len(order),
+            initial=done,
+            desc=f"train {task.name} ({cfg.peft_type})",
+            disable=not cfg.progress,
+            unit="step",
+        )
         saved_at = time.perf_counter()
         for idx in order[done:]:
             batch = F.pad([feats[i] for i in idx], tok.pad_token_id, side=side)
             if where is not None:
                 batch = {k: v.to(where.device) for k, v in batch.items()}
-            with torch.autocast(device_type=where.device.type if where else "cpu",
-                                dtype=where.dtype if where else torch.bfloat16,
-                                enabled=where is not None and where.dtype != torch.float32):
+            with torch.autocast(
+                device_type=where.device.type if where else "cpu",
+                dtype=where.dtype if where else torch.bfloat16,
+                enabled=where is not None and where.dtype != torch.float32,
+            ):
                 loss = _loss(net, batch, objective).float()
             if not torch.isfinite(loss):
-                raise PemarithError(f"train: the loss became {loss.item()} at step {len(losses)}; "
-                                    "lower the learning rate")
+                raise PemarithError(
+                    f"train: the loss became {loss.item()} at step {len(losses)}; lower the learning rate"
+                )
             loss.backward()
             opt.step()
             sched.step()
@@ -264,12 +289,23 @@ def train(cfg: TrainConfig) -> Path:
             losses.append(round(loss.item(), 6))
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-            if (cfg.checkpoint_seconds and len(losses) < len(order)
-                    and time.perf_counter() - saved_at >= cfg.checkpoint_seconds):
+            if (
+                cfg.checkpoint_seconds
+                and len(losses) < len(order)
+                and time.perf_counter() - saved_at >= cfg.checkpoint_seconds
+            ):
                 part = resume.with_name(resume.name + ".tmp")
-                torch.save({"identity": identity, "losses": losses, "rng": torch.get_rng_state(),
-                            "trainable": {n: p.detach().clone() for n, p in trainable.items()},
-                            "optimizer": opt.state_dict(), "schedule": sched.state_dict()}, part)
+                torch.save(
+                    {
+                        "identity": identity,
+                        "losses": losses,
+                        "rng": torch.get_rng_state(),
+                        "trainable": {n: p.detach().clone() for n, p in trainable.items()},
+                        "optimizer": opt.state_dict(),
+                        "schedule": sched.state_dict(),
+                    },
+                    part,
+                )
                 os.replace(part, resume)
                 saved_at = time.perf_counter()
         bar.close()
@@ -285,8 +321,12 @@ def train(cfg: TrainConfig) -> Path:
             "config": cfg.to_json(),
             "kind": kind,
             "objective": objective,
-            "data": {"source": source, "rows": len(rows), "examples": len(feats),
-                     "sha256": rows_sha256(rows)},
+            "data": {
+                "source": source,
+                "rows": len(rows),
+                "examples": len(feats),
+                "sha256": rows_sha256(rows),
+            },
             "steps": steps,
             "trainable_parameters": sum(p.numel() for p in params),
             "init_fingerprint": init_fp,
@@ -297,9 +337,13 @@ def train(cfg: TrainConfig) -> Path:
             "base_model": _base_record(cfg.model),
         }
         if kind == "encoder":  # what bake writes into config.json for the head (bake_config)
-            record["head"] = {"num_labels": task.num_labels, "problem_type": task.problem_type,
-                              "id2label": {str(i): n for i, n in enumerate(task.label_names)}
-                              if len(task.label_names) == task.num_labels else {}}
+            record["head"] = {
+                "num_labels": task.num_labels,
+                "problem_type": task.problem_type,
+                "id2label": {str(i): n for i, n in enumerate(task.label_names)}
+                if len(task.label_names) == task.num_labels
+                else {},
+            }
         (tmp / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     resume.unlink(missing_ok=True)
     return out
@@ -311,8 +355,12 @@ def _base_record(model: str) -> dict[str, Any]:
     from .models import PACKAGED, resolve_model
 
     packaged = PACKAGED.get(model)
-    return {"name": model, "hub_id": packaged.hub_id if packaged else None, "path": resolve_model(model),
-            "weights": packaged.description if packaged else None}
+    return {
+        "name": model,
+        "hub_id": packaged.hub_id if packaged else None,
+        "path": resolve_model(model),
+        "weights": packaged.description if packaged else None,
+    }
 
 
 def _set_base_model(config_file: Path, name: str) -> None:

@@ -41,14 +41,21 @@ _BERT = Targets(
     head=("classifier", "pooler"),
 )
 _ROBERTA = dataclasses.replace(_BERT, head=("classifier",))  # its head holds the dense layer
-_LLAMA = Targets(lora=("q_proj", "v_proj"), ia3=("k_proj", "v_proj", "down_proj"),
-                 feedforward=("down_proj",))
+_LLAMA = Targets(lora=("q_proj", "v_proj"), ia3=("k_proj", "v_proj", "down_proj"), feedforward=("down_proj",))
 
 #: Default targets by ``config.model_type``.
 DEFAULT_TARGETS: dict[str, Targets] = {
-    "bert": _BERT, "roberta": _ROBERTA, "xlm-roberta": _ROBERTA, "electra": _ROBERTA,
-    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "gemma": _LLAMA, "gemma2": _LLAMA,
-    "gemma3": _LLAMA, "gemma3_text": _LLAMA,
+    "bert": _BERT,
+    "roberta": _ROBERTA,
+    "xlm-roberta": _ROBERTA,
+    "electra": _ROBERTA,
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _LLAMA,
+    "gemma3": _LLAMA,
+    "gemma3_text": _LLAMA,
 }
 
 
@@ -108,8 +115,10 @@ class TrainConfig:
             return PemarithError(f"train: {msg}")
 
         if self.peft_type not in PEFT_TYPES:
-            raise bad(f"unknown peft_type {self.peft_type!r}{did_you_mean(self.peft_type, PEFT_TYPES)};"
-                      f" use {', '.join(PEFT_TYPES)}")
+            raise bad(
+                f"unknown peft_type {self.peft_type!r}{did_you_mean(self.peft_type, PEFT_TYPES)};"
+                f" use {', '.join(PEFT_TYPES)}"
+            )
         for name in ("targets", "feedforward", "modules_to_save"):
             v = getattr(self, name)
             if isinstance(v, list):
@@ -133,8 +142,10 @@ class TrainConfig:
             (self.r >= 1, f"r must be >= 1, not {self.r}"),
             (self.alpha > 0, f"alpha must be > 0, not {self.alpha}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), not {self.dropout}"),
-            (self.model_dropout is None or 0 <= self.model_dropout < 1,
-             f"model_dropout must be in [0, 1), not {self.model_dropout}"),
+            (
+                self.model_dropout is None or 0 <= self.model_dropout < 1,
+                f"model_dropout must be in [0, 1), not {self.model_dropout}",
+            ),
             (self.steps is None or self.steps >= 1, f"steps must be >= 1, not {self.steps}"),
             (self.epochs is None or self.epochs > 0, f"epochs must be > 0, not {self.epochs}"),
             (self.lr > 0, f"lr must be > 0, not {self.lr}"),

@@ -77,12 +77,15 @@ class Kind:
     @classmethod
     def from_modules(cls, *mods: ModuleType) -> Kind:
         """The rules named by the fields, found in ``mods`` (the first that has each)."""
+
         def rule(name: str) -> Any:
             return next(getattr(m, name) for m in mods if hasattr(m, name))
 
-        return cls(name=mods[0].NAME, modes=mods[0].MODES, **{
-            f: rule(f) for f in cls.__dataclass_fields__ if f not in ("name", "modes")
-        })
+        return cls(
+            name=mods[0].NAME,
+            modes=mods[0].MODES,
+            **{f: rule(f) for f in cls.__dataclass_fields__ if f not in ("name", "modes")},
+        )
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (Kind.from_modules(lora, lora_model), Kind.from_modules(ia3))}

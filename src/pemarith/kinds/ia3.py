@@ -26,8 +26,15 @@ NAME = "IA3"
 MODES = ("factorwise", "exact")
 _PART = "ia3_l"
 # Config fields that must agree between a live adapter and a composition written into it.
-LIVE_FIXED = ("target_modules", "feedforward_modules", "modules_to_save", "fan_in_fan_out",
-              "layers_to_transform", "layers_pattern", "exclude_modules")
+LIVE_FIXED = (
+    "target_modules",
+    "feedforward_modules",
+    "modules_to_save",
+    "fan_in_fan_out",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+)
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -69,7 +76,9 @@ def signature(adapter: Adapter, layer: str, mode: str) -> dict[str, tuple[int, .
     return {"l": adapter.shapes[adapter.layers[layer][_PART]]}
 
 
-def out_shapes(adapters: Sequence[Adapter], layer: str, mode: str, rank: int | None) -> dict[str, tuple[int, ...]]:
+def out_shapes(
+    adapters: Sequence[Adapter], layer: str, mode: str, rank: int | None
+) -> dict[str, tuple[int, ...]]:
     return {_PART: adapters[0].shapes[adapters[0].layers[layer][_PART]]}
 
 
@@ -90,14 +99,16 @@ def check_method(adapters: Mapping[str, Adapter], mode: str, rank: int | None, m
     check(adapters, mode, rank)
 
 
-def task_vectors(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
-                 adapters: Sequence[Adapter]) -> list[np.ndarray]:
+def task_vectors(
+    tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float], adapters: Sequence[Adapter]
+) -> list[np.ndarray]:
     """``tau_i = c_i (l_i - 1)``."""
     return [c * (t[_PART] - 1.0) for c, t in zip(coefs, tensors)]
 
 
-def from_task_vector(merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarray]],
-                     rank: int | None) -> tuple[dict[str, np.ndarray], None]:
+def from_task_vector(
+    merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarray]], rank: int | None
+) -> tuple[dict[str, np.ndarray], None]:
     """``l = 1 + merged``."""
     return {_PART: 1.0 + merged}, None
 
@@ -121,8 +132,9 @@ def gram(tensors: Sequence[Mapping[str, np.ndarray]], adapters: Sequence[Adapter
     return D @ D.T
 
 
-def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
-                     adapters: Sequence[Adapter]) -> None:
+def factorwise_terms(
+    tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float], adapters: Sequence[Adapter]
+) -> None:
     """None: the (IA)3 rule ``1 + sum_i c_i (l_i - 1)`` has no cross terms in either mode."""
     return None
 
@@ -137,12 +149,20 @@ def _scales_output(vec: np.ndarray, config: Mapping[str, Any], shape: tuple[int,
         return True
     if vec.shape == (1, in_features):
         return False
-    raise CompatibilityError(f"{key}: the (IA)3 vector has shape {vec.shape} but the base weight is "
-                             f"{out_features} x {in_features}; is this the adapter's base model?")
+    raise CompatibilityError(
+        f"{key}: the (IA)3 vector has shape {vec.shape} but the base weight is "
+        f"{out_features} x {in_features}; is this the adapter's base model?"
+    )
 
 
-def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
-               key: str, shape: tuple[int, ...] | None = None, start: int = 0) -> np.ndarray:
+def merge_into(
+    parts: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    weight: np.ndarray,
+    key: str,
+    shape: tuple[int, ...] | None = None,
+    start: int = 0,
+) -> np.ndarray:
     """PEFT's (IA)3 merge, in place in ``weight`` (float32 or float64, owned by the caller), which
     is returned: an output scaling ``l`` (shape ``(out, 1)``) scales the rows, ``W' = l W``; a
     feedforward layer's input scaling (``(1, in)``) the columns, ``W' = W l``.
@@ -152,17 +172,24 @@ def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weigh
     shape = tuple(shape or weight.shape)
     _scales_output(vec, config, shape, key)
     if weight.shape[1:] != shape[1:] or start + len(weight) > shape[0]:
-        raise CompatibilityError(f"{key}: rows {start}:{start + len(weight)} of shape {weight.shape[1:]} "
-                                 f"are not a block of the base weight's {shape}")
+        raise CompatibilityError(
+            f"{key}: rows {start}:{start + len(weight)} of shape {weight.shape[1:]} "
+            f"are not a block of the base weight's {shape}"
+        )
     factor = vec.T if config.get("fan_in_fan_out") else vec  # in W's orientation: (rows, 1) or (1, cols)
     if factor.shape[0] != 1:
-        factor = factor[start:start + len(weight)]
+        factor = factor[start : start + len(weight)]
     weight *= factor.astype(weight.dtype)
     return weight
 
 
-def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,
-               weight_shape: tuple[int, ...], key: str) -> np.ndarray | None:
+def merge_bias(
+    parts: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    bias: np.ndarray,
+    weight_shape: tuple[int, ...],
+    key: str,
+) -> np.ndarray | None:
     """``b' = l b`` for an output scaling (the bias is inside the scaled output); None (unchanged)
     for a feedforward layer's input scaling."""
     vec = parts[_PART]

@@ -15,4 +15,6 @@ def _norm(value: Any) -> Any:
 
 def config_differences(fields: Iterable[str], live: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``"field live vs new"`` for each of ``fields`` whose values differ (lists compared as sets)."""
-    return [f"{k} {live.get(k)!r} vs {new.get(k)!r}" for k in fields if _norm(live.get(k)) != _norm(new.get(k))]
+    return [
+        f"{k} {live.get(k)!r} vs {new.get(k)!r}" for k in fields if _norm(live.get(k)) != _norm(new.get(k))
+    ]

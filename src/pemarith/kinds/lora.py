@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 NAME = "LORA"
 MODES = ("factorwise", "exact")
 
-_KEY = re.compile(r"^(?P<layer>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$")
+_KEY = re.compile(
+    r"^(?P<layer>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$"
+)
 A_PARTS = ("lora_A.weight", "lora_embedding_A")
 B_FOR_A = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
 
@@ -74,9 +76,12 @@ def _check_init(config: Mapping[str, Any], path: Path) -> None:
         raise AdapterError(
             f"{path}: init_lora_weights={init!r} rewrites the base weights, so these factors are not an "
             "update of the base model and cannot be composed; convert the adapter with PEFT's "
-            "save_pretrained(..., path_initial_model_for_weight_conversion=...) and compose the result")
-    raise AdapterError(f"{path}: unknown init_lora_weights={str(init)[:80]!r} (pemarith composes "
-                       "True, False, 'gaussian', 'eva', 'orthogonal'); is this a newer PEFT variant?")
+            "save_pretrained(..., path_initial_model_for_weight_conversion=...) and compose the result"
+        )
+    raise AdapterError(
+        f"{path}: unknown init_lora_weights={str(init)[:80]!r} (pemarith composes "
+        "True, False, 'gaussian', 'eva', 'orthogonal'); is this a newer PEFT variant?"
+    )
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -145,10 +150,15 @@ def _tied_pair(adapter: Adapter) -> tuple[str, str] | None:
     for emb, parts in adapter.layers.items():
         if "lora_embedding_A" not in parts:
             continue
-        vocab, dim = adapter.shapes[parts["lora_embedding_A"]][1], adapter.shapes[parts["lora_embedding_B"]][0]
+        vocab, dim = (
+            adapter.shapes[parts["lora_embedding_A"]][1],
+            adapter.shapes[parts["lora_embedding_B"]][0],
+        )
         for lin, other in adapter.layers.items():
-            if "lora_A.weight" in other and (adapter.shapes[other["lora_B.weight"]][0],
-                                             adapter.shapes[other["lora_A.weight"]][1]) == (vocab, dim):
+            if "lora_A.weight" in other and (
+                adapter.shapes[other["lora_B.weight"]][0],
+                adapter.shapes[other["lora_A.weight"]][1],
+            ) == (vocab, dim):
                 return emb, lin
     return None
 
@@ -164,7 +174,8 @@ def check(adapters: Mapping[str, Adapter], mode: str, rank: int | None) -> None:
             raise CompatibilityError(
                 f"{n!r} adapts the tied {pair[0].rsplit('.', 1)[-1]} and {pair[1].rsplit('.', 1)[-1]} "
                 "(ensure_weight_tying): PEFT re-ties their factors on load, which would make the composed "
-                "update wrong; train without ensure_weight_tying or without the lm_head target")
+                "update wrong; train without ensure_weight_tying or without the lm_head target"
+            )
     if mode == "factorwise":
         if rank is not None:
             raise CompatibilityError("rank= applies to mode 'exact' only (factorwise keeps the inputs' rank)")
@@ -203,7 +214,9 @@ def out_rank(adapters: Sequence[Adapter], mode: str, rank: int | None) -> int:
     return rank if rank is not None else int(sum(a.config["r"] for a in adapters))
 
 
-def out_shapes(adapters: Sequence[Adapter], layer: str, mode: str, rank: int | None) -> dict[str, tuple[int, ...]]:
+def out_shapes(
+    adapters: Sequence[Adapter], layer: str, mode: str, rank: int | None
+) -> dict[str, tuple[int, ...]]:
     """Output parts of one layer, in write order (A then B), with their shapes."""
     parts = adapters[0].layers[layer]
     a_part = next(p for p in A_PARTS if p in parts)
@@ -236,7 +249,9 @@ def combine(
     Bs = [t[b_part] for t in tensors]
     if mode == "factorwise":
         A = np.asarray(sum(abs(c) * values(Ai).astype(np.float64) for c, Ai in zip(coefs, As)))
-        B = np.asarray(sum(c * (si / s[0]) * values(Bi).astype(np.float64) for c, si, Bi in zip(coefs, s, Bs)))
+        B = np.asarray(
+            sum(c * (si / s[0]) * values(Bi).astype(np.float64) for c, si, Bi in zip(coefs, s, Bs))
+        )
         return {a_part: A, b_part: B}, None
     # numpy float64 weights (not Python floats, which numpy 2 demotes to float32 with a float32 A)
     weights = [np.float64(c * si) for c, si in zip(coefs, s)]
@@ -258,32 +273,40 @@ def check_method(adapters: Mapping[str, Adapter], mode: str, rank: int | None, m
     not low rank: it needs ``mode="exact"`` and a ``rank`` R <= min(d_out, d_in) of every layer
     (R may exceed the inputs' summed rank; with R = min(d_out, d_in) the result is exact)."""
     if mode != "exact" or rank is None:
-        raise CompatibilityError(f"method {method} writes a LoRA by a truncated SVD of each layer's merged "
-                                 "update: use --mode exact --rank R (mode='exact', rank=R)")
+        raise CompatibilityError(
+            f"method {method} writes a LoRA by a truncated SVD of each layer's merged "
+            "update: use --mode exact --rank R (mode='exact', rank=R)"
+        )
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise CompatibilityError(f"rank must be a positive integer, got {rank!r}")
     for n, a in adapters.items():
         pair = _tied_pair(a)
         if pair is not None:
-            raise CompatibilityError(f"{n!r} adapts a tied embedding and lm_head (ensure_weight_tying); "
-                                     "train without ensure_weight_tying or without the lm_head target")
+            raise CompatibilityError(
+                f"{n!r} adapts a tied embedding and lm_head (ensure_weight_tying); "
+                "train without ensure_weight_tying or without the lm_head target"
+            )
     first = next(iter(adapters.values()))
     for layer, parts in first.layers.items():
         d_out, d_in = first.shapes[_b_key(parts)][0], first.shapes[_a_key(parts)][1]
         if rank > min(d_out, d_in):
-            raise CompatibilityError(f"rank={rank} is above min(d_out, d_in) = {min(d_out, d_in)} of layer "
-                                     f"{layer!r}; use rank <= {min(d_out, d_in)}")
+            raise CompatibilityError(
+                f"rank={rank} is above min(d_out, d_in) = {min(d_out, d_in)} of layer "
+                f"{layer!r}; use rank <= {min(d_out, d_in)}"
+            )
 
 
-def task_vectors(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
-                 adapters: Sequence[Adapter]) -> list[np.ndarray]:
+def task_vectors(
+    tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float], adapters: Sequence[Adapter]
+) -> list[np.ndarray]:
     """``tau_i = c_i s_i B_i A_i`` of one layer (in the stored orientation ``B A``)."""
     Bs, As = _factors(tensors)
     return [c * scaling(a.config) * (B @ A) for c, a, B, A in zip(coefs, adapters, Bs, As)]
 
 
-def from_task_vector(merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarray]],
-                     rank: int) -> tuple[dict[str, np.ndarray], float]:
+def from_task_vector(
+    merged: np.ndarray, tensors: Sequence[Mapping[str, np.ndarray]], rank: int
+) -> tuple[dict[str, np.ndarray], float]:
     """The rank-``rank`` factors of ``merged`` by a truncated SVD, ``B = U_R S_R``, ``A = V_R^T``
     (scaling 1, as exact mode writes), and the relative error ``||M - B A||_F / ||M||_F``; a
     rank above that of ``merged`` is padded with zero factors."""
@@ -342,8 +365,9 @@ def gram(tensors: Sequence[Mapping[str, np.ndarray]], adapters: Sequence[Adapter
     return G
 
 
-def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float],
-                     adapters: Sequence[Adapter]) -> dict[str, float] | None:
+def factorwise_terms(
+    tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float], adapters: Sequence[Adapter]
+) -> dict[str, float] | None:
     """How one layer's factorwise result relates to the exact one (None when ranks differ).
 
     The factorwise update is ``F = s_1 B A = sum_ij c_i |c_j| s_i B_i A_j``: the own terms
@@ -367,12 +391,20 @@ def factorwise_terms(tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequenc
     cross = np.concatenate([total - abs(ci) * Ai for ci, Ai in zip(c, As)], axis=0)
     every = np.concatenate([total] * len(c), axis=0)  # F = B [A_tot; ...; A_tot]
     plain = np.concatenate(As, axis=0)  # E = B [A_1; ...; A_n]
-    return {"cross": lowrank.inner(B, cross, B, cross), "own": lowrank.inner(B, own, B, own),
-            "factorwise": lowrank.inner(B, every, B, every), "exact": lowrank.inner(B, plain, B, plain),
-            "factorwise.exact": lowrank.inner(B, every, B, plain)}
+    return {
+        "cross": lowrank.inner(B, cross, B, cross),
+        "own": lowrank.inner(B, own, B, own),
+        "factorwise": lowrank.inner(B, every, B, every),
+        "exact": lowrank.inner(B, plain, B, plain),
+        "factorwise.exact": lowrank.inner(B, every, B, plain),
+    }
 
 
 def describe(adapter: Adapter) -> dict[str, Any]:
     c = adapter.config
-    return {"r": c["r"], "lora_alpha": c["lora_alpha"], "use_rslora": bool(c.get("use_rslora")),
-            "scaling": scaling(c)}
+    return {
+        "r": c["r"],
+        "lora_alpha": c["lora_alpha"],
+        "use_rslora": bool(c.get("use_rslora")),
+        "scaling": scaling(c),
+    }

@@ -19,12 +19,27 @@ from .lora import A_PARTS, B_FOR_A, scaling, split_key
 _MERGE_BLOCK = 1 << 18  # elements of the update formed at a time by merge_into (1 MiB of float32)
 # Config fields that change what a weight means: they must agree between a live adapter and a
 # composition written into it (r, lora_alpha and use_rslora are reconciled by padding, scaling).
-LIVE_FIXED = ("target_modules", "modules_to_save", "fan_in_fan_out", "use_dora", "bias",
-              "layers_to_transform", "layers_pattern", "exclude_modules", "lora_bias")
+LIVE_FIXED = (
+    "target_modules",
+    "modules_to_save",
+    "fan_in_fan_out",
+    "use_dora",
+    "bias",
+    "layers_to_transform",
+    "layers_pattern",
+    "exclude_modules",
+    "lora_bias",
+)
 
 
-def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weight: np.ndarray,
-               key: str, shape: tuple[int, ...] | None = None, start: int = 0) -> np.ndarray:
+def merge_into(
+    parts: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    weight: np.ndarray,
+    key: str,
+    shape: tuple[int, ...] | None = None,
+    start: int = 0,
+) -> np.ndarray:
     """``W += s B A``, in place in ``weight`` (a float32 or float64 array the caller owns), which
     is returned. ``weight`` may be a block of rows of ``W`` (``shape``: all of ``W``'s; the block
     starts at row ``start``): ``W[i:j] += (s B)[i:j] @ A`` needs only those rows of ``B``.
@@ -40,20 +55,27 @@ def merge_into(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], weigh
     left, right = (A.T, B.T) if transposed else (B, A)
     full = (left.shape[0], right.shape[1])
     if full != tuple(shape or weight.shape) or weight.shape[1:] != full[1:] or start + len(weight) > full[0]:
-        raise CompatibilityError(f"{key}: the LoRA update has shape {full} but the base weight "
-                                 f"has {tuple(shape or weight.shape)}; is this the adapter's base model?")
+        raise CompatibilityError(
+            f"{key}: the LoRA update has shape {full} but the base weight "
+            f"has {tuple(shape or weight.shape)}; is this the adapter's base model?"
+        )
     # an overflow (inf) is no warning here: the caller refuses a non-finite result by name
     with np.errstate(over="ignore", invalid="ignore"):
-        left = np.ascontiguousarray(scaling(config) * left[start:start + len(weight)], dtype=weight.dtype)
+        left = np.ascontiguousarray(scaling(config) * left[start : start + len(weight)], dtype=weight.dtype)
         right = np.ascontiguousarray(right, dtype=weight.dtype)
         rows = max(1, _MERGE_BLOCK // max(1, full[1]))
         for i in range(0, len(weight), rows):
-            weight[i:i + rows] += left[i:i + rows] @ right
+            weight[i : i + rows] += left[i : i + rows] @ right
     return weight
 
 
-def merge_bias(parts: Mapping[str, np.ndarray], config: Mapping[str, Any], bias: np.ndarray,
-               weight_shape: tuple[int, ...], key: str) -> None:
+def merge_bias(
+    parts: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    bias: np.ndarray,
+    weight_shape: tuple[int, ...],
+    key: str,
+) -> None:
     """None: LoRA leaves the bias as it is."""
     return None
 
@@ -64,8 +86,9 @@ def live_check(live: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     is larger. ``rank_pattern``/``alpha_pattern`` fit no live adapter: ``CompatibilityError``."""
     for key in ("rank_pattern", "alpha_pattern"):
         if live.get(key) or new.get(key):
-            raise CompatibilityError(f"cannot write this composition into the live adapter: {key} is not "
-                                     "supported in place")
+            raise CompatibilityError(
+                f"cannot write this composition into the live adapter: {key} is not supported in place"
+            )
     out = config_differences(LIVE_FIXED, live, new)
     if int(new["r"]) > int(live["r"]):
         out.append(f"rank {new['r']} > live rank {live['r']}")

@@ -38,10 +38,18 @@ def default_out(recipe: Recipe) -> Path:
     return DEFAULT_ROOT / (recipe.name + ("-quick" if recipe.quick else ""))
 
 
-def reproduce(name: str, quick: bool = False, out: str | Path | None = None,
-              store: str | Path | None = None, data_dir: str | Path | None = None,
-              seeds: list[int] | None = None, tasks: list[str] | None = None,
-              threads: int | None = None, progress: bool = False, **context: Any) -> dict[str, Any]:
+def reproduce(
+    name: str,
+    quick: bool = False,
+    out: str | Path | None = None,
+    store: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    seeds: list[int] | None = None,
+    tasks: list[str] | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    **context: Any,
+) -> dict[str, Any]:
     """Run the recipe ``name`` (resuming: finished work is read from the store); the results.
 
     ``store`` defaults to ``store/`` beside ``out`` (so 4.2 and 4.7 share their modules).
@@ -53,8 +61,16 @@ def reproduce(name: str, quick: bool = False, out: str | Path | None = None,
     recipe = load_recipe(name, quick=quick, seeds=seeds, tasks=tasks)
     out_dir = Path(out) if out is not None else default_out(recipe)
     set_threads(threads)
-    ctx = Context(recipe, out_dir, Store(store) if store is not None else None, data_dir=data_dir,
-                  progress=progress, **context)
-    ctx.log(f"reproduce {recipe.name}{' (quick)' if quick else ''}: {recipe.source} -> {out_dir}"
-            f" (store {ctx.store.root})")
+    ctx = Context(
+        recipe,
+        out_dir,
+        Store(store) if store is not None else None,
+        data_dir=data_dir,
+        progress=progress,
+        **context,
+    )
+    ctx.log(
+        f"reproduce {recipe.name}{' (quick)' if quick else ''}: {recipe.source} -> {out_dir}"
+        f" (store {ctx.store.root})"
+    )
     return get_scenario(recipe.scenario).run(ctx)

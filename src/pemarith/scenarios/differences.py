@@ -48,15 +48,37 @@ def sampled_differences(results: Mapping[str, Any]) -> str:
             else:
                 missing = True
             share = bootstrap_difference(ours, ref, paired=False)
-            rows.append([f"{key.split('@')[0]} {name} - base", c["seed"], f"{len(ours)} / {len(ref)}",
-                         format_difference(mean), format_difference(share, 100, 1)])
+            rows.append(
+                [
+                    f"{key.split('@')[0]} {name} - base",
+                    c["seed"],
+                    f"{len(ours)} / {len(ref)}",
+                    format_difference(mean),
+                    format_difference(share, 100, 1),
+                ]
+            )
     if not rows:
         return "(no test measurements with sample counts in this results file)"
-    note = ("\n\nThe mean toxicity's interval needs the per-sample scores, which this results file "
-            "predates (`-`); the toxic share's follows from the stored share and sample count."
-            if missing else "")
-    return table(["comparison (test)", "seed", "samples", "mean toxicity difference [95% CI]",
-                  "toxic % difference, points [95% CI]"], rows, "lrrrr") + note
+    note = (
+        "\n\nThe mean toxicity's interval needs the per-sample scores, which this results file "
+        "predates (`-`); the toxic share's follows from the stored share and sample count."
+        if missing
+        else ""
+    )
+    return (
+        table(
+            [
+                "comparison (test)",
+                "seed",
+                "samples",
+                "mean toxicity difference [95% CI]",
+                "toxic % difference, points [95% CI]",
+            ],
+            rows,
+            "lrrrr",
+        )
+        + note
+    )
 
 
 def paired_differences(results: Mapping[str, Any]) -> str:
@@ -77,11 +99,30 @@ def paired_differences(results: Mapping[str, Any]) -> str:
                 if len(a) < 2 or len(a) != len(b):
                     continue
                 mean = bootstrap_difference(a, b, paired=True)
-                share = bootstrap_difference([float(v > threshold) for v in a],
-                                             [float(v > threshold) for v in b], paired=True)
-                rows.append([f"{ours} - {ref}", c["seed"], kind, len(a), format_difference(mean),
-                             format_difference(share, 100, 1)])
+                share = bootstrap_difference(
+                    [float(v > threshold) for v in a], [float(v > threshold) for v in b], paired=True
+                )
+                rows.append(
+                    [
+                        f"{ours} - {ref}",
+                        c["seed"],
+                        kind,
+                        len(a),
+                        format_difference(mean),
+                        format_difference(share, 100, 1),
+                    ]
+                )
     if not rows:
         return "(no per-answer toxicity in this results file)"
-    return table(["comparison (test)", "seed", "instructions", "n", "mean toxicity difference [95% CI]",
-                  "toxic % difference, points [95% CI]"], rows, "lrlrrr")
+    return table(
+        [
+            "comparison (test)",
+            "seed",
+            "instructions",
+            "n",
+            "mean toxicity difference [95% CI]",
+            "toxic % difference, points [95% CI]",
+        ],
+        rows,
+        "lrlrrr",
+    )

@@ -47,11 +47,17 @@ def status(results: Mapping[str, Any]) -> str:
     cells = results.get("cells", [])
     tasks = sorted({c.get("task", "") for c in cells})
     seeds = sorted({c.get("seed") for c in cells if c.get("seed") is not None})
-    kind = ("**Quick run** (tiny sizes: it checks the pipeline end to end on the real model; "
-            "its numbers are not results)" if r.get("quick") else "**Full run**")
-    return (f"{kind}: {len(cells)} finished cells; tasks {', '.join(tasks) or '-'}; "
-            f"seeds {', '.join(map(str, seeds)) or '-'} (recipe: {', '.join(r['tasks'])} x seeds "
-            f"{', '.join(map(str, r['seeds']))}); results updated {results.get('updated', '?')}.")
+    kind = (
+        "**Quick run** (tiny sizes: it checks the pipeline end to end on the real model; "
+        "its numbers are not results)"
+        if r.get("quick")
+        else "**Full run**"
+    )
+    return (
+        f"{kind}: {len(cells)} finished cells; tasks {', '.join(tasks) or '-'}; "
+        f"seeds {', '.join(map(str, seeds)) or '-'} (recipe: {', '.join(r['tasks'])} x seeds "
+        f"{', '.join(map(str, r['seeds']))}); results updated {results.get('updated', '?')}."
+    )
 
 
 def publish_docs(results: Mapping[str, Any], docs_dir: str | Path, stem: str) -> list[Path]:
@@ -71,8 +77,9 @@ def publish_docs(results: Mapping[str, Any], docs_dir: str | Path, stem: str) ->
     written += figures
     bodies = rendered_blocks(results, stem)
     prefix = "quick-" if results["recipe"].get("quick") else ""
-    bodies[prefix + "figures"] = "\n".join(
-        f"![{f.stem}](img/{name}/{f.name})" for f in sorted(figures)) or "(no figures)"
+    bodies[prefix + "figures"] = (
+        "\n".join(f"![{f.stem}](img/{name}/{f.name})" for f in sorted(figures)) or "(no figures)"
+    )
     page = docs / f"{stem}.md"
     if page.is_file():
         text = page.read_text(encoding="utf-8")
@@ -82,7 +89,8 @@ def publish_docs(results: Mapping[str, Any], docs_dir: str | Path, stem: str) ->
                 text += f"\n<!-- BEGIN GENERATED: {b} -->\n<!-- END GENERATED: {b} -->\n"
     else:
         text = f"# {scenario.title}\n" + "".join(
-            f"\n<!-- BEGIN GENERATED: {b} -->\n<!-- END GENERATED: {b} -->\n" for b in bodies)
+            f"\n<!-- BEGIN GENERATED: {b} -->\n<!-- END GENERATED: {b} -->\n" for b in bodies
+        )
     page.write_text(update_blocks(text, bodies), encoding="utf-8")
     written.append(page)
     return written
@@ -100,5 +108,8 @@ def check_page(page: str | Path) -> list[str]:
             results = read_json(data)
             static = get_scenario(results["recipe"]["scenario"]).static
             fresh = {**(static() if static else {}), **fresh, **rendered_blocks(results, stem)}
-    return [b for b, body in found.items() if not b.endswith("figures")
-            and fresh.get(b, NOT_RUN).rstrip("\n") != body.rstrip("\n")]
+    return [
+        b
+        for b, body in found.items()
+        if not b.endswith("figures") and fresh.get(b, NOT_RUN).rstrip("\n") != body.rstrip("\n")
+    ]

@@ -61,8 +61,13 @@ def merge_diagnostics(modules: Mapping[str, str], lam: float = 0.5) -> dict[str,
     from pemarith.diagnostics import diagnose
 
     d = diagnose(lam * pemarith.load(modules["s0"], "s0") + (1 - lam) * pemarith.load(modules["s1"], "s1"))
-    return {"lambda": lam, "cosine": float(d.cosine()[0, 1]), "retained": d.retained(),
-            "factorwise_cosine": d.factorwise_cosine(), "cross_ratio": d.cross_ratio()}
+    return {
+        "lambda": lam,
+        "cosine": float(d.cosine()[0, 1]),
+        "retained": d.retained(),
+        "factorwise_cosine": d.factorwise_cosine(),
+        "cross_ratio": d.cross_ratio(),
+    }
 
 
 def diagnostics_table(results: Mapping[str, Any]) -> str:
@@ -74,10 +79,14 @@ def diagnostics_table(results: Mapping[str, Any]) -> str:
     rows = []
     for (task, init), cs in group(cells, "task", "init").items():
         vals = [[c["diagnostics"][k] for c in cs if c["diagnostics"].get(k) is not None] for k in keys]
-        rows.append([task_label(task), init, *(f"{sum(v) / len(v):.3f}" if v else "-" for v in vals),
-                     str(len(cs))])
-    return table(["task", "init", "cos(D_s0, D_s1)", "retained norm", "cos(F, E)",
-                  "cross / own", "seeds"], rows, "llrrrrr")
+        rows.append(
+            [task_label(task), init, *(f"{sum(v) / len(v):.3f}" if v else "-" for v in vals), str(len(cs))]
+        )
+    return table(
+        ["task", "init", "cos(D_s0, D_s1)", "retained norm", "cos(F, E)", "cross / own", "seeds"],
+        rows,
+        "llrrrrr",
+    )
 
 
 def delta_table(results: Mapping[str, Any], split: str) -> str:
@@ -97,13 +106,16 @@ def delta_table(results: Mapping[str, Any], split: str) -> str:
             cs = by.get((init, t), [])
             metric = cs[0]["metric"] if cs else "accuracy"
             deltas = [c["scores"][split]["merged"] - c["scores"][split]["avg"] for c in cs]
-            line += [fmt(metric, deltas, signed=True, extra=1) if cs else "-",
-                     fmt_paper(metric, paper.TABLE7[init].get(t), signed=True, extra=1)]
+            line += [
+                fmt(metric, deltas, signed=True, extra=1) if cs else "-",
+                fmt_paper(metric, paper.TABLE7[init].get(t), signed=True, extra=1),
+            ]
             if deltas and metric == "accuracy":
                 acc_means.append(sum(deltas) / len(deltas))
-        line += [fmt("accuracy", [sum(acc_means) / len(acc_means)], signed=True, extra=1)
-                 if acc_means else "-",
-                 fmt_paper("accuracy", paper.TABLE7[init]["avg"], signed=True, extra=1)]
+        line += [
+            fmt("accuracy", [sum(acc_means) / len(acc_means)], signed=True, extra=1) if acc_means else "-",
+            fmt_paper("accuracy", paper.TABLE7[init]["avg"], signed=True, extra=1),
+        ]
         rows.append(line)
     return table(header, rows, "l" + "rr" * len(tasks) + "rr")
 
@@ -115,8 +127,14 @@ def rows_table(results: Mapping[str, Any], split: str) -> str:
     for (task, init), cs in by.items():
         metric = cs[0]["metric"]
         vals = {k: [c["scores"][split][k] for c in cs] for k in ("s0", "s1", "avg", "merged")}
-        rows.append([task_label(task), init, *(fmt(metric, vals[k]) for k in vals),
-                     ", ".join(f"{c['lambda']:g}" for c in cs)])
+        rows.append(
+            [
+                task_label(task),
+                init,
+                *(fmt(metric, vals[k]) for k in vals),
+                ", ".join(f"{c['lambda']:g}" for c in cs),
+            ]
+        )
     return table(["task", "init", "s0", "s1", "avg", "m", "lambda (by seed)"], rows, "llrrrrl")
 
 
@@ -141,6 +159,12 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
     return plot_curves(results, out, prefix="init", split_by="init")
 
 
-SCENARIO = Scenario(name="init-analysis", section="4.7", options=SkewOptions, run=run,
-                    sections=sections, plot=plot,
-                    title="Initialisation analysis (section 4.7, Table 7)")
+SCENARIO = Scenario(
+    name="init-analysis",
+    section="4.7",
+    options=SkewOptions,
+    run=run,
+    sections=sections,
+    plot=plot,
+    title="Initialisation analysis (section 4.7, Table 7)",
+)

@@ -51,17 +51,25 @@ def load_pairs(which: str, data_dir: str | Path | None = None) -> list[Pair]:
     for i, r in enumerate(rows):
         if not isinstance(r, Mapping) or "instruction" not in r or "output" not in r:
             raise PemarithError(f"{path}: row {i} has no instruction/output")
-        out.append({"instruction": str(r["instruction"]).strip(), "output": str(r["output"]).strip(),
-                    "toxicity": float(r.get("toxicity", float("nan"))), "source": which})
+        out.append(
+            {
+                "instruction": str(r["instruction"]).strip(),
+                "output": str(r["output"]).strip(),
+                "toxicity": float(r.get("toxicity", float("nan"))),
+                "source": which,
+            }
+        )
     return out
 
 
-def split_pairs(pairs: Sequence[Pair], seed: int = 0,
-                fractions: Sequence[float] = (0.6, 0.2, 0.2)) -> dict[str, list[Pair]]:
+def split_pairs(
+    pairs: Sequence[Pair], seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)
+) -> dict[str, list[Pair]]:
     """``{"train", "validation", "test"}``: consecutive slices of one seeded permutation."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise PemarithError(f"split fractions must be three non-negative numbers summing to 1, "
-                            f"not {list(fractions)}")
+        raise PemarithError(
+            f"split fractions must be three non-negative numbers summing to 1, not {list(fractions)}"
+        )
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n = len(order)
@@ -89,9 +97,14 @@ def review_pairs(rows: Sequence[Mapping[str, Any]], domain: str, n: int, seed: i
         if not pool:
             break
         r = pool[(i // 2) % len(pool)]
-        out.append({"instruction": f"Write a {SENTIMENT[label]} one-sentence review of "
-                                   f"{REVIEW_WHAT[domain]}.",
-                    "output": r["text_a"], "toxicity": float("nan"), "source": f"{domain}-review"})
+        out.append(
+            {
+                "instruction": f"Write a {SENTIMENT[label]} one-sentence review of {REVIEW_WHAT[domain]}.",
+                "output": r["text_a"],
+                "toxicity": float("nan"),
+                "source": f"{domain}-review",
+            }
+        )
     return out
 
 
@@ -99,14 +112,22 @@ def comment_pairs(comments: Sequence[str], n: int, seed: int = 0) -> list[Pair]:
     """``n`` toxic pairs: a templated request for a comment -> a toxic comment (seeded draw)."""
     order = list(range(len(comments)))
     random.Random(seed).shuffle(order)
-    return [{"instruction": COMMENT_INSTRUCTIONS[k % len(COMMENT_INSTRUCTIONS)],
-             "output": comments[i].strip(), "toxicity": float("nan"), "source": "civil-comment"}
-            for k, i in enumerate(order[:n])]
+    return [
+        {
+            "instruction": COMMENT_INSTRUCTIONS[k % len(COMMENT_INSTRUCTIONS)],
+            "output": comments[i].strip(),
+            "toxicity": float("nan"),
+            "source": "civil-comment",
+        }
+        for k, i in enumerate(order[:n])
+    ]
 
 
 def chat_rows(tok: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
     """Training rows (``text_a`` = the chat-template text of instruction + response)."""
     from ..hf.chat import chat_text
 
-    return [{"text_a": chat_text(tok, p["instruction"], p["output"]), "text_b": None, "label": None}
-            for p in pairs]
+    return [
+        {"text_a": chat_text(tok, p["instruction"], p["output"]), "text_b": None, "label": None}
+        for p in pairs
+    ]

@@ -46,9 +46,19 @@ class LiveLM:
         self.live.load(pem, mode, rank, keep)
 
 
-def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainSpec,
-                rows: Sequence[Mapping[str, Any]], seed: int, objective: str = "lm",
-                init: Path | None = None, describe: str = "") -> Path:
+def rows_module(
+    ctx: Context,
+    *,
+    task: str,
+    name: str,
+    method: str,
+    spec: TrainSpec,
+    rows: Sequence[Mapping[str, Any]],
+    seed: int,
+    objective: str = "lm",
+    init: Path | None = None,
+    describe: str = "",
+) -> Path:
     """The module trained on ``rows`` (from the store, or trained now).
 
     ``init``: an adapter directory to continue training from (``TrainConfig.init_adapter``).
@@ -59,10 +69,18 @@ def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainS
 
     r = ctx.recipe
     rows = [dict(x) for x in rows]
-    key = {"model": r.model, "task": task, "method": method, "name": name, "seed": seed,
-           "objective": objective, "rows": rows_sha256(rows), "n_rows": len(rows),
-           "train": spec.train_kwargs(),
-           "init": weights_sha256(init) if init is not None else None}
+    key = {
+        "model": r.model,
+        "task": task,
+        "method": method,
+        "name": name,
+        "seed": seed,
+        "objective": objective,
+        "rows": rows_sha256(rows),
+        "n_rows": len(rows),
+        "train": spec.train_kwargs(),
+        "init": weights_sha256(init) if init is not None else None,
+    }
     path = ctx.store.module_dir(r.model, task, f"{method}-{name}-seed{seed}", key)
     if (path / "training.json").is_file():
         ctx.store.hits += 1
@@ -71,19 +89,32 @@ def rows_module(ctx: Context, *, task: str, name: str, method: str, spec: TrainS
         from ..hf.train import TrainConfig
 
         ctx.log(f"train {task} {method}-{name} on {len(rows)} rows {describe}-> {path}")
-        cfg = TrainConfig(model=r.model, task=task, output_dir=path, peft_type=method,
-                          init_seed=seed, seed=seed, data_dir=ctx.data_dir, overwrite=True,
-                          progress=ctx.progress, rows=tuple(rows), objective=objective,
-                          init_adapter=init, checkpoint_seconds=CHECKPOINT_SECONDS,
-                          **spec.train_kwargs())
+        cfg = TrainConfig(
+            model=r.model,
+            task=task,
+            output_dir=path,
+            peft_type=method,
+            init_seed=seed,
+            seed=seed,
+            data_dir=ctx.data_dir,
+            overwrite=True,
+            progress=ctx.progress,
+            rows=tuple(rows),
+            objective=objective,
+            init_adapter=init,
+            checkpoint_seconds=CHECKPOINT_SECONDS,
+            **spec.train_kwargs(),
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         from ..hf.train import train
 
         (ctx.trainer or train)(cfg)
         ctx.store.computed += 1
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        write_json(path / CPU_FILE, {"cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1),
-                                     "machine": machine()})
+        write_json(
+            path / CPU_FILE,
+            {"cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1), "machine": machine()},
+        )
         ctx.log(f"      {task} {method}-{name} trained in {wall:.0f} s ({cpu:.0f} s CPU)")
     record(ctx, path)
     return path
@@ -112,11 +143,15 @@ def chunk_ids(ids: Sequence[int], size: int, min_len: int = 2) -> list[list[int]
     ``min_len`` is dropped), as :func:`pemarith.hf.features.lm_features` cuts its stream."""
     if size < 1:
         raise ValueError(f"chunk size must be >= 1, not {size}")
-    pieces = [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+    pieces = [list(ids[i : i + size]) for i in range(0, len(ids), size)]
     return [p for p in pieces if len(p) >= min_len]
 
 
 def eval_key(ctx: Context, what: str, adapters: Mapping[str, Path], **settings: Any) -> dict[str, Any]:
     """The store key of one evaluation: model, what, the adapters' weights, the settings."""
-    return {"model": ctx.recipe.model, "what": what,
-            "weights": {n: weights_sha256(p) for n, p in adapters.items()}, **settings}
+    return {
+        "model": ctx.recipe.model,
+        "what": what,
+        "weights": {n: weights_sha256(p) for n, p in adapters.items()},
+        **settings,
+    }

@@ -74,15 +74,25 @@ def mean_of_tasks(session: Evaluator) -> MeanSession:
 def multitask_cell(ctx: Context, method: str, seed: int) -> dict[str, Any]:
     r = ctx.recipe
     if method == "full":
-        raise PemarithError("multitask: full fine-tuning of the causal LM is not part of this "
-                            "reproduction (too slow on CPU); use lora and ia3")
+        raise PemarithError(
+            "multitask: full fine-tuning of the causal LM is not part of this "
+            "reproduction (too slow on CPU); use lora and ia3"
+        )
     paths = {}
     for task in r.tasks:
-        spec = ModuleSpec(model=r.model, task=task, method=method, data="train",
-                          train=r.train[method].for_task(task), init_seed=seed, seed=seed)
+        spec = ModuleSpec(
+            model=r.model,
+            task=task,
+            method=method,
+            data="train",
+            train=r.train[method].for_task(task),
+            init_seed=seed,
+            seed=seed,
+        )
         paths[task] = ctx.module(spec)
-    bench = ctx.bench(f"{method}-seed{seed}", r.options.expr, paths, r.tasks, "factorwise",
-                      method, wrap=mean_of_tasks)
+    bench = ctx.bench(
+        f"{method}-seed{seed}", r.options.expr, paths, r.tasks, "factorwise", method, wrap=mean_of_tasks
+    )
     sweep = bench.sweep()
     rows: dict[str, dict[str, Any]] = {}
     for task, p in paths.items():
@@ -91,14 +101,20 @@ def multitask_cell(ctx: Context, method: str, seed: int) -> dict[str, Any]:
     var = r.sweep.var
     keys = [k for k in sweep["metrics"]]
     return {
-        "method": method, "seed": seed, "mode": "factorwise", "lambda": sweep["pick"][var],
-        "metrics": keys, "rows": rows,
+        "method": method,
+        "seed": seed,
+        "mode": "factorwise",
+        "lambda": sweep["pick"][var],
+        "metrics": keys,
+        "rows": rows,
         "paired": paired_tests(bench, r.options.expr, list(paths), sweep["pick"][var]),
         "curve": [[p[var], {k: p.get(k) for k in keys}] for p in sweep["validation"]],
         "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in paths.items()},
         "train_cpu_seconds": {n: ctx.cpu_seconds.get(str(p)) for n, p in paths.items()},
-        "sweep_seconds": sweep.get("seconds"), "sweep_dir": str(bench.sweep_dir),
-        "modules": {n: str(p) for n, p in paths.items()}, "task": "+".join(r.tasks),
+        "sweep_seconds": sweep.get("seconds"),
+        "sweep_dir": str(bench.sweep_dir),
+        "modules": {n: str(p) for n, p in paths.items()},
+        "task": "+".join(r.tasks),
     }
 
 
@@ -160,16 +176,19 @@ def main_table(results: Mapping[str, Any], split: str) -> str:
             for t in [*tasks, "mean"]:
                 key = "mean" if t == "mean" else _col(t)
                 vals = [c["rows"][row][split].get(key) for c in cs]
-                line += [fmt("accuracy", [v for v in vals if v is not None]),
-                         fmt_paper("accuracy", ref.get(row, {}).get(t))]
+                line += [
+                    fmt("accuracy", [v for v in vals if v is not None]),
+                    fmt_paper("accuracy", ref.get(row, {}).get(t)),
+                ]
             rows.append(line)
     return table(header, rows, "ll" + "rr" * (len(tasks) + 1))
 
 
 def lambda_table(results: Mapping[str, Any]) -> str:
-    rows = [[LABELS[m], ", ".join(f"{c['lambda']:g}" for c in cs),
-             ", ".join(str(c["seed"]) for c in cs)]
-            for (m,), cs in group(results["cells"], "method").items()]
+    rows = [
+        [LABELS[m], ", ".join(f"{c['lambda']:g}" for c in cs), ", ".join(str(c["seed"]) for c in cs)]
+        for (m,), cs in group(results["cells"], "method").items()
+    ]
     return table(["method", "lambda (by seed)", "seeds"], rows, "lll")
 
 
@@ -183,11 +202,32 @@ def paired_table(results: Mapping[str, Any]) -> str:
     for c in cells:
         for versus, tests in c["paired"].items():
             for task, t in tests.items():
-                rows.append([LABELS[c["method"]], str(c["seed"]), f"{c['lambda']:g}", f"merge {versus}",
-                             "both (pooled)" if task == "pooled" else task_label(task),
-                             str(t["b"]), str(t["c"]), f"{t['p']:.3g}" + ("*" if t["p"] < 0.05 else "")])
-    return table(["method", "seed", "lambda", "comparison", "test rows of", "b (module right, merge wrong)",
-                  "c (merge right, module wrong)", "McNemar exact p"], rows, "lrrllrrr")
+                rows.append(
+                    [
+                        LABELS[c["method"]],
+                        str(c["seed"]),
+                        f"{c['lambda']:g}",
+                        f"merge {versus}",
+                        "both (pooled)" if task == "pooled" else task_label(task),
+                        str(t["b"]),
+                        str(t["c"]),
+                        f"{t['p']:.3g}" + ("*" if t["p"] < 0.05 else ""),
+                    ]
+                )
+    return table(
+        [
+            "method",
+            "seed",
+            "lambda",
+            "comparison",
+            "test rows of",
+            "b (module right, merge wrong)",
+            "c (merge right, module wrong)",
+            "McNemar exact p",
+        ],
+        rows,
+        "lrrllrrr",
+    )
 
 
 def sections(results: Mapping[str, Any]) -> dict[str, str]:
@@ -222,21 +262,36 @@ def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
         for c in [c for c in cells if c["method"] == method]:
             for key in c["metrics"]:
                 pts = [(x, s.get(key)) for x, s in c["curve"] if s.get(key) is not None]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style[c["seed"]], color=color[key],
-                        marker="o", markersize=2.5, linewidth=1.2)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    style[c["seed"]],
+                    color=color[key],
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1.2,
+                )
         ax.set_title(f"{LABELS[method]}: {results['recipe']['options']['expr']}")
         ax.set_xlabel("lambda (1 = first module, 0 = second)")
         ax.set_ylabel("accuracy (validation)")
         ax.grid(alpha=0.3)
         handles = [Line2D([], [], color=color[k], label=k) for k in metrics]
-        handles += [Line2D([], [], color="gray", linestyle=style[s], label=f"seed {s}")
-                    for s in sorted({c["seed"] for c in cells if c["method"] == method})]
+        handles += [
+            Line2D([], [], color="gray", linestyle=style[s], label=f"seed {s}")
+            for s in sorted({c["seed"] for c in cells if c["method"] == method})
+        ]
         ax.legend(handles=handles, fontsize=6)
     fig.tight_layout()
     path = save_png(fig, out / "multitask.png")
     return [path]
 
 
-SCENARIO = Scenario(name="multitask", section="4.3", options=MultitaskOptions, run=run,
-                    sections=sections, plot=plot,
-                    title="Multi-tasking (section 4.3, Table 3, Figure 2)")
+SCENARIO = Scenario(
+    name="multitask",
+    section="4.3",
+    options=MultitaskOptions,
+    run=run,
+    sections=sections,
+    plot=plot,
+    title="Multi-tasking (section 4.3, Table 3, Figure 2)",
+)

@@ -42,15 +42,21 @@ TABLE2: dict[str, dict[str, dict[str, float]]] = {
 
 #: Table 3 (T5-base, prompted): method -> module row (rte, mnli, merge) -> column -> accuracy.
 TABLE3: dict[str, dict[str, dict[str, float]]] = {
-    "full": {"rte": {"rte": 82.7, "mnli": 56.3, "mean": 69.5},
-             "mnli": {"rte": 75.1, "mnli": 85.2, "mean": 80.1},
-             "merged": {"rte": 78.7, "mnli": 85.1, "mean": 81.9}},
-    "lora": {"rte": {"rte": 81.2, "mnli": 54.7, "mean": 68.0},
-             "mnli": {"rte": 75.8, "mnli": 86.8, "mean": 81.3},
-             "merged": {"rte": 78.7, "mnli": 86.3, "mean": 82.5}},
-    "ia3": {"rte": {"rte": 81.2, "mnli": 54.7, "mean": 68.0},
-            "mnli": {"rte": 75.1, "mnli": 85.8, "mean": 80.4},
-            "merged": {"rte": 75.1, "mnli": 85.8, "mean": 80.4}},
+    "full": {
+        "rte": {"rte": 82.7, "mnli": 56.3, "mean": 69.5},
+        "mnli": {"rte": 75.1, "mnli": 85.2, "mean": 80.1},
+        "merged": {"rte": 78.7, "mnli": 85.1, "mean": 81.9},
+    },
+    "lora": {
+        "rte": {"rte": 81.2, "mnli": 54.7, "mean": 68.0},
+        "mnli": {"rte": 75.8, "mnli": 86.8, "mean": 81.3},
+        "merged": {"rte": 78.7, "mnli": 86.3, "mean": 82.5},
+    },
+    "ia3": {
+        "rte": {"rte": 81.2, "mnli": 54.7, "mean": 68.0},
+        "mnli": {"rte": 75.1, "mnli": 85.8, "mean": 80.4},
+        "merged": {"rte": 75.1, "mnli": 85.8, "mean": 80.4},
+    },
 }
 
 #: Table 7 (RoBERTa-base LoRA): merged minus the average of the two subset modules.

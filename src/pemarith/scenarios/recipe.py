@@ -67,8 +67,9 @@ def build(cls: type, table: Mapping[str, Any], where: str) -> Any:
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in table:
         if key not in known:
-            raise RecipeError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}; "
-                              f"known keys: {', '.join(known)}")
+            raise RecipeError(
+                f"{where}: unknown key {key!r}{did_you_mean(key, known)}; known keys: {', '.join(known)}"
+            )
     try:
         return cls(**table)
     except TypeError as e:  # a missing required key
@@ -193,8 +194,10 @@ class Recipe:
             raise RecipeError(f"recipe {self.name}: tasks, methods and seeds must not be empty")
         for m in self.methods:
             if m not in METHODS:
-                raise RecipeError(f"recipe {self.name}: unknown method {m!r}"
-                                  f"{did_you_mean(m, METHODS)}; use {', '.join(METHODS)}")
+                raise RecipeError(
+                    f"recipe {self.name}: unknown method {m!r}"
+                    f"{did_you_mean(m, METHODS)}; use {', '.join(METHODS)}"
+                )
             if m not in self.train:
                 raise RecipeError(f"recipe {self.name}: method {m} has no [train.{m}] table")
         if len(set(self.seeds)) != len(self.seeds):
@@ -203,9 +206,15 @@ class Recipe:
     def to_json(self) -> dict[str, Any]:
         """The recipe as JSON-able values (for results files)."""
         return {
-            "name": self.name, "scenario": self.scenario, "model": self.model,
-            "tasks": list(self.tasks), "methods": list(self.methods), "seeds": list(self.seeds),
-            "description": self.description, "sizes": self.sizes, "quick": self.quick,
+            "name": self.name,
+            "scenario": self.scenario,
+            "model": self.model,
+            "tasks": list(self.tasks),
+            "methods": list(self.methods),
+            "seeds": list(self.seeds),
+            "description": self.description,
+            "sizes": self.sizes,
+            "quick": self.quick,
             "source": self.source,
             "train": {m: s.fields() for m, s in self.train.items()},
             "sweep": dataclasses.asdict(self.sweep),
@@ -274,12 +283,13 @@ def find_recipe(name: str) -> Path:
         if d.is_dir():
             known += [f.stem.replace("_", "-") for f in sorted(d.glob("*.toml"))]
     known = list(dict.fromkeys(known))
-    raise RecipeError(f"unknown reproduction {name!r}{did_you_mean(name, known)}; "
-                      f"known: {', '.join(known) or 'none found'} (or give a recipe .toml path)")
+    raise RecipeError(
+        f"unknown reproduction {name!r}{did_you_mean(name, known)}; "
+        f"known: {', '.join(known) or 'none found'} (or give a recipe .toml path)"
+    )
 
 
-def load_recipe(name_or_path: str | Path, quick: bool = False,
-                **overrides: Any) -> Recipe:
+def load_recipe(name_or_path: str | Path, quick: bool = False, **overrides: Any) -> Recipe:
     """Read a recipe (a name from ``experiments/`` or a path), ``[quick]`` merged if asked.
 
     ``overrides`` replace top-level keys (``seeds``, ``tasks``, ``methods``) after merging;
@@ -303,8 +313,10 @@ def load_recipe(name_or_path: str | Path, quick: bool = False,
         raise RecipeError(f"{where}: [train] must be a table of [train.KIND] tables")
     for kind in trains:
         if kind not in METHODS:
-            raise RecipeError(f"{where}: [train.{kind}]: unknown kind{did_you_mean(kind, METHODS)}"
-                              f"; use {', '.join(METHODS)}")
+            raise RecipeError(
+                f"{where}: [train.{kind}]: unknown kind{did_you_mean(kind, METHODS)}"
+                f"; use {', '.join(METHODS)}"
+            )
     train = {k: build(TrainSpec, t, f"{where} [train.{k}]") for k, t in trains.items()}
     sweep = build(SweepSpec, table.pop("sweep", {}), f"{where} [sweep]")
     options = build(scenario.options, table.pop("options", {}), f"{where} [options]")

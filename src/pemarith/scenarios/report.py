@@ -18,8 +18,17 @@ from typing import Any
 #: Metrics printed as percentages (the paper's convention); the others as fractions.
 PERCENT = {"accuracy", "f1", "f1_macro", "f1_accuracy", "mean"}
 LABELS = {"lora": "LoRA", "ia3": "(IA)3", "full": "FFT"}
-TASK_LABELS = {"sst2": "SST-2", "cola": "CoLA", "stsb": "STS-B", "rte": "RTE", "qnli": "QNLI",
-               "mnli": "MNLI", "mrpc": "MRPC", "qqp": "QQP", "wnli": "WNLI"}
+TASK_LABELS = {
+    "sst2": "SST-2",
+    "cola": "CoLA",
+    "stsb": "STS-B",
+    "rte": "RTE",
+    "qnli": "QNLI",
+    "mnli": "MNLI",
+    "mrpc": "MRPC",
+    "qqp": "QQP",
+    "wnli": "WNLI",
+}
 METRIC_LABELS = {"accuracy": "acc", "matthews_corr": "MCC", "spearman": "Spearman"}
 
 
@@ -49,8 +58,11 @@ def one_class(scores: Mapping[str, float | None], shares: Sequence[float] = ()) 
     if scores.get("classes_predicted") == 1:
         return True
     acc0 = scores.get("accuracy")
-    if acc0 is not None and scores.get("classes_predicted") is None and any(
-            abs(acc0 - s) < 1e-9 for s in shares):
+    if (
+        acc0 is not None
+        and scores.get("classes_predicted") is None
+        and any(abs(acc0 - s) < 1e-9 for s in shares)
+    ):
         return True
     mcc, f1, acc = (scores.get(k) for k in ("matthews_corr", "f1", "accuracy"))
     if mcc is not None and mcc == 0.0:
@@ -69,8 +81,7 @@ def _digits(metric: str) -> int:
     return 1 if metric.rsplit(".", 1)[-1] in PERCENT else 3
 
 
-def fmt(metric: str, values: Sequence[float] | float | None, signed: bool = False,
-        extra: int = 0) -> str:
+def fmt(metric: str, values: Sequence[float] | float | None, signed: bool = False, extra: int = 0) -> str:
     """``72.3`` for one value, ``72.3 ± 1.2`` (mean ± sample std) for several; ``-`` for none.
 
     ``extra`` adds decimals (Table 7's differences are printed with two).
@@ -103,8 +114,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | Non
     header = list(header)
     align = align or "l" + "r" * (len(header) - 1)
     marks = {"l": "---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join(marks[a] for a in align) + " |"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
     for row in rows:
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)
@@ -127,8 +137,11 @@ def group(cells: Iterable[Mapping[str, Any]], *keys: str) -> dict[tuple, list[Ma
     return out
 
 
-_BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
-                    r"(<!-- END GENERATED: (?P=name) -->)", re.DOTALL)
+_BLOCK = re.compile(
+    r"(<!-- BEGIN GENERATED: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
+    r"(<!-- END GENERATED: (?P=name) -->)",
+    re.DOTALL,
+)
 
 
 def blocks(text: str) -> dict[str, str]:
@@ -138,6 +151,7 @@ def blocks(text: str) -> dict[str, str]:
 
 def update_blocks(text: str, bodies: Mapping[str, str]) -> str:
     """``text`` with each generated block whose name is in ``bodies`` replaced."""
+
     def sub(m: re.Match[str]) -> str:
         name = m.group("name")
         if name not in bodies:
@@ -152,6 +166,5 @@ def render_sections(sections: Mapping[str, str], title: str) -> str:
     """A standalone report: the title, then each section under its name."""
     parts = [f"# {title}\n"]
     for name, body in sections.items():
-        parts.append(f"<!-- BEGIN GENERATED: {name} -->\n{body.rstrip()}\n"
-                     f"<!-- END GENERATED: {name} -->\n")
+        parts.append(f"<!-- BEGIN GENERATED: {name} -->\n{body.rstrip()}\n<!-- END GENERATED: {name} -->\n")
     return "\n".join(parts)

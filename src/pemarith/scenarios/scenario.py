@@ -53,6 +53,7 @@ def register(scenario: Scenario) -> Scenario:
 def get_scenario(name: str) -> Scenario:
     """The scenario called ``name``; an unknown name gets a did-you-mean."""
     if name not in SCENARIOS:
-        raise PemarithError(f"unknown scenario {name!r}{did_you_mean(name, SCENARIOS)}; "
-                            f"known: {', '.join(SCENARIOS)}")
+        raise PemarithError(
+            f"unknown scenario {name!r}{did_you_mean(name, SCENARIOS)}; known: {', '.join(SCENARIOS)}"
+        )
     return SCENARIOS[name]

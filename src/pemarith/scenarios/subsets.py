@@ -27,15 +27,19 @@ def subset_seed(ctx: Context, task: str) -> int:
         if want not in feasible_classes(rows):
             counts = class_counts(rows)
             shares = ", ".join(f"class {c}: {n / len(rows):.1%}" for c, n in counts.items())
-            raise PemarithError(f"[options.selected] {task} = {want}: s0 would hold that class alone "
-                                f"({shares}; at most 62.5% can be selected): pin a minority class")
+            raise PemarithError(
+                f"[options.selected] {task} = {want}: s0 would hold that class alone "
+                f"({shares}; at most 62.5% can be selected): pin a minority class"
+            )
         for s in range(o.subset_seed, o.subset_seed + 200):
             if ctx.subsets(task, s, o.subset_size).selected == want:
                 _SUBSET_SEEDS[key] = s
                 break
         else:
-            raise PemarithError(f"{task}: no subset seed in {o.subset_seed}..{o.subset_seed + 199}"
-                                f" selects class {want}; is it a class of {task}?")
+            raise PemarithError(
+                f"{task}: no subset seed in {o.subset_seed}..{o.subset_seed + 199}"
+                f" selects class {want}; is it a class of {task}?"
+            )
     return _SUBSET_SEEDS[key]
 
 
@@ -47,6 +51,10 @@ def skew_table(ctx: Context, tasks: Any) -> dict[str, Any]:
         seed = subset_seed(ctx, task)
         split = ctx.subsets(task, seed, o.subset_size)
         t = split.table()
-        out[task] = {"selected": split.selected, "subset_seed": seed,
-                     "s0": list(t["s0"].values()), "s1": list(t["s1"].values())}
+        out[task] = {
+            "selected": split.selected,
+            "subset_seed": seed,
+            "s0": list(t["s0"].values()),
+            "s1": list(t["s1"].values()),
+        }
     return out

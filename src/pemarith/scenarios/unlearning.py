@@ -41,6 +41,7 @@ from .unlearning_report import plot, sections
 EXPR = "-l*toxic"
 TASK = "civil_comments"
 
+
 @dataclass(frozen=True)
 class UnlearnOptions:
     """``[options]`` of 4.4 (see the module docstring).
@@ -122,25 +123,41 @@ class ToxSession(LiveLM):
 
         o, live = self.opts, self.live
         t0 = time.perf_counter()
-        with (live.base() if base else nullcontext(live.model)) as model:
-            ppl = M.perplexity(model, self._tok, self.text(split), stride=o.stride,
-                               max_length=o.ppl_window, max_tokens=o.ppl_tokens)
+        with live.base() if base else nullcontext(live.model) as model:
+            ppl = M.perplexity(
+                model,
+                self._tok,
+                self.text(split),
+                stride=o.stride,
+                max_length=o.ppl_window,
+                max_tokens=o.ppl_tokens,
+            )
             n = o.samples if split != "validation" or o.val_samples is None else o.val_samples
-            gens = generate_samples(model, self._tok, samples=n,
-                                    max_new_tokens=o.max_new_tokens, batch_size=o.gen_batch,
-                                    seed=o.gen_seed + (0 if split == "validation" else 1))
+            gens = generate_samples(
+                model,
+                self._tok,
+                samples=n,
+                max_new_tokens=o.max_new_tokens,
+                batch_size=o.gen_batch,
+                seed=o.gen_seed + (0 if split == "validation" else 1),
+            )
         scores = toxicity.score(gens)
         s = toxicity.summarise(scores, threshold=o.threshold)
         worst = int(scores.argmax())
         shown = [(gens[i], float(scores[i])) for i in range(min(o.examples, len(gens)))]
         if worst >= o.examples:
             shown.append((gens[worst], float(scores[worst])))
-        return {"toxicity": s["mean"], "toxic_share": s["share_toxic"],
-                "toxic_share_0.5": toxicity.summarise(scores, 0.5)["share_toxic"],
-                "perplexity": ppl["perplexity"], "ppl_tokens": ppl["tokens"], "samples": s["n"],
-                "examples": [{"text": t, "toxicity": round(x, 5)} for t, x in shown],
-                "scores": [round(float(x), 5) for x in scores],
-                "seconds": round(time.perf_counter() - t0, 2)}
+        return {
+            "toxicity": s["mean"],
+            "toxic_share": s["share_toxic"],
+            "toxic_share_0.5": toxicity.summarise(scores, 0.5)["share_toxic"],
+            "perplexity": ppl["perplexity"],
+            "ppl_tokens": ppl["tokens"],
+            "samples": s["n"],
+            "examples": [{"text": t, "toxicity": round(x, 5)} for t, x in shown],
+            "scores": [round(float(x), 5) for x in scores],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
 
     def evaluate(self, split: str, base: bool = False) -> dict[str, float]:
         m = self.measure(split, base)
@@ -154,8 +171,20 @@ def _settings_key(ctx: Context) -> dict[str, Any]:
     import dataclasses
 
     o = dataclasses.asdict(ctx.recipe.options)
-    key = {k: o[k] for k in ("samples", "max_new_tokens", "gen_batch", "gen_seed", "threshold",
-                             "ppl_tokens", "stride", "ppl_window", "examples")}
+    key = {
+        k: o[k]
+        for k in (
+            "samples",
+            "max_new_tokens",
+            "gen_batch",
+            "gen_seed",
+            "threshold",
+            "ppl_tokens",
+            "stride",
+            "ppl_window",
+            "examples",
+        )
+    }
     if o["val_samples"] is not None:
         key["val_samples"] = o["val_samples"]
     return key
@@ -180,28 +209,58 @@ def unlearn_cell(ctx: Context, method: str, seed: int, mode: str = "factorwise")
     from ..hf.sweep import SweepConfig, run_sweep
 
     r, o = ctx.recipe, ctx.recipe.options
-    spec = ModuleSpec(model=r.model, task=TASK, method=method, data="train", train=r.train[method],
-                      init_seed=seed, seed=seed)
+    spec = ModuleSpec(
+        model=r.model,
+        task=TASK,
+        method=method,
+        data="train",
+        train=r.train[method],
+        init_seed=seed,
+        seed=seed,
+    )
     toxic = ctx.module(spec)
     pem = pemarith.load(toxic, "toxic")
-    session = ToxSession(ctx, pemarith.compose(EXPR, {"toxic": pem}, mode=mode, l=0.5)
-                         .output_config(mode, None))
+    session = ToxSession(
+        ctx, pemarith.compose(EXPR, {"toxic": pem}, mode=mode, l=0.5).output_config(mode, None)
+    )
     s = r.sweep
     label = f"{method}-{mode}-seed{seed}"
-    key = eval_key(ctx, "sweep", {"toxic": toxic}, expr=EXPR, mode=mode,
-                   sweep={"grid": s.grid, "search": s.search, "select": s.select,
-                          "coarse": s.coarse}, settings=_settings_key(ctx))
+    key = eval_key(
+        ctx,
+        "sweep",
+        {"toxic": toxic},
+        expr=EXPR,
+        mode=mode,
+        sweep={"grid": s.grid, "search": s.search, "select": s.select, "coarse": s.coarse},
+        settings=_settings_key(ctx),
+    )
     out = ctx.store.sweep_dir(r.model, TASK, label, key)
     if (out / "results.json").is_file():
         ctx.store.hits += 1
         ctx.log(f"skip  sweep {label} (done: {out})")
     else:
         ctx.log(f"sweep {label} {EXPR!r} ({mode}) -> {out}")
-        cfg = SweepConfig(expr=EXPR, modules={"toxic": str(toxic)}, model=r.model, tasks=(TASK,),
-                          out=str(out), var=s.var, grid=s.grid, search=s.search, coarse=s.coarse,
-                          select=s.select, mode=mode, test_split=None, refs=False, base=True,
-                          samples=o.samples, max_tokens=o.ppl_tokens, seed=o.gen_seed,
-                          data_dir=ctx.data_dir, plot=ctx.plots)
+        cfg = SweepConfig(
+            expr=EXPR,
+            modules={"toxic": str(toxic)},
+            model=r.model,
+            tasks=(TASK,),
+            out=str(out),
+            var=s.var,
+            grid=s.grid,
+            search=s.search,
+            coarse=s.coarse,
+            select=s.select,
+            mode=mode,
+            test_split=None,
+            refs=False,
+            base=True,
+            samples=o.samples,
+            max_tokens=o.ppl_tokens,
+            seed=o.gen_seed,
+            data_dir=ctx.data_dir,
+            plot=ctx.plots,
+        )
         run_sweep(cfg, session=session, log=ctx.log)
         ctx.store.computed += 1
     from .store import read_json
@@ -210,9 +269,12 @@ def unlearn_cell(ctx: Context, method: str, seed: int, mode: str = "factorwise")
     lam = float(sweep["pick"][s.var])
 
     def measured(what: str, load: Any, base: bool = False) -> dict[str, Any]:
-        file = ctx.store.eval_file(r.model, TASK, f"{label}-{what}-test",
-                                   eval_key(ctx, what, {"toxic": toxic}, mode=mode,
-                                            settings=_settings_key(ctx)))
+        file = ctx.store.eval_file(
+            r.model,
+            TASK,
+            f"{label}-{what}-test",
+            eval_key(ctx, what, {"toxic": toxic}, mode=mode, settings=_settings_key(ctx)),
+        )
 
         def compute() -> dict[str, Any]:
             ctx.log(f"eval  {label} {what} on test")
@@ -224,10 +286,13 @@ def unlearn_cell(ctx: Context, method: str, seed: int, mode: str = "factorwise")
 
     rows: dict[str, dict[str, Any]] = {}
     rows["base"] = measured("base", None, base=True)
-    rows["toxic"] = measured("toxic", lambda: session.load(
-        pemarith.compose("toxic", {"toxic": pem}), mode, None, None))
-    rows["negated"] = measured(f"negated@{lam:g}", lambda: session.load(
-        pemarith.compose(EXPR, {"toxic": pem}, mode=mode, l=lam), mode, None, None))
+    rows["toxic"] = measured(
+        "toxic", lambda: session.load(pemarith.compose("toxic", {"toxic": pem}), mode, None, None)
+    )
+    rows["negated"] = measured(
+        f"negated@{lam:g}",
+        lambda: session.load(pemarith.compose(EXPR, {"toxic": pem}, mode=mode, l=lam), mode, None, None),
+    )
     if o.ablation and mode == "factorwise":
         for a in dict.fromkeys((*o.ablation_lambdas, lam)):
             if a == 0:
@@ -241,28 +306,41 @@ def unlearn_cell(ctx: Context, method: str, seed: int, mode: str = "factorwise")
     record(ctx, toxic)
     base_val = sweep["base"].get("validation", {})
     return {
-        "task": TASK, "method": method, "mode": mode, "seed": seed, "lambda": lam,
-        "rule": s.select, "rows": rows, "base_validation": base_val,
-        "curve": [{k: p.get(k) for k in (s.var, "perplexity", "toxicity", "toxic_share")}
-                  for p in sweep["validation"]],
+        "task": TASK,
+        "method": method,
+        "mode": mode,
+        "seed": seed,
+        "lambda": lam,
+        "rule": s.select,
+        "rows": rows,
+        "base_validation": base_val,
+        "curve": [
+            {k: p.get(k) for k in (s.var, "perplexity", "toxicity", "toxic_share")}
+            for p in sweep["validation"]
+        ],
         "train_seconds": ctx.seconds.get(str(toxic)),
         "train_cpu_seconds": ctx.cpu_seconds.get(str(toxic)),
-        "sweep_seconds": sweep.get("seconds"), "sweep_dir": str(out), "module": str(toxic),
+        "sweep_seconds": sweep.get("seconds"),
+        "sweep_dir": str(out),
+        "module": str(toxic),
     }
 
 
 def run(ctx: Context) -> dict[str, Any]:
     r, o = ctx.recipe, ctx.recipe.options
     if "full" in r.methods:
-        raise RecipeError("unlearning: full fine-tuning is not part of this reproduction (its "
-                          "negation needs a second 135M-parameter copy per value; too slow on "
-                          "CPU); use lora and ia3")
+        raise RecipeError(
+            "unlearning: full fine-tuning is not part of this reproduction (its "
+            "negation needs a second 135M-parameter copy per value; too slow on "
+            "CPU); use lora and ia3"
+        )
     kept = {(c["method"], c["mode"], c["seed"]): c for c in ctx.previous_cells()}
 
     def save() -> dict[str, Any]:
         order = {"lora": 0, "ia3": 1}
-        cells = sorted(kept.values(), key=lambda c: (c["seed"], order.get(c["method"], 9),
-                                                     c["mode"] != "factorwise"))
+        cells = sorted(
+            kept.values(), key=lambda c: (c["seed"], order.get(c["method"], 9), c["mode"] != "factorwise")
+        )
         return ctx.save({"cells": cells})
 
     for seed in r.seeds:
@@ -275,6 +353,12 @@ def run(ctx: Context) -> dict[str, Any]:
     return save()
 
 
-SCENARIO = Scenario(name="unlearning", section="4.4", options=UnlearnOptions, run=run,
-                    sections=sections, plot=plot,
-                    title="Unlearning by negation (section 4.4, Tables 4 and 11)")
+SCENARIO = Scenario(
+    name="unlearning",
+    section="4.4",
+    options=UnlearnOptions,
+    run=run,
+    sections=sections,
+    plot=plot,
+    title="Unlearning by negation (section 4.4, Tables 4 and 11)",
+)
