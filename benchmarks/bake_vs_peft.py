@@ -67,7 +67,7 @@ def target_shapes(config: dict) -> dict[str, tuple[int, int]]:
 def to_bfloat16(base: Path, out: Path) -> Path:
     """A copy of the checkpoint directory ``base`` with every float tensor in bfloat16 (rounded
     on the bits by pemarith.dtypes; other tensors byte for byte), ``torch_dtype`` set."""
-    from pemarith.bake import base_shards
+    from pemarith.bake_base import base_shards
     from pemarith.dtypes import STORED, decode
     from pemarith.io import SafetensorsWriter, read_bytes
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .bake_base import INDEX_NAME, base_shards, locate, read_into
 from .bake_config import head_config
 from .dtypes import STORED, bf16_bits_to_f32, cast, f32_to_bf16_bits, finite_bytes, scratch
 from .errors import AdapterError, CompatibilityError, OutputError
@@ -43,16 +44,12 @@ from .io import (
     DTYPES,
     PROVENANCE_NAME,
     SafetensorsWriter,
-    TensorInfo,
     is_adapter_output,
-    read_safetensors_header,
     write_json,
 )
 from .module import PEM
 from .version import __version__
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 PEFT_PREFIX = "base_model.model."
 # Threads that merge the blocks of rows of each updated tensor (numpy releases the GIL in the
 # conversions and the products), and the elements in a block (4 MiB of float32).
@@ -79,80 +76,6 @@ class BakeReport:
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     config: list[str] = field(default_factory=list)  # config.json keys set for the merged head
-
-
-def base_shards(base: Path) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, dict[str, str]], dict | None]:
-    """``{shard file: {key: info}}``, each shard's metadata, and the index (None for one file)."""
-    if (base / INDEX_NAME).is_file():
-        try:
-            index = json.loads((base / INDEX_NAME).read_text(encoding="utf-8"))
-            files = list(dict.fromkeys(index["weight_map"].values()))
-            if not isinstance(index["weight_map"], dict):
-                raise TypeError("weight_map is not an object")
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-            raise AdapterError(f"{base / INDEX_NAME}: not a safetensors index ({str(e)[:200]})") from None
-    elif (base / SINGLE_NAME).is_file():
-        index, files = None, [SINGLE_NAME]
-    else:
-        found = sorted(p.name for p in base.iterdir() if p.suffix in (".bin", ".safetensors"))[:3]
-        raise AdapterError(f"{base}: no {SINGLE_NAME} or {INDEX_NAME}"
-                           + (f" (found {', '.join(found)}; convert the weights to safetensors)" if found else
-                              " (not a Hugging Face checkpoint directory?)"))
-    infos, metas = {}, {}
-    for name in files:
-        if not _plain_file_name(name):
-            raise AdapterError(f"{base / INDEX_NAME}: the shard name {str(name)[:200]!r} is not a plain file "
-                               "name in the checkpoint directory; fix the index's weight_map")
-        if not (base / name).is_file():
-            raise AdapterError(f"{base}: the index lists {name}, which is missing")
-        infos[name], metas[name] = read_safetensors_header(base / name, any_dtype=True)
-    if index is not None:
-        for key, name in index["weight_map"].items():
-            if key not in infos[name]:
-                raise AdapterError(f"{base / INDEX_NAME}: the index puts {key[:100]!r} in {name}, which does "
-                                   "not hold it; fix the index's weight_map")
-    return infos, metas, index
-
-
-def _read_writable(path: Path, info: TensorInfo, key: str, into: bytearray) -> memoryview:
-    """One tensor's stored bytes in the front of ``into`` (merged in place, then written)."""
-    buf = memoryview(into)[:info.end - info.start]
-    try:
-        with open(path, "rb") as f:
-            f.seek(info.start)
-            n = f.readinto(buf)
-    except OSError as e:
-        raise AdapterError(f"{path}: cannot read ({e})") from None
-    if n != len(buf):
-        raise AdapterError(f"{path}: truncated while reading tensor {key!r}")
-    return buf
-
-
-def _plain_file_name(name: object) -> bool:
-    """Whether an index's shard name is a bare file name: no directory part, not absolute, not
-    ``.``/``..`` (bake writes a file of each name in the output, so anything else escapes it)."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\0" not in name and name == os.path.basename(name))
-
-
-def _locate(name: str, keys: Mapping[str, str]) -> str | None:
-    """The base key for ``name`` (a PEFT key without its prefix), e.g. ``"bert.encoder...weight"``
-    for a base saved with or without the ``bert.`` prefix: exact, then the unique key that ends
-    with it, then ``name`` without its leading components. Several keys ending with it is an
-    error that names them."""
-    if name in keys:
-        return name
-    ends = [k for k in keys if k.endswith("." + name)]
-    if len(ends) == 1:
-        return ends[0]
-    if len(ends) > 1:
-        raise CompatibilityError(f"{name!r} matches several base weights ({', '.join(sorted(ends)[:3])}); "
-                                 "the adapter's module names do not say which one")
-    parts = name.split(".")
-    for i in range(1, len(parts) - 1):
-        if ".".join(parts[i:]) in keys:
-            return ".".join(parts[i:])
-    return None
 
 
 def _row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -187,8 +110,16 @@ def _encode_into(stored: np.ndarray, values: np.ndarray, code: str) -> None:
             stored[...] = values
 
 
-def _merge_rows(kind: Any, parts: Mapping[str, np.ndarray], config: Mapping[str, Any], stored: np.ndarray,
-                code: str, key: str, i: int, j: int) -> None:
+def _merge_rows(
+    kind: Any,
+    parts: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    stored: np.ndarray,
+    code: str,
+    key: str,
+    i: int,
+    j: int,
+) -> None:
     """Merge the update into rows ``i:j`` of ``stored``, in place (widened and rounded back a block
     at a time, so no full-size copy of the weight is made)."""
     block = stored[i:j] if stored.ndim == 2 else stored
@@ -197,10 +128,20 @@ def _merge_rows(kind: Any, parts: Mapping[str, np.ndarray], config: Mapping[str,
     _encode_into(block, work, code)
 
 
-def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mode: str | None = None,
-         rank: int | None = None, keep: str | None = None, force: bool = False,
-         protect: tuple[str | os.PathLike[str], ...] = (), method: Any = None, density: float | None = None,
-         majority_sign: str | None = None, seed: int | None = None) -> BakeReport:
+def bake(
+    pem: PEM,
+    base: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    mode: str | None = None,
+    rank: int | None = None,
+    keep: str | None = None,
+    force: bool = False,
+    protect: tuple[str | os.PathLike[str], ...] = (),
+    method: Any = None,
+    density: float | None = None,
+    majority_sign: str | None = None,
+    seed: int | None = None,
+) -> BakeReport:
     """Write ``base`` with ``pem`` merged into its weights to ``out`` (atomically; see the module
     docstring). ``mode``/``rank``/``keep`` and the merge ``method`` options are those of :meth:`PEM.save`."""
     t0 = time.perf_counter()
@@ -219,10 +160,11 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     merged: dict[str, list[str]] = {}
     for layer in first.layers:
         short = layer.removeprefix(PEFT_PREFIX)
-        wkey = _locate(f"{short}.weight", owner)
+        wkey = locate(f"{short}.weight", owner)
         if wkey is None:
-            raise CompatibilityError(f"module {short!r} has no weight {short}.weight in {base}; "
-                                     "is this the adapter's base model?")
+            raise CompatibilityError(
+                f"module {short!r} has no weight {short}.weight in {base}; is this the adapter's base model?"
+            )
         updates[wkey] = (layer, "weight")
         merged[short] = []  # the keys changed, filled in while writing
         bkey = wkey.removesuffix(".weight") + ".bias"
@@ -231,21 +173,24 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
     # the composed module, held whole (small): float64 where a base tensor or a module is float64,
     # else float32, what the merge computes with (bfloat16 would round the factors before the merge)
     f64 = any(infos[owner[k]][k].dtype == "F64" for k in updates) or any(
-        "F64" in a.dtypes.values() for a in pem.adapters.values())
+        "F64" in a.dtypes.values() for a in pem.adapters.values()
+    )
     wide = np.float64 if f64 else np.float32
     module = dict(pem.iter_tensors(mode, rank, keep, dtype=wide, method=spec))
     replace: dict[str, str] = {}
     added: list[str] = []
     for key in first.extra:
         short = key.removeprefix(PEFT_PREFIX)
-        target = _locate(short, owner)
+        target = locate(short, owner)
         if target is None:
             added.append(short)
             replace[short] = key
         else:
             if tuple(module[key].shape) != infos[owner[target]][target].shape:
-                raise CompatibilityError(f"{short!r}: the module's copy has shape {module[key].shape} but "
-                                         f"the base's {target} has {infos[owner[target]][target].shape}")
+                raise CompatibilityError(
+                    f"{short!r}: the module's copy has shape {module[key].shape} but "
+                    f"the base's {target} has {infos[owner[target]][target].shape}"
+                )
             replace[target] = key
 
     parts: dict[str, dict[str, np.ndarray]] = {}  # layer -> {part: array} of the composed module
@@ -256,8 +201,16 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
 
     shards = list(infos)
     last = shards[-1]
-    provenance = json.dumps({"pemarith_version": __version__, "expression": str(pem),
-                             "mode": mode or "factorwise", "rank": rank, "base": str(base), **spec.describe()})
+    provenance = json.dumps(
+        {
+            "pemarith_version": __version__,
+            "expression": str(pem),
+            "mode": mode or "factorwise",
+            "rank": rank,
+            "base": str(base),
+            **spec.describe(),
+        }
+    )
     inputs = [base, *(a.path for a in pem.adapters.values()), *(Path(p) for p in protect)]
     workers = max(1, min(WORKERS, os.cpu_count() or 1))
     largest = max((infos[owner[k]][k].end - infos[owner[k]][k].start for k in updates), default=0)
@@ -269,33 +222,43 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
         layer, what = updates[key]
         if info.dtype not in DTYPES:
             raise CompatibilityError(f"{key}: a base tensor of dtype {info.dtype} cannot take an update")
-        raw = _read_writable(src, info, key, buffer)
+        raw = read_into(src, info, key, buffer)
         stored = np.frombuffer(raw, dtype=STORED[info.dtype]).reshape(info.shape)
         if what == "weight":
             blocks = _row_blocks(info.shape)
             if len(blocks) == 1:
                 _merge_rows(kind, parts[layer], config, stored, info.dtype, key, *blocks[0])
             else:  # the blocks of rows merge on the workers (numpy releases the GIL)
-                list(pool.map(lambda b: _merge_rows(kind, parts[layer], config, stored, info.dtype, key, *b),
-                              blocks))
+                list(
+                    pool.map(
+                        lambda b: _merge_rows(kind, parts[layer], config, stored, info.dtype, key, *b), blocks
+                    )
+                )
             changed = True
         else:
             wkey = key.removesuffix(".bias") + ".weight"
-            new = kind.merge_bias(parts[layer], config, _widened(stored, info.dtype), infos[owner[wkey]][wkey].shape,
-                                  key)
+            new = kind.merge_bias(
+                parts[layer], config, _widened(stored, info.dtype), infos[owner[wkey]][wkey].shape, key
+            )
             if new is not None:
                 _encode_into(stored, np.asarray(new), info.dtype)
             changed = new is not None
         if changed and not finite_bytes(raw, info.dtype):
-            raise OutputError(f"{key[:100]}: the merged weights are not finite in {info.dtype}; "
-                              "use smaller coefficients")
+            raise OutputError(
+                f"{key[:100]}: the merged weights are not finite in {info.dtype}; use smaller coefficients"
+            )
         return raw, changed
 
     skipped: list[str] = []
     config_updated: list[str] = []
     weight_map: dict[str, str] = {}
-    with output_dir(out, inputs, force=force, is_previous=is_adapter_output,
-                    what="bake output (a directory with pemarith.json)") as tmp:
+    with output_dir(
+        out,
+        inputs,
+        force=force,
+        is_previous=is_adapter_output,
+        what="bake output (a directory with pemarith.json)",
+    ) as tmp:
         for shard in shards:
             src = base / shard
             keys = list(infos[shard])
@@ -332,8 +295,11 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
                 pool.shutdown(wait=True)
         if index is not None:
             total = sum((tmp / s).stat().st_size for s in shards)
-            new_index = {**index, "metadata": {**(index.get("metadata") or {}), "total_size": total},
-                         "weight_map": weight_map}
+            new_index = {
+                **index,
+                "metadata": {**(index.get("metadata") or {}), "total_size": total},
+                "weight_map": weight_map,
+            }
             (tmp / INDEX_NAME).write_text(json.dumps(new_index, indent=2) + "\n", encoding="utf-8")
         for item in sorted(base.iterdir()):
             if item.name in shards or item.name in (INDEX_NAME, PROVENANCE_NAME):
@@ -351,14 +317,27 @@ def bake(pem: PEM, base: str | os.PathLike[str], out: str | os.PathLike[str], mo
             except ValueError as e:
                 raise AdapterError(f"{base / 'config.json'}: not valid JSON ({e})") from None
             heads = {k: tuple(module[v].shape) for k, v in replace.items()}
-            new_config = head_config(base_config, first.config, heads,
-                                     [a.path for a in pem.adapters.values()])
+            new_config = head_config(
+                base_config, first.config, heads, [a.path for a in pem.adapters.values()]
+            )
             if new_config is not None:
                 config_file.write_text(json.dumps(new_config, indent=2) + "\n", encoding="utf-8")
                 config_updated = sorted(k for k in new_config if new_config[k] != base_config.get(k))
-        write_json(tmp / PROVENANCE_NAME, {**json.loads(provenance), "shards": shards,
-                                           "inputs": {n: str(a.path) for n, a in pem.adapters.items()}})
-    return BakeReport(Path(out).expanduser().resolve(), shards, merged,
-                      sorted(k for k in replace if k not in added), added, skipped,
-                      time.perf_counter() - t0, config_updated)
-
+        write_json(
+            tmp / PROVENANCE_NAME,
+            {
+                **json.loads(provenance),
+                "shards": shards,
+                "inputs": {n: str(a.path) for n, a in pem.adapters.items()},
+            },
+        )
+    return BakeReport(
+        Path(out).expanduser().resolve(),
+        shards,
+        merged,
+        sorted(k for k in replace if k not in added),
+        added,
+        skipped,
+        time.perf_counter() - t0,
+        config_updated,
+    )
