@@ -10,14 +10,10 @@ read beyond the headers until ``save``/``iter_tensors``, which stream one layer 
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -27,11 +23,10 @@ from .compat import check_adapters
 from .dtypes import cast
 from .errors import CompatibilityError, PemarithError, did_you_mean
 from .expr import format_terms
-from .fs import output_dir
-from .io import PROVENANCE_NAME, Adapter, SafetensorsWriter, dtype_code, is_adapter_output, write_json
+from .io import Adapter, dtype_code
 from .kinds import Kind
 from .methods import MergeSpec, merge
-from .version import __version__
+from .save import SaveReport, write_adapter
 
 AFFINE_TOL = 1e-6
 
@@ -40,21 +35,11 @@ class ModuleAlgebraError(PemarithError, TypeError):
     """An operation outside the linear algebra of modules (``a * b``, ``a / b``, ``a + 1``)."""
 
 
-@dataclass(frozen=True)
-class SaveReport:
-    """What ``PEM.save`` wrote: ``layer_errors`` maps layers to their relative SVD error."""
-
-    path: Path
-    mode: str
-    rank: int | None
-    terms: dict[str, float]
-    layer_errors: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
 def _scalar(x: Any, op: str) -> float:
     if isinstance(x, PEM):
-        raise ModuleAlgebraError(f"cannot {op} two modules: module arithmetic is linear (scale by numbers only)")
+        raise ModuleAlgebraError(
+            f"cannot {op} two modules: module arithmetic is linear (scale by numbers only)"
+        )
     if not isinstance(x, numbers.Real):
         raise ModuleAlgebraError(f"cannot {op} a module by {type(x).__name__}; use a real number")
     v = float(x)
@@ -79,18 +64,27 @@ class PEM:
     _method: MergeSpec | None
     _base_model: str | None
 
-    def __init__(self, terms: Mapping[str, float], adapters: Mapping[str, Adapter],
-                 mode: str | None = None, rank: int | None = None, method: MergeSpec | None = None,
-                 base_model: str | None = None):
+    def __init__(
+        self,
+        terms: Mapping[str, float],
+        adapters: Mapping[str, Adapter],
+        mode: str | None = None,
+        rank: int | None = None,
+        method: MergeSpec | None = None,
+        base_model: str | None = None,
+    ):
         if set(terms) != set(adapters):
             raise PemarithError("PEM terms and adapters must have the same names")
         for n, c in terms.items():
             if not math.isfinite(c):
-                raise ModuleAlgebraError(f"the coefficient of {n[:100]!r} is {c} (an overflow); "
-                                         "use smaller coefficients")
+                raise ModuleAlgebraError(
+                    f"the coefficient of {n[:100]!r} is {c} (an overflow); use smaller coefficients"
+                )
         # 15 significant digits: 1 - 0.6 is 0.4 here, not 0.3999999999999999 (a relative change
         # below 1e-15, far under any dtype's precision)
-        object.__setattr__(self, "_terms", MappingProxyType({n: float(f"{c:.15g}") for n, c in terms.items()}))
+        object.__setattr__(
+            self, "_terms", MappingProxyType({n: float(f"{c:.15g}") for n, c in terms.items()})
+        )
         object.__setattr__(self, "_adapters", MappingProxyType(dict(adapters)))
         object.__setattr__(self, "_mode", mode)
         object.__setattr__(self, "_rank", rank)
@@ -126,15 +120,26 @@ class PEM:
             terms[n] = terms.get(n, 0.0) + sign * c
         # save() defaults remembered from compose(): kept when the operands agree (or one has none)
         mine, theirs = (self._mode, self._rank), (other._mode, other._rank)
-        mode, rank = mine if theirs in ((None, None), mine) else theirs if mine == (None, None) else (None, None)
-        method = self._method if other._method in (None, self._method) else (
-            other._method if self._method is None else None)
+        mode, rank = (
+            mine if theirs in ((None, None), mine) else theirs if mine == (None, None) else (None, None)
+        )
+        method = (
+            self._method
+            if other._method in (None, self._method)
+            else (other._method if self._method is None else None)
+        )
         base = self._base_model if other._base_model in (None, self._base_model) else other._base_model
         return PEM(terms, adapters, mode, rank, method, base)
 
     def _scaled(self, c: float) -> PEM:
-        return PEM({n: c * v for n, v in self._terms.items()}, self._adapters, self._mode, self._rank,
-                   self._method, self._base_model)
+        return PEM(
+            {n: c * v for n, v in self._terms.items()},
+            self._adapters,
+            self._mode,
+            self._rank,
+            self._method,
+            self._base_model,
+        )
 
     def __add__(self, other: Any) -> PEM:
         if isinstance(other, PEM):
@@ -149,7 +154,9 @@ class PEM:
     def __sub__(self, other: Any) -> PEM:
         if isinstance(other, PEM):
             return self._combine(other, -1.0)
-        raise ModuleAlgebraError(f"cannot subtract {type(other).__name__} from a module; subtract modules only")
+        raise ModuleAlgebraError(
+            f"cannot subtract {type(other).__name__} from a module; subtract modules only"
+        )
 
     def __rsub__(self, other: Any) -> PEM:
         if isinstance(other, numbers.Number) and other == 0:
@@ -208,8 +215,13 @@ class PEM:
             return self._method or MergeSpec()
         return MergeSpec(method, **{k: v for k, v in options.items() if v is not None})
 
-    def check(self, mode: str | None = None, rank: int | None = None, keep: str | None = None,
-              method: MergeSpec | None = None) -> None:
+    def check(
+        self,
+        mode: str | None = None,
+        rank: int | None = None,
+        keep: str | None = None,
+        method: MergeSpec | None = None,
+    ) -> None:
         """Raise ``CompatibilityError`` (naming modules and the difference) unless the terms can
         be composed in ``mode``: same PEFT type, base model, target modules, layers and shapes,
         same ``modules_to_save`` (combinable only if the coefficients sum to 1, or ``keep``)."""
@@ -218,8 +230,10 @@ class PEM:
         names = list(self._terms)
         a0 = self._adapters[names[0]]
         if keep is not None and keep not in self._terms:
-            raise CompatibilityError(f"keep={keep!r} is not a module of this composition"
-                                     f"{did_you_mean(keep, names)}; choose one of {', '.join(names)}")
+            raise CompatibilityError(
+                f"keep={keep!r} is not a module of this composition"
+                f"{did_you_mean(keep, names)}; choose one of {', '.join(names)}"
+            )
         total = sum(self._terms.values())
         if a0.extra and keep is None and abs(total - 1.0) > AFFINE_TOL:
             heads = sorted({k.rsplit(".", 1)[0] for k in a0.extra})
@@ -264,8 +278,9 @@ class PEM:
         specs += [(k, a0.dtypes[k], a0.shapes[k]) for k in a0.frozen]  # a copy of the base: as it is
         return specs
 
-    def _iter_layers(self, mode: str, rank: int | None, keep: str | None, dtype: Any,
-                     method: MergeSpec | None = None) -> Iterator[tuple[str, dict[str, np.ndarray], float | None]]:
+    def _iter_layers(
+        self, mode: str, rank: int | None, keep: str | None, dtype: Any, method: MergeSpec | None = None
+    ) -> Iterator[tuple[str, dict[str, np.ndarray], float | None]]:
         """Each layer's output tensors, *not yet rounded* to their output dtype (the writer's
         encoding rounds them once, as :func:`pemarith.dtypes.cast` would), and its SVD error."""
         spec = self.merge_spec(method)
@@ -292,9 +307,15 @@ class PEM:
         for key in ads[0].frozen:
             yield key, {key: ads[0].tensor(key)}, None
 
-    def iter_tensors(self, mode: str | None = None, rank: int | None = None, keep: str | None = None,
-                     dtype: Any = None, method: str | MergeSpec | None = None, **options: Any
-                     ) -> Iterator[tuple[str, np.ndarray]]:
+    def iter_tensors(
+        self,
+        mode: str | None = None,
+        rank: int | None = None,
+        keep: str | None = None,
+        dtype: Any = None,
+        method: str | MergeSpec | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[str, np.ndarray]]:
         """Yield ``(key, array)`` of the composed adapter in PEFT's saved-key format (adapter
         name stripped, e.g. ``base_model.model.q_proj.lora_A.weight``), one layer at a time."""
         mode, rank = self._resolve(mode, rank)
@@ -303,11 +324,20 @@ class PEM:
             for key, array in tensors.items():
                 yield key, cast(array, codes[key])
 
-    def save(self, out: str | os.PathLike[str], mode: str | None = None, rank: int | None = None,
-             force: bool = False, keep: str | None = None, dtype: Any = None,
-             protect: tuple[str | os.PathLike[str], ...] = (), method: str | MergeSpec | None = None,
-             density: float | None = None, majority_sign: str | None = None, seed: int | None = None
-             ) -> SaveReport:
+    def save(
+        self,
+        out: str | os.PathLike[str],
+        mode: str | None = None,
+        rank: int | None = None,
+        force: bool = False,
+        keep: str | None = None,
+        dtype: Any = None,
+        protect: tuple[str | os.PathLike[str], ...] = (),
+        method: str | MergeSpec | None = None,
+        density: float | None = None,
+        majority_sign: str | None = None,
+        seed: int | None = None,
+    ) -> SaveReport:
         """Stream the composition to a PEFT adapter directory ``out``, atomically.
 
         ``mode``/``rank`` default to those given to ``compose`` (else ``"factorwise"``).
@@ -319,55 +349,10 @@ class PEM:
         ``"magnitude_prune"``, with ``density``, ``majority_sign``, ``seed``) merges by that method
         instead of linear arithmetic (see :mod:`pemarith.methods`).
         """
-        t0 = time.perf_counter()
         mode, rank = self._resolve(mode, rank)
         spec = self.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed)
         self.check(mode, rank, keep, spec)
-        specs = self._plan(mode, rank, dtype)
-        config = self.output_config(mode, rank)
-        # sha256 of the inputs are known once their bytes have been read: same-length placeholders
-        # size the header now, the real values are written at the end (io.Adapter.sha256)
-        provenance = {**self._provenance(mode, rank, keep, specs, hashes=False), **spec.describe()}
-        layers = list(next(iter(self._adapters.values())).layers)
-        reserve = 2 * len(json.dumps({layer: "9.999999e-100" for layer in layers})) + 64 if rank is not None else 0
-        errors: dict[str, float] = {}
-        inputs = [a.path for a in self._adapters.values()] + [Path(p) for p in protect]
-        with output_dir(out, inputs, force=force, is_previous=is_adapter_output,
-                        what="pemarith output (a directory with pemarith.json)") as tmp:
-            writer = SafetensorsWriter(tmp / "adapter_model.safetensors", specs,
-                                       {"format": "pt", "pemarith": json.dumps(provenance)}, reserve)
-            try:
-                for layer, tensors, err in self._iter_layers(mode, rank, keep, dtype, spec):
-                    for key, array in tensors.items():
-                        writer.write(key, array)
-                    if err is not None:
-                        errors[layer] = err
-            except BaseException:
-                writer.abort()
-                raise
-            provenance = {**self._provenance(mode, rank, keep, specs), **spec.describe()}
-            if rank is not None:
-                provenance["layer_errors"] = {k: float(f"{v:.6e}") for k, v in errors.items()}
-            writer.close({"format": "pt", "pemarith": json.dumps(provenance)})
-            write_json(tmp / "adapter_config.json", config)
-            write_json(tmp / PROVENANCE_NAME, provenance)
-        return SaveReport(Path(out).expanduser().resolve(), mode, rank, dict(self._terms), errors,
-                          time.perf_counter() - t0)
-
-    def _provenance(self, mode: str, rank: int | None, keep: str | None,
-                    specs: list[tuple[str, str, tuple[int, ...]]], hashes: bool = True) -> dict[str, Any]:
-        return {
-            "pemarith_version": __version__,
-            "expression": str(self),
-            "terms": dict(self._terms),
-            "mode": mode,
-            "rank": rank,
-            "keep": keep,
-            "peft_type": self.kind.name,
-            "dtypes": sorted({c for _, c, _ in specs}),
-            "inputs": [{"name": n, "path": str(a.path), "weights_file": a.weights_path.name,
-                        "sha256": a.sha256() if hashes else "0" * 64} for n, a in self._adapters.items()],
-        }
+        return write_adapter(self, out, mode, rank, keep, dtype, spec, force, protect)
 
 
 def layer_tensors(adapters: list[Adapter], layer: str, stored: bool = False) -> list[dict[str, np.ndarray]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fs import write_file
+from .sweep_out import json_default
 
 
 def write_outputs(config: Any, result: Any) -> dict[str, str]:
@@ -79,7 +80,7 @@ def write_outputs(config: Any, result: Any) -> dict[str, str]:
     }
     if config.val_split != "validation":
         summary["best"]["validation"] = dict(best.scores)
-    write_file(out / "results.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_file(out / "results.json", json.dumps(summary, indent=2, default=json_default) + "\n")
     return files
 
 
@@ -124,9 +125,3 @@ def plot_search(out: Path, result: Any) -> dict[str, str]:
     fig.tight_layout()
     per_var = save_png(fig, out / "search_vars.png", dpi=110)
     return {"history": str(history), "vars": str(per_var)}
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return str(obj)

@@ -23,20 +23,18 @@ tasks, mode, ...); resuming a different sweep into the same directory is an erro
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
-from ..fs import write_file
 from .evaluator import Evaluator
 from .grid import parse_grid
 from .select import SEARCHES, parse_rule, resolve_metric, search
+from .sweep_out import write_results
 from .sweep_records import RecordCache
 
 Scores = dict[str, float]
@@ -140,9 +138,12 @@ def _fmt_scores(scores: Mapping[str, float], columns: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(config: SweepConfig, session: Evaluator | None = None,
-              log: Callable[[str], None] = _log,
-              wrap: Callable[[Evaluator], Evaluator] | None = None) -> SweepResult:
+def run_sweep(
+    config: SweepConfig,
+    session: Evaluator | None = None,
+    log: Callable[[str], None] = _log,
+    wrap: Callable[[Evaluator], Evaluator] | None = None,
+) -> SweepResult:
     """Run ``config``: grid or refine search on validation, pick by rule, pick on test, files.
 
     ``session`` evaluates compositions (an :class:`~pemarith.hf.evaluator.Evaluator`; default: a :class:`~pemarith.hf.inplace.Session` that
@@ -176,14 +177,17 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
     expression = Expression(config.expr)
     free = [n for n in expression.identifiers() if n not in config.modules]
     if config.var not in expression.identifiers():
-        hint = did_you_mean(config.var, free) or (f"; the expression's free name is --var {free[0]}"
-                                                   if len(free) == 1 else "")
+        hint = did_you_mean(config.var, free) or (
+            f"; the expression's free name is --var {free[0]}" if len(free) == 1 else ""
+        )
         raise PemarithError(f"--var {config.var!r} does not occur in {config.expr!r}{hint}")
     unbound = [n for n in free if n != config.var]
     if unbound:
-        raise PemarithError(f"unknown name {unbound[0][:60]!r} in {config.expr[:120]!r}: sweep varies one "
-                            f"variable (--var {config.var}); give {unbound[0][:60]!r} as a module with "
-                            f"-m {unbound[0][:60]}=PATH{did_you_mean(unbound[0], list(config.modules))}")
+        raise PemarithError(
+            f"unknown name {unbound[0][:60]!r} in {config.expr[:120]!r}: sweep varies one "
+            f"variable (--var {config.var}); give {unbound[0][:60]!r} as a module with "
+            f"-m {unbound[0][:60]}=PATH{did_you_mean(unbound[0], list(config.modules))}"
+        )
     pems = {n: pemarith.load(p, n) for n, p in config.modules.items()}
     # Unknown names fail here, before any model is loaded.
     terms0 = expression.normal_form(list(pems), {config.var: values[0]})
@@ -192,17 +196,27 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
         if name not in used:
             log(f"note: -m {name} is not used in the expression")
     if config.keep is not None and config.keep not in used:
-        raise PemarithError(f"--keep {config.keep!r} is not a module of the expression"
-                            f"{did_you_mean(config.keep, used)}")
+        raise PemarithError(
+            f"--keep {config.keep!r} is not a module of the expression{did_you_mean(config.keep, used)}"
+        )
 
     def compose(value: float) -> Any:  # the expression parsed once; the inputs checked once
-        return pemarith.compose(expression, used, mode=config.mode, rank=config.rank,
-                                variables={config.var: value})
+        return pemarith.compose(
+            expression, used, mode=config.mode, rank=config.rank, variables={config.var: value}
+        )
 
     fingerprint = {
-        "expr": config.expr, "var": config.var, "model": config.model, "tasks": list(config.tasks),
-        "mode": config.mode, "rank": config.rank, "keep": config.keep, "limit": config.limit,
-        "seed": config.seed, "max_tokens": config.max_tokens, "samples": config.samples,
+        "expr": config.expr,
+        "var": config.var,
+        "model": config.model,
+        "tasks": list(config.tasks),
+        "mode": config.mode,
+        "rank": config.rank,
+        "keep": config.keep,
+        "limit": config.limit,
+        "seed": config.seed,
+        "max_tokens": config.max_tokens,
+        "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
     }
     from .hardware import dtype_key
@@ -225,8 +239,16 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
 
         def log(message: str) -> None:
             log_plain(f"[{worker}] {message}")
-    cache = RecordCache(config.out, fingerprint, restart=config.restart, worker=worker,
-                        claim_timeout=config.claim_timeout, poll=config.poll, log=log)
+
+    cache = RecordCache(
+        config.out,
+        fingerprint,
+        restart=config.restart,
+        worker=worker,
+        claim_timeout=config.claim_timeout,
+        poll=config.poll,
+        log=log,
+    )
 
     columns: list[str] = []
 
@@ -236,8 +258,9 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
         keys = [k for k, v in scores.items() if isinstance(v, (int, float))]
         wanted = list(config.metrics) or session.primary_metrics(keys)
         # Metrics the rule names are tracked (and plotted) too.
-        columns.extend(dict.fromkeys(resolve_metric(m, keys)
-                                     for m in [*wanted, *rule.metric_names(config.var)]))
+        columns.extend(
+            dict.fromkeys(resolve_metric(m, keys) for m in [*wanted, *rule.metric_names(config.var)])
+        )
         rule.check(config.var, columns)
 
     def value_item(value: float, split: str) -> tuple[str, str, float, Callable[[], Scores]]:
@@ -247,8 +270,10 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
             session.load(pem, config.mode, config.rank, config.keep)
             t_load = time.perf_counter() - t
             scores = session.evaluate(split)
-            log(f"{config.var}={value:<8g} {split:<10} {_fmt_scores(scores, columns)}"
-                f"  (write {t_load:.2f} s, {time.perf_counter() - t:.1f} s)")
+            log(
+                f"{config.var}={value:<8g} {split:<10} {_fmt_scores(scores, columns)}"
+                f"  (write {t_load:.2f} s, {time.perf_counter() - t:.1f} s)"
+            )
             return scores
 
         return ("value", split, value, compute)
@@ -270,16 +295,27 @@ def run_sweep(config: SweepConfig, session: Evaluator | None = None,
         track(result.base[val])
         log(f"base model  {val:<10} {_fmt_scores(result.base[val], columns)}")
 
-    found = search(lambda v: evaluate_value(v, val), values, rule, config.var, lambda: columns,
-                   result.base.get(val), config.search, config.coarse,
-                   batch=lambda vs: evaluate_values(vs, val))
+    found = search(
+        lambda v: evaluate_value(v, val),
+        values,
+        rule,
+        config.var,
+        lambda: columns,
+        result.base.get(val),
+        config.search,
+        config.coarse,
+        batch=lambda vs: evaluate_values(vs, val),
+    )
     result.pick, result.validation = found.pick, sorted(found.evaluated)
-    log(f"pick {config.var}={found.pick:g} by {rule.text!r}; {len(found.evaluated)} of "
-        f"{len(values)} grid values evaluated ({found.method})")
+    log(
+        f"pick {config.var}={found.pick:g} by {rule.text!r}; {len(found.evaluated)} of "
+        f"{len(values)} grid values evaluated ({found.method})"
+    )
 
     if config.refs:
         refs = []
         for name in used:
+
             def compute_ref(name: str = name) -> Scores:
                 try:
                     session.load(pemarith.compose(name, {name: used[name]}), config.mode, None, None)
@@ -312,56 +348,3 @@ def _generic_value(expression: Any, pems: Mapping[str, Any], var: str) -> float:
         if all(c != 0.0 for c in expression.normal_form(list(pems), {var: v}).values()):
             return v
     return 0.5
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def write_results(config: SweepConfig, result: SweepResult, normal_form: str) -> dict[str, str]:
-    """``results.csv`` (one row per validation value), ``results.json``, ``sweep.png``."""
-    import csv
-    import io
-
-    out = Path(config.out).expanduser()
-    keys = list(dict.fromkeys(k for _, s in result.validation for k in s))
-    keys = [*result.columns, *(k for k in keys if k not in result.columns)]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([config.var, *keys, "selected"])
-    for value, scores in result.validation:
-        writer.writerow([format(value, "g"), *(format(scores[k], ".6g") if k in scores else ""
-                                               for k in keys), int(value == result.pick)])
-    files = {"csv": str(out / "results.csv"), "json": str(out / "results.json")}
-    write_file(out / "results.csv", buf.getvalue())
-    if config.plot:
-        from .plot import plot_sweep
-
-        refs = {f"module {n}": s for n, s in result.modules.items()}
-        if config.val_split in result.base:
-            refs["base model"] = result.base[config.val_split]
-        files["plot"] = str(plot_sweep(out / "sweep.png", config.var, result.validation,
-                                       result.columns, refs, result.pick,
-                                       title=f"{config.expr} on {', '.join(config.tasks)} "
-                                       f"({config.val_split})"))
-    summary = {
-        "expr": config.expr, "var": config.var, "model": config.model, "tasks": list(config.tasks),
-        "modules": dict(config.modules), "mode": config.mode, "rank": config.rank,
-        "select": config.select, "search": config.search, "grid": config.grid,
-        "metrics": result.columns,
-        "pick": {config.var: result.pick, "normal_form": normal_form,
-                 config.val_split: dict(next(s for v, s in result.validation if v == result.pick)),
-                 **({config.test_split: result.test} if config.test_split else {})},
-        "base": result.base, "modules_alone": result.modules,
-        "validation": [{config.var: v, **s} for v, s in result.validation],
-        "evaluations": result.evaluations, "grid_size": result.grid_size,
-        "reused_from_cache": result.reused, "seconds": result.seconds, "notes": result.notes,
-        "files": files,
-    }
-    write_file(out / "results.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
-    return files
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return str(obj)
