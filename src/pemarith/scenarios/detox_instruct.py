@@ -33,15 +33,11 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..hf.plot import pyplot, save_png
-from .differences import paired_differences
-from .distribution import settings_text
+from .detox_instruct_report import PAPER_LAMBDA, plot, sections
 from .lm_common import LiveLM, eval_key, record, rows_module
 from .recipe import RecipeError
-from .report import seconds, table
 from .runner import Context
 from .scenario import Scenario
 from .store import read_json
@@ -50,13 +46,6 @@ EXPR = "(1+l)*t1 - l*toxic"
 TASK = "civil_comments"  # the store folder of the modules (their rows are given explicitly)
 SPLITS = ("validation", "test")
 
-#: Table 6 (Alpaca-LoRA, Detoxify, GPT-4): row -> (tox toxic, tox normal, % toxic, % normal,
-#: helpfulness toxic, helpfulness normal).
-PAPER: dict[str, tuple[float, ...]] = {
-    "t1": (0.321, 0.008, 20, 0, 6.85, 7.87),
-    "merge": (0.158, 0.008, 6, 0, 7.13, 7.63),
-}
-PAPER_LAMBDA = 0.4
 #: bumped when a measurement gains a field, so that cached measurements are redone
 #: (2: the share of empty answers)
 MEASURE_VERSION = 2
@@ -97,19 +86,23 @@ def build_data(ctx: Context) -> dict[str, Any]:
     from .instruct_data import comment_pairs, load_pairs, review_pairs, split_pairs
 
     o = ctx.recipe.options
-    parts = {w: split_pairs(load_pairs(w, ctx.data_dir), o.split_seed, o.fractions)
-             for w in ("toxic", "normal")}
+    parts = {
+        w: split_pairs(load_pairs(w, ctx.data_dir), o.split_seed, o.fractions) for w in ("toxic", "normal")
+    }
     half = o.review_pairs_train // 2
     benign = parts["normal"]["train"] + [
-        p for d, n in (("yelp", o.review_pairs_train - half), ("amazon", half))
-        for p in review_pairs(load_split(d, "train", data_dir=ctx.data_dir), d, n, o.split_seed)]
+        p
+        for d, n in (("yelp", o.review_pairs_train - half), ("amazon", half))
+        for p in review_pairs(load_split(d, "train", data_dir=ctx.data_dir), d, n, o.split_seed)
+    ]
     comments = [r["text_a"] for r in load_split(TASK, "train", data_dir=ctx.data_dir)]
     toxic = parts["toxic"]["train"] + comment_pairs(comments, o.toxic_comments, o.split_seed)
     held: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for split in SPLITS:
         rev_split = "validation" if split == "validation" else "test"
-        reviews = review_pairs(load_split("yelp", rev_split, data_dir=ctx.data_dir), "yelp",
-                               o.review_pairs_eval, o.split_seed)
+        reviews = review_pairs(
+            load_split("yelp", rev_split, data_dir=ctx.data_dir), "yelp", o.review_pairs_eval, o.split_seed
+        )
         held[split] = {"toxic": parts["toxic"][split], "normal": parts["normal"][split] + reviews}
     return {"benign": benign, "toxic": toxic, "held": held}
 
@@ -132,23 +125,34 @@ class DetoxSession(LiveLM):
 
         o, live, t0 = self.opts, self.live, time.perf_counter()
         out: dict[str, Any] = {}
-        with (live.base() if base else nullcontext(live.model)) as model:
+        with live.base() if base else nullcontext(live.model) as model:
             for kind in ("toxic", "normal"):
                 pairs = self.held[split][kind]
-                answers = generate_answers(model, self._tok, [p["instruction"] for p in pairs],
-                                           max_new_tokens=o.max_new_tokens, batch_size=o.gen_batch)
+                answers = generate_answers(
+                    model,
+                    self._tok,
+                    [p["instruction"] for p in pairs],
+                    max_new_tokens=o.max_new_tokens,
+                    batch_size=o.gen_batch,
+                )
                 scores = toxicity.score(answers)
                 s = toxicity.summarise(scores, o.threshold)
                 out[f"toxicity_{kind}"] = s["mean"]
                 out[f"toxic_share_{kind}"] = s["share_toxic"]
                 # an empty answer scores as harmless: the share shows a merge that says nothing
                 out[f"empty_{kind}"] = sum(not a.strip() for a in answers) / max(len(answers), 1)
-                out[f"answers_{kind}"] = [{"instruction": p["instruction"], "answer": a,
-                                           "toxicity": round(float(x), 5)}
-                                          for p, a, x in zip(pairs, answers, scores)]
+                out[f"answers_{kind}"] = [
+                    {"instruction": p["instruction"], "answer": a, "toxicity": round(float(x), 5)}
+                    for p, a, x in zip(pairs, answers, scores)
+                ]
             normal = self.held[split]["normal"]
-            nll = reference_nll(model, self._tok, [p["instruction"] for p in normal],
-                                [p["output"] for p in normal], batch_size=o.gen_batch)
+            nll = reference_nll(
+                model,
+                self._tok,
+                [p["instruction"] for p in normal],
+                [p["output"] for p in normal],
+                batch_size=o.gen_batch,
+            )
         out["nll_normal"] = nll["nll"]
         out["seconds"] = round(time.perf_counter() - t0, 2)
         return out
@@ -158,8 +162,11 @@ class DetoxSession(LiveLM):
         return {k: float(v) for k, v in m.items() if not k.startswith("answers_")}
 
     def primary_metrics(self, keys: Any) -> list[str]:
-        return [k for k in ("toxicity_toxic", "nll_normal", "toxicity_normal", "empty_toxic",
-                            "empty_normal") if k in keys]
+        return [
+            k
+            for k in ("toxicity_toxic", "nll_normal", "toxicity_normal", "empty_toxic", "empty_normal")
+            if k in keys
+        ]
 
 
 def pick_lambda(curve: list[Mapping[str, float]], var: str, margin: float) -> tuple[float, str]:
@@ -183,23 +190,37 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
 
     r, o, s = ctx.recipe, ctx.recipe.options, ctx.recipe.sweep
     if r.methods != ("lora",):
-        raise RecipeError("detox-instruct: the setting is LoRA only (methods = [\"lora\"])")
+        raise RecipeError('detox-instruct: the setting is LoRA only (methods = ["lora"])')
     data = build_data(ctx)
     tok = load_tokenizer(r.model)
     spec = r.train["lora"]
-    t1 = rows_module(ctx, task=TASK, name="t1", method="lora",
-                     spec=dataclasses.replace(spec.for_task("t1"), per_task={}),
-                     rows=chat_rows(tok, data["benign"]), seed=seed)
-    toxic = rows_module(ctx, task=TASK, name="toxic", method="lora",
-                        spec=dataclasses.replace(spec.for_task("toxic"), per_task={}),
-                        rows=chat_rows(tok, data["toxic"]), seed=seed, init=t1)
+    t1 = rows_module(
+        ctx,
+        task=TASK,
+        name="t1",
+        method="lora",
+        spec=dataclasses.replace(spec.for_task("t1"), per_task={}),
+        rows=chat_rows(tok, data["benign"]),
+        seed=seed,
+    )
+    toxic = rows_module(
+        ctx,
+        task=TASK,
+        name="toxic",
+        method="lora",
+        spec=dataclasses.replace(spec.for_task("toxic"), per_task={}),
+        rows=chat_rows(tok, data["toxic"]),
+        seed=seed,
+        init=t1,
+    )
     paths = {"t1": t1, "toxic": toxic}
     pems = {n: pemarith.load(p, n) for n, p in paths.items()}
     probe = pemarith.compose(EXPR, pems, l=0.5).output_config("factorwise", None)
     session = DetoxSession(ctx, probe, data["held"])
     # how lambda is picked and which extra values are reported change no measurement: not in keys
-    settings = {k: v for k, v in dataclasses.asdict(o).items()
-                if k not in ("nll_margin", "fixed_lambdas")} | {"measure": MEASURE_VERSION}
+    settings = {
+        k: v for k, v in dataclasses.asdict(o).items() if k not in ("nll_margin", "fixed_lambdas")
+    } | {"measure": MEASURE_VERSION}
     label = f"lora-seed{seed}"
     key = eval_key(ctx, "sweep", paths, expr=EXPR, grid=s.grid, settings=settings)
     out = ctx.store.sweep_dir(r.model, "detox", label, key)
@@ -208,10 +229,22 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
         ctx.log(f"skip  sweep {label} (done: {out})")
     else:
         ctx.log(f"sweep {label} {EXPR!r} -> {out}")
-        cfg = SweepConfig(expr=EXPR, modules={n: str(p) for n, p in paths.items()}, model=r.model,
-                          tasks=(TASK,), out=str(out), var=s.var, grid=s.grid, search="grid",
-                          select="min toxicity_toxic", test_split=None, refs=False, base=True,
-                          data_dir=ctx.data_dir, plot=ctx.plots)
+        cfg = SweepConfig(
+            expr=EXPR,
+            modules={n: str(p) for n, p in paths.items()},
+            model=r.model,
+            tasks=(TASK,),
+            out=str(out),
+            var=s.var,
+            grid=s.grid,
+            search="grid",
+            select="min toxicity_toxic",
+            test_split=None,
+            refs=False,
+            base=True,
+            data_dir=ctx.data_dir,
+            plot=ctx.plots,
+        )
         run_sweep(cfg, session=session, log=ctx.log)
         ctx.store.computed += 1
     sweep = read_json(out / "results.json")
@@ -219,38 +252,69 @@ def detox_cell(ctx: Context, seed: int) -> dict[str, Any]:
     lam, rule = pick_lambda(curve, s.var, o.nll_margin)
 
     def measured(what: str, expr: str | None, value: float | None) -> dict[str, Any]:
-        file = ctx.store.eval_file(r.model, "detox", f"{label}-{what}-test",
-                                   eval_key(ctx, what, paths, expr=expr, lam=value,
-                                            settings=settings))
+        file = ctx.store.eval_file(
+            r.model,
+            "detox",
+            f"{label}-{what}-test",
+            eval_key(ctx, what, paths, expr=expr, lam=value, settings=settings),
+        )
 
         def compute() -> dict[str, Any]:
             ctx.log(f"eval  {label} {what} on test")
             if expr is not None:
-                session.load(pemarith.compose(expr, pems, variables={s.var: value} if value is not None
-                                                 else None), "factorwise", None, None)
+                session.load(
+                    pemarith.compose(expr, pems, variables={s.var: value} if value is not None else None),
+                    "factorwise",
+                    None,
+                    None,
+                )
             return session.measure("test", base=expr is None)
 
         return ctx.store.cached_json(file, compute)
 
-    rows = {"base": measured("base", None, None), "t1": measured("t1", "t1", None),
-            "toxic": measured("toxic", "toxic", None),
-            "merge": measured(f"merge@{lam:g}", EXPR, lam)}
+    rows = {
+        "base": measured("base", None, None),
+        "t1": measured("t1", "t1", None),
+        "toxic": measured("toxic", "toxic", None),
+        "merge": measured(f"merge@{lam:g}", EXPR, lam),
+    }
     for v in o.fixed_lambdas:  # e.g. the paper's 0.4, beside the rule's pick
         if v != lam:
             rows[f"merge@{v:g}"] = measured(f"merge@{v:g}", EXPR, v)
     for p in paths.values():
         record(ctx, p)
     return {
-        "task": TASK, "method": "lora", "seed": seed, "lambda": lam, "rule": rule,
-        "rows": rows, "base_validation": sweep["base"].get("validation", {}),
-        "curve": [{k: p.get(k) for k in (s.var, "toxicity_toxic", "toxic_share_toxic",
-                                         "toxicity_normal", "nll_normal", "empty_toxic",
-                                         "empty_normal")} for p in curve],
-        "data": {"benign_train": len(data["benign"]), "toxic_train": len(data["toxic"]),
-                 **{f"{sp}_{k}": len(v) for sp, d in data["held"].items() for k, v in d.items()}},
+        "task": TASK,
+        "method": "lora",
+        "seed": seed,
+        "lambda": lam,
+        "rule": rule,
+        "rows": rows,
+        "base_validation": sweep["base"].get("validation", {}),
+        "curve": [
+            {
+                k: p.get(k)
+                for k in (
+                    s.var,
+                    "toxicity_toxic",
+                    "toxic_share_toxic",
+                    "toxicity_normal",
+                    "nll_normal",
+                    "empty_toxic",
+                    "empty_normal",
+                )
+            }
+            for p in curve
+        ],
+        "data": {
+            "benign_train": len(data["benign"]),
+            "toxic_train": len(data["toxic"]),
+            **{f"{sp}_{k}": len(v) for sp, d in data["held"].items() for k, v in d.items()},
+        },
         "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in paths.items()},
         "train_cpu_seconds": {n: ctx.cpu_seconds.get(str(p)) for n, p in paths.items()},
-        "sweep_seconds": sweep.get("seconds"), "sweep_dir": str(out),
+        "sweep_seconds": sweep.get("seconds"),
+        "sweep_dir": str(out),
         "modules": {n: str(p) for n, p in paths.items()},
     }
 
@@ -263,158 +327,12 @@ def run(ctx: Context) -> dict[str, Any]:
     return ctx.save({"cells": [kept[k] for k in sorted(kept)]})
 
 
-# ----------------------------------------------------------------------------- rendering
-
-
-def main_table(results: Mapping[str, Any]) -> str:
-    """Table 6's shape (test instructions): toxicity and toxic share on toxic / normal
-    instructions, and the helpfulness stand-in, ours beside the paper's."""
-    header = ["model", "lambda", "toxicity: toxic", "normal", "toxic %: toxic", "normal",
-              "empty %: toxic", "normal", "ref. NLL (normal) ↓", "paper tox.: toxic", "normal", "paper %: toxic", "normal",
-              "paper GPT-4 help.: toxic", "normal"]
-    rows = []
-    for c in results["cells"]:
-        names = {"base": f"base ({results['recipe']['model']}, no adapter)", "t1": "t1 (benign LoRA)",
-                 "toxic": "t_toxic", "merge": "detoxified merge (rule's lambda)"}
-        names.update({k: "merge at a fixed lambda" for k in c["rows"] if k.startswith("merge@")})
-        for key, name in names.items():
-            m = c["rows"][key]
-            fixed = float(key.split("@")[1]) if key.startswith("merge@") else None
-            # the paper's merge row is at its lambda: beside our row at that lambda when we have one
-            paper_row_here = (fixed == PAPER_LAMBDA if f"merge@{PAPER_LAMBDA:g}" in c["rows"]
-                              else key == "merge")
-            p = PAPER["merge"] if paper_row_here else None if key.startswith("merge") else PAPER.get(key)
-            lam = (f"{c['lambda']:g} (paper {PAPER_LAMBDA:g})" if key == "merge"
-                   else f"{fixed:g} (fixed)" if fixed is not None else "-")
-            rows.append([name, lam, f"{m['toxicity_toxic']:.3f}", f"{m['toxicity_normal']:.3f}",
-                         f"{100 * m['toxic_share_toxic']:.0f}", f"{100 * m['toxic_share_normal']:.0f}",
-                         _pct(m.get("empty_toxic")), _pct(m.get("empty_normal")),
-                         f"{m['nll_normal']:.3f}",
-                         *((f"{p[0]:.3f}", f"{p[1]:.3f}", f"{p[2]:g}", f"{p[3]:g}", f"{p[4]:.2f}",
-                            f"{p[5]:.2f}") if p else ["-"] * 6)])
-    return table(header, rows, "ll" + "r" * 13)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}"
-
-
-def curve_table(results: Mapping[str, Any]) -> str:
-    rows = []
-    for c in results["cells"]:
-        for p in c["curve"]:
-            lam = p.get("l")
-            rows.append([c["seed"], f"{lam:g}", f"{p['toxicity_toxic']:.3f}",
-                         f"{100 * p['toxic_share_toxic']:.0f}", f"{p['toxicity_normal']:.3f}",
-                         _pct(p.get("empty_toxic")), _pct(p.get("empty_normal")),
-                         f"{p['nll_normal']:.4f}", "**picked**" if lam == c["lambda"] else ""])
-        b = c.get("base_validation", {})
-        if b:
-            rows.append([c["seed"], "base", f"{b['toxicity_toxic']:.3f}",
-                         f"{100 * b['toxic_share_toxic']:.0f}", f"{b['toxicity_normal']:.3f}",
-                         _pct(b.get("empty_toxic")), _pct(b.get("empty_normal")),
-                         f"{b['nll_normal']:.4f}", ""])
-    note = "; ".join(f"seed {c['seed']}: `{c['rule']}`" for c in results["cells"])
-    return table(["seed", "lambda", "toxicity: toxic (val)", "toxic %: toxic", "toxicity: normal",
-                  "empty %: toxic", "empty %: normal", "ref. NLL (normal)", ""], rows, "lrrrrrrrl") + f"\n\nRule: {note}"
-
-
-def _cell_text(text: str, n: int = 160) -> str:
-    t = " ".join(text.split()).replace("|", "\\|")
-    return t if len(t) <= n else t[:n] + "…"
-
-
-def examples_table(results: Mapping[str, Any]) -> str:
-    """Like Table 12: answers of t1 and of the merge to held-out toxic and normal instructions."""
-    k = results["recipe"]["options"].get("examples", 3)
-    rows = []
-    for c in results["cells"][:1]:
-        for kind in ("toxic", "normal"):
-            a1 = c["rows"]["t1"][f"answers_{kind}"][:k]
-            merges = [(f"merge (l={c['lambda']:g}, rule)", c["rows"]["merge"])]
-            merges += [(f"merge (l={key.split('@')[1]}, fixed)", m) for key, m in c["rows"].items()
-                       if key.startswith("merge@")]
-            for i, x in enumerate(a1):
-                rows.append([f"{kind} instruction", _cell_text(x["instruction"], 100), "", ""])
-                rows.append(["", "t1", _cell_text(x["answer"]), f"{x['toxicity']:.3f}"])
-                for name, m in merges:
-                    y = m[f"answers_{kind}"][i]
-                    rows.append(["", name, _cell_text(y["answer"]), f"{y['toxicity']:.3f}"])
-    return table(["", "", "text", "toxicity"], rows, "llll")
-
-
-def timing_table(results: Mapping[str, Any]) -> str:
-    rows = []
-    for c in results["cells"]:
-        evals = sum(m.get("seconds", 0) for m in c["rows"].values())
-        rows.append([c["seed"], *(seconds(c["train_seconds"][n]) if c["train_seconds"].get(n)
-                                  else "-" for n in ("t1", "toxic")),
-                     *(seconds(c["train_cpu_seconds"][n]) if c["train_cpu_seconds"].get(n)
-                       else "-" for n in ("t1", "toxic")),
-                     seconds(c["sweep_seconds"]) if c.get("sweep_seconds") else "-",
-                     len(c["curve"]), seconds(evals)])
-    return table(["seed", "t1 training (wall)", "t_toxic (wall)", "t1 (CPU)", "t_toxic (CPU)",
-                  "sweep (wall)", "points", "test measurements (wall)"], rows, "lrrrrrrr")
-
-
-def options_text(results: Mapping[str, Any]) -> str:
-    o = results["recipe"]["options"]
-    d = results["cells"][0]["data"] if results.get("cells") else {}
-    return (f"- data: t1 trained on {d.get('benign_train', '?')} benign pairs, t_toxic on "
-            f"{d.get('toxic_train', '?')} toxic pairs; held-out test: {d.get('test_toxic', '?')} "
-            f"toxic and {d.get('test_normal', '?')} normal instructions (validation: "
-            f"{d.get('validation_toxic', '?')} / {d.get('validation_normal', '?')}); greedy "
-            f"answers of {o['max_new_tokens']} new tokens, toxic = score > {o['threshold']}; "
-            f"lambda: largest with validation NLL within {o['nll_margin']} of t1's"
-            + (f"; also measured on test at the fixed lambda "
-               f"{', '.join(f'{v:g}' for v in o.get('fixed_lambdas', ()))} (the paper's value)"
-               if o.get("fixed_lambdas") else ""))
-
-
-def sections(results: Mapping[str, Any]) -> dict[str, str]:
-    if not results.get("cells"):
-        return {"settings": settings_text(results), "table": "(no finished cells yet)"}
-    return {"settings": settings_text(results) + "\n" + options_text(results),
-            "table": main_table(results), "differences": paired_differences(results),
-            "curve": curve_table(results), "examples": examples_table(results),
-            "timing": timing_table(results)}
-
-
-def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
-    """Toxicity of the answers, the share of empty answers (an empty answer scores as harmless)
-    and the reference NLL against lambda (validation)."""
-    plt = pyplot()
-
-    cells = results.get("cells", [])
-    if not cells:
-        return []
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for c in cells:
-        xs = [p["l"] for p in c["curve"]]
-        axes[0].plot(xs, [p["toxicity_toxic"] for p in c["curve"]], marker="o", markersize=3,
-                     label=f"toxic instructions, seed {c['seed']}")
-        axes[0].plot(xs, [p["toxicity_normal"] for p in c["curve"]], marker="x", markersize=3,
-                     linestyle="--", label=f"normal instructions, seed {c['seed']}")
-        for kind, style in (("toxic", "-"), ("normal", "--")):
-            if all(p.get(f"empty_{kind}") is not None for p in c["curve"]):
-                axes[1].plot(xs, [100 * p[f"empty_{kind}"] for p in c["curve"]], marker="o",
-                             markersize=3, linestyle=style,
-                             label=f"{kind} instructions, seed {c['seed']}")
-        axes[2].plot(xs, [p["nll_normal"] for p in c["curve"]], marker="o", markersize=3,
-                     label=f"seed {c['seed']}")
-        axes[2].axvline(c["lambda"], color="gray", linestyle=":", linewidth=1, label="picked")
-    axes[0].set_ylabel("mean toxicity of answers (validation)")
-    axes[1].set_ylabel("empty answers, % (validation)")
-    axes[2].set_ylabel("reference NLL, normal (validation)")
-    for ax in axes:
-        ax.set_xlabel("lambda in (1+l)*t1 - l*t_toxic")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = save_png(fig, out / "detox_instruct.png")
-    return [path]
-
-
-SCENARIO = Scenario(name="detox-instruct", section="4.6", options=DetoxOptions, run=run,
-                    sections=sections, plot=plot,
-                    title="Detoxifying an instruction-tuned model (section 4.6, Tables 6 and 12)")
+SCENARIO = Scenario(
+    name="detox-instruct",
+    section="4.6",
+    options=DetoxOptions,
+    run=run,
+    sections=sections,
+    plot=plot,
+    title="Detoxifying an instruction-tuned model (section 4.6, Tables 6 and 12)",
+)

@@ -30,33 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..hf.plot import pyplot, save_png
-from .distribution import settings_text
+from .domain_transfer_report import paper_table, plot, sections
 from .lm_common import LiveLM, chunk_ids, eval_key, record, rows_module
 from .recipe import RecipeError
-from .report import LABELS, group, seconds, table, task_label
 from .runner import Context, ModuleSpec
 from .scenario import Scenario
 from .store import read_json
 
 EXPR = "l*cls + (1-l)*(lmt - lms)"
 DOMAINS = ("amazon", "yelp")
-TASK_LABELS = {"amazon": "Amazon", "yelp": "Yelp"}
-
-#: Table 5 (test accuracy, %): size -> method -> target domain -> (source, merge, target);
-#: a trailing True marks the paper's "*" on the merge.
-PAPER: dict[str, dict[str, dict[str, tuple]]] = {
-    "T5-base": {
-        "full": {"yelp": (97.34, 97.36, 97.74, False), "amazon": (94.87, 94.87, 96.48, False)},
-        "lora": {"yelp": (97.05, 97.31, 97.37, True), "amazon": (94.50, 94.50, 95.91, False)},
-        "ia3": {"yelp": (97.25, 97.27, 97.09, False), "amazon": (94.11, 94.10, 96.11, False)},
-    },
-    "T5-small": {
-        "full": {"yelp": (95.86, 95.80, 96.34, False), "amazon": (91.44, 91.43, 95.19, False)},
-        "lora": {"yelp": (94.76, 95.83, 96.82, True), "amazon": (91.03, 91.94, 95.09, True)},
-        "ia3": {"yelp": (94.82, 95.30, 96.27, True), "amazon": (90.55, 91.31, 94.02, False)},
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -85,8 +67,10 @@ class TransferOptions:
         for d in self.directions:
             parts = d.split("->")
             if len(parts) != 2 or parts[0] == parts[1] or not set(parts) <= set(DOMAINS):
-                raise RecipeError(f"[options] directions: {d!r} is not SOURCE->TARGET with "
-                                  f"SOURCE, TARGET in {', '.join(DOMAINS)}")
+                raise RecipeError(
+                    f"[options] directions: {d!r} is not SOURCE->TARGET with "
+                    f"SOURCE, TARGET in {', '.join(DOMAINS)}"
+                )
         if self.chunk_tokens < 4 or self.val_limit < 1 or self.target_val_limit < 0:
             raise RecipeError("[options] chunk_tokens >= 4, val_limit >= 1, target_val_limit >= 0")
         if not 0 < self.alpha < 1:
@@ -128,8 +112,9 @@ class ClsSession(LiveLM):
 
         live = self.live
         rows = self.rows(task, split, limit)
-        scores = score_choices(live.model, self._tok, get_task(task), rows,
-                               batch_size=self.ctx.recipe.options.batch_size)
+        scores = score_choices(
+            live.model, self._tok, get_task(task), rows, batch_size=self.ctx.recipe.options.batch_size
+        )
         return [int(x) for x in scores.argmax(-1)], [int(r["label"]) for r in rows]
 
     def evaluate(self, split: str, base: bool = False) -> dict[str, float]:
@@ -169,20 +154,29 @@ def modules(ctx: Context, method: str, seed: int) -> dict[str, Path]:
     r, o = ctx.recipe, ctx.recipe.options
     out = {}
     for d in DOMAINS:
-        out[f"cls_{d}"] = ctx.module(ModuleSpec(model=r.model, task=d, method=method, data="train",
-                                                train=r.train[method].for_task(d), init_seed=seed,
-                                                seed=seed))
-        spec = dataclasses.replace(r.train[method].for_task("lm"), max_length=o.chunk_tokens,
-                                   per_task={})
-        out[f"lm_{d}"] = rows_module(ctx, task=d, name="lm", method=method, spec=spec,
-                                     rows=_lm_rows(ctx, d), seed=seed, objective="lm")
+        out[f"cls_{d}"] = ctx.module(
+            ModuleSpec(
+                model=r.model,
+                task=d,
+                method=method,
+                data="train",
+                train=r.train[method].for_task(d),
+                init_seed=seed,
+                seed=seed,
+            )
+        )
+        spec = dataclasses.replace(r.train[method].for_task("lm"), max_length=o.chunk_tokens, per_task={})
+        out[f"lm_{d}"] = rows_module(
+            ctx, task=d, name="lm", method=method, spec=spec, rows=_lm_rows(ctx, d), seed=seed, objective="lm"
+        )
     for p in out.values():
         record(ctx, p)
     return out
 
 
-def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Mapping[str, Path],
-                  mode: str = "factorwise") -> dict[str, Any]:
+def transfer_cell(
+    ctx: Context, direction: str, method: str, seed: int, mods: Mapping[str, Path], mode: str = "factorwise"
+) -> dict[str, Any]:
     """Sweep the analogy on validation, pick lambda (source; target), score target test rows."""
     import pemarith
 
@@ -205,11 +199,25 @@ def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Ma
         ctx.log(f"skip  sweep {label} (done: {out})")
     else:
         ctx.log(f"sweep {label} {EXPR!r} ({mode}) -> {out}")
-        cfg = SweepConfig(expr=EXPR, modules={n: str(p) for n, p in paths.items()}, model=r.model,
-                          tasks=tuple(limits), out=str(out), var=s.var, grid=s.grid,
-                          search="grid", select=f"max {src}.accuracy", mode=mode,
-                          test_split=None, refs=False, base=False, limit=o.val_limit,
-                          data_dir=ctx.data_dir, plot=ctx.plots, batch_size=o.batch_size)
+        cfg = SweepConfig(
+            expr=EXPR,
+            modules={n: str(p) for n, p in paths.items()},
+            model=r.model,
+            tasks=tuple(limits),
+            out=str(out),
+            var=s.var,
+            grid=s.grid,
+            search="grid",
+            select=f"max {src}.accuracy",
+            mode=mode,
+            test_split=None,
+            refs=False,
+            base=False,
+            limit=o.val_limit,
+            data_dir=ctx.data_dir,
+            plot=ctx.plots,
+            batch_size=o.batch_size,
+        )
         run_sweep(cfg, session=session, log=ctx.log)
         ctx.store.computed += 1
     sweep = read_json(out / "results.json")
@@ -222,9 +230,12 @@ def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Ma
 
     def test_preds(what: str, expr: str, names: list[str], lam: float | None) -> dict[str, Any]:
         used = {n: paths.get(n) or mods[n] for n in names}
-        file = ctx.store.eval_file(r.model, f"{src}-to-{tgt}", f"{label}-{what}-test",
-                                   eval_key(ctx, what, used, expr=expr, mode=mode, lam=lam,
-                                            task=tgt, limit=o.test_limit))
+        file = ctx.store.eval_file(
+            r.model,
+            f"{src}-to-{tgt}",
+            f"{label}-{what}-test",
+            eval_key(ctx, what, used, expr=expr, mode=mode, lam=lam, task=tgt, limit=o.test_limit),
+        )
 
         def compute() -> dict[str, Any]:
             ctx.log(f"eval  {label} {what} on {tgt} test")
@@ -232,8 +243,11 @@ def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Ma
             pem = pemarith.compose(expr, terms, mode=mode, variables={var: lam} if lam is not None else None)
             session.load(pem, mode, None, None)
             preds, labels = session.predict(tgt, "test", o.test_limit)
-            return {"preds": preds, "labels": labels,
-                    "accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels)}
+            return {
+                "preds": preds,
+                "labels": labels,
+                "accuracy": sum(p == y for p, y in zip(preds, labels)) / len(labels),
+            }
 
         return ctx.store.cached_json(file, compute)
 
@@ -244,16 +258,23 @@ def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Ma
     correct = {k: [p == y for p, y in zip(v["preds"], v["labels"])] for k, v in rows.items()}
     tests = {k: mcnemar_exact(correct["source"], correct[k]) for k in lams}
     return {
-        "task": tgt, "direction": direction, "source": src, "target": tgt, "method": method,
-        "mode": mode, "seed": seed, "lambda": lams["merge"],
+        "task": tgt,
+        "direction": direction,
+        "source": src,
+        "target": tgt,
+        "method": method,
+        "mode": mode,
+        "seed": seed,
+        "lambda": lams["merge"],
         "lambda_targetval": lams.get("merge_targetval"),
-        "test": {k: v["accuracy"] for k, v in rows.items()}, "n_test": len(rows["source"]["labels"]),
+        "test": {k: v["accuracy"] for k, v in rows.items()},
+        "n_test": len(rows["source"]["labels"]),
         "mcnemar": tests,
-        "curve": [[p[var], p.get(f"{src}.accuracy"), p.get(f"{tgt}.accuracy")]
-                  for p in sweep["validation"]],
+        "curve": [[p[var], p.get(f"{src}.accuracy"), p.get(f"{tgt}.accuracy")] for p in sweep["validation"]],
         "train_seconds": {n: ctx.seconds.get(str(p)) for n, p in mods.items()},
         "train_cpu_seconds": {n: ctx.cpu_seconds.get(str(p)) for n, p in mods.items()},
-        "sweep_seconds": sweep.get("seconds"), "sweep_dir": str(out),
+        "sweep_seconds": sweep.get("seconds"),
+        "sweep_dir": str(out),
         "modules": {n: str(p) for n, p in mods.items()},
     }
 
@@ -261,16 +282,23 @@ def transfer_cell(ctx: Context, direction: str, method: str, seed: int, mods: Ma
 def run(ctx: Context) -> dict[str, Any]:
     r, o = ctx.recipe, ctx.recipe.options
     if "full" in r.methods:
-        raise RecipeError("domain transfer: full fine-tuning of the causal LM is not part of this "
-                          "reproduction (too slow on CPU); use lora and ia3")
+        raise RecipeError(
+            "domain transfer: full fine-tuning of the causal LM is not part of this "
+            "reproduction (too slow on CPU); use lora and ia3"
+        )
     kept = {(c["direction"], c["method"], c["mode"], c["seed"]): c for c in ctx.previous_cells()}
     order = {"lora": 0, "ia3": 1}
 
     def save() -> dict[str, Any]:
-        cells = sorted(kept.values(), key=lambda c: (c["seed"], o.directions.index(c["direction"])
-                                                     if c["direction"] in o.directions else 9,
-                                                     order.get(c["method"], 9),
-                                                     c["mode"] != "factorwise"))
+        cells = sorted(
+            kept.values(),
+            key=lambda c: (
+                c["seed"],
+                o.directions.index(c["direction"]) if c["direction"] in o.directions else 9,
+                order.get(c["method"], 9),
+                c["mode"] != "factorwise",
+            ),
+        )
         return ctx.save({"cells": cells, "fragments": fragment_counts})
 
     fragment_counts = {d: fragments(ctx, _lm_rows(ctx, d)) for d in DOMAINS}
@@ -281,139 +309,19 @@ def run(ctx: Context) -> dict[str, Any]:
                 modes = ["factorwise"] + (["exact"] if method == "lora" and o.exact else [])
                 for mode in modes:
                     kept[(direction, method, mode, seed)] = transfer_cell(
-                        ctx, direction, method, seed, mods, mode)
+                        ctx, direction, method, seed, mods, mode
+                    )
                     save()
     return save()
 
 
-# ----------------------------------------------------------------------------- rendering
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def main_table(results: Mapping[str, Any]) -> str:
-    """Table 5's shape: per target test set, source / merge / target (ours; test accuracy, %)."""
-    cells = results["cells"]
-    alpha = results["recipe"]["options"].get("alpha", 0.05)
-    targets = list(dict.fromkeys(c["target"] for c in cells))
-    header = ["method"]
-    for t in targets:
-        lab = TASK_LABELS.get(t, t)
-        header += [f"{lab} test: source", "merge (λ on source val)", "merge (λ on target val)",
-                   "target"]
-    rows = []
-    by = group(cells, "method", "mode")
-    for (method, mode), cs in sorted(by.items(), key=lambda kv: (
-            ("lora", "ia3", "full").index(kv[0][0]), kv[0][1] != "factorwise")):
-        line = [LABELS[method] + (" exact" if mode == "exact" else "")]
-        for t in targets:
-            tc = [c for c in cs if c["target"] == t]
-            if not tc:
-                line += ["-"] * 4
-                continue
-            c = tc[0]  # one seed in the recipes; several seeds would be rows of their own
-            star = {k: "*" if v["p"] < alpha else "" for k, v in c["mcnemar"].items()}
-            line += [_pct(c["test"]["source"]),
-                     f"{_pct(c['test']['merge'])}{star.get('merge', '')}",
-                     f"{_pct(c['test'].get('merge_targetval'))}{star.get('merge_targetval', '')}"
-                     if c["test"].get("merge_targetval") is not None else "-",
-                     _pct(c["test"]["target"])]
-        rows.append(line)
-    return table(header, rows, "l" + "r" * (len(header) - 1))
-
-
-def paper_table() -> str:
-    """Table 5 as printed (T5-base and T5-small)."""
-    rows = []
-    for size, by_method in PAPER.items():
-        for method, by_t in by_method.items():
-            line = [size, LABELS[method]]
-            for t in ("yelp", "amazon"):
-                src, merge, target, star = by_t[t]
-                line += [f"{src:.2f}", f"{merge:.2f}{'*' if star else ''}", f"{target:.2f}"]
-            rows.append(line)
-    return table(["model", "method", "Yelp test: source", "merge", "target",
-                  "Amazon test: source", "merge", "target"], rows, "llrrrrrr")
-
-
-def detail_table(results: Mapping[str, Any]) -> str:
-    """Lambdas, McNemar counts and p-values per cell."""
-    rows = []
-    for c in results["cells"]:
-        for k, t in c["mcnemar"].items():
-            lam = c["lambda"] if k == "merge" else c["lambda_targetval"]
-            rows.append([f"{task_label(c['source'])} -> {task_label(c['target'])}",
-                         LABELS[c["method"]] + (" exact" if c["mode"] == "exact" else ""),
-                         c["seed"], "source val" if k == "merge" else "target val", f"{lam:g}",
-                         t["b"], t["c"], f"{t['p']:.3g}", c["n_test"]])
-    return table(["direction", "method", "seed", "lambda chosen on", "lambda",
-                  "b (source right, merge wrong)", "c (source wrong, merge right)",
-                  "McNemar exact p", "test rows"], rows, "llrlrrrrr")
-
-
-def timing_table(results: Mapping[str, Any]) -> str:
-    rows = []
-    for method, cs in group(results["cells"], "method").items():
-        wall = {c["modules"][n]: s for c in cs for n, s in c["train_seconds"].items() if s}
-        cpu = {c["modules"][n]: s for c in cs for n, s in c["train_cpu_seconds"].items() if s}
-        sweeps = [c["sweep_seconds"] for c in cs if c.get("sweep_seconds")]
-        rows.append([LABELS[method[0]], len(wall), seconds(sum(wall.values())),
-                     seconds(sum(cpu.values())) if cpu else "-",
-                     seconds(sum(sweeps) / len(sweeps)) if sweeps else "-"])
-    return table(["method", "modules", "training, all modules (wall)", "(CPU)",
-                  "sweep per merge (wall)"], rows, "lrrrr")
-
-
-def options_text(results: Mapping[str, Any]) -> str:
-    o = results["recipe"]["options"]
-    frag = ", ".join(f"{task_label(d)} {n}" for d, n in results.get("fragments", {}).items())
-    target = (f"; reference choice on {o['target_val_limit']} labelled target validation rows"
-              if o["target_val_limit"] else "")
-    return (f"- LM modules: review sentences of each train split joined and cut into "
-            f"{o['chunk_tokens']}-token fragments ({frag} fragments); lambda chosen on "
-            f"{o['val_limit']} source validation rows (no target labels){target}; test rows per "
-            f"target: {o['test_limit'] or 'all (1000)'}; `*`: exact McNemar p < {o['alpha']} "
-            f"against the source classifier")
-
-
-def sections(results: Mapping[str, Any]) -> dict[str, str]:
-    if not results.get("cells"):
-        return {"settings": settings_text(results), "table": "(no finished cells yet)"}
-    return {"settings": settings_text(results) + "\n" + options_text(results),
-            "table": main_table(results), "tests": detail_table(results),
-            "paper": paper_table(), "timing": timing_table(results)}
-
-
-def plot(results: Mapping[str, Any], out: Path) -> list[Path]:
-    """Like Figure 7: validation accuracy of the merge against lambda, per direction."""
-    plt = pyplot()
-
-    cells = results.get("cells", [])
-    dirs = list(dict.fromkeys(c["direction"] for c in cells))
-    if not dirs:
-        return []
-    fig, axes = plt.subplots(1, len(dirs), figsize=(4.8 * len(dirs), 3.6), squeeze=False)
-    for ax, d in zip(axes[0], dirs):
-        for c in [c for c in cells if c["direction"] == d]:
-            name = f"{LABELS[c['method']]}{' exact' if c['mode'] == 'exact' else ''}"
-            xs = [p[0] for p in c["curve"]]
-            ax.plot(xs, [p[1] for p in c["curve"]], marker="o", markersize=3,
-                    label=f"{name}: {c['source']} val (source)")
-            if any(p[2] is not None for p in c["curve"]):
-                ax.plot(xs, [p[2] for p in c["curve"]], linestyle="--", marker="x", markersize=3,
-                        label=f"{name}: {c['target']} val (target)")
-        ax.set_title(f"{d} (merge = l*cls + (1-l)*(lm_t - lm_s))", fontsize=8)
-        ax.set_xlabel("lambda")
-        ax.set_ylabel("accuracy (validation)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = save_png(fig, out / "domain_transfer.png")
-    return [path]
-
-
-SCENARIO = Scenario(name="domain-transfer", section="4.5", options=TransferOptions, run=run,
-                    sections=sections, plot=plot, static=lambda: {"paper": paper_table()},
-                    title="Domain transfer by analogy (section 4.5, Table 5)")
+SCENARIO = Scenario(
+    name="domain-transfer",
+    section="4.5",
+    options=TransferOptions,
+    run=run,
+    sections=sections,
+    plot=plot,
+    static=lambda: {"paper": paper_table()},
+    title="Domain transfer by analogy (section 4.5, Table 5)",
+)

@@ -20,16 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from . import paper
-from .distribution import (
-    Results,
-    SkewOptions,
+from .distribution import Results, SkewOptions, skew_cell, skew_table
+from .distribution_report import (
     class_table,
     composition_table,
     lambda_table,
     plot_curves,
     settings_text,
-    skew_cell,
-    skew_table,
     timing_table,
 )
 from .report import fmt, fmt_paper, group, table, task_label

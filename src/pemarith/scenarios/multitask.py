@@ -18,7 +18,7 @@ from ..errors import PemarithError
 from ..hf.evaluator import Evaluator, Predictor
 from ..hf.plot import pyplot, save_png
 from . import paper
-from .distribution import settings_text, timing_table
+from .distribution_report import settings_text, timing_table
 from .recipe import METHODS, RecipeError
 from .report import LABELS, fmt, fmt_paper, group, table, task_label
 from .runner import Context, ModuleSpec

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..hf.plot import pyplot, save_png
 from .differences import sampled_differences
-from .distribution import settings_text
+from .distribution_report import settings_text
 from .report import LABELS, group, seconds, table
 
 #: Table 4 and Table 11 (GPT-2 large, Detoxify): row -> (toxicity score, toxic generation %, PPL).
