@@ -99,15 +99,16 @@ def adapter_config() -> dict:
     }
 
 
-def make_adapter(path: Path, seed: int, dtype: str = "float32") -> None:
-    """A TinyLlama-shaped LoRA adapter with random float32 (or bfloat16) factors."""
+def make_adapter(path: Path, seed: int, dtype: str = "float32", layers: int = LAYERS) -> None:
+    """A TinyLlama-shaped LoRA adapter with random float32 (or bfloat16) factors (its first
+    ``layers`` decoder layers)."""
     from safetensors.numpy import save_file
 
     if dtype == "bfloat16":
         save_file = _save_bf16
     rng = np.random.default_rng(seed)
     tensors = {}
-    for layer in range(LAYERS):
+    for layer in range(layers):
         for target, (parent, d_in, d_out) in TARGETS.items():
             key = f"base_model.model.model.layers.{layer}.{parent}.{target}"
             a = rng.standard_normal((RANK, d_in), dtype=np.float32) / np.float32(np.sqrt(d_in))

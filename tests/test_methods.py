@@ -236,7 +236,7 @@ def test_cli_and_bake_take_the_method(mods, tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "method    ties (density 0.5, majority_sign total)" in proc.stdout
+    assert "method    ties (density 0.5, majority_sign total, space dense)" in proc.stdout
     base = tmp_path / "base"
     base.mkdir()
     save_file(TinyModel().state_dict(), str(base / "model.safetensors"))
@@ -256,4 +256,12 @@ def test_cli_and_bake_take_the_method(mods, tmp_path):
 def test_merge_spec_validates():
     with pytest.raises(PemarithError, match="did you mean 'ties'"):
         MergeSpec("tie", 0.5)
-    assert MergeSpec("ties", 0.5).describe() == {"method": "ties", "density": 0.5, "majority_sign": "total"}
+    assert MergeSpec("ties", 0.5).describe() == {
+        "method": "ties",
+        "density": 0.5,
+        "majority_sign": "total",
+        "space": "dense",
+    }
+    assert MergeSpec("linear", space="core").describe() == {"method": "linear", "space": "core"}
+    with pytest.raises(PemarithError, match="did you mean 'core'"):
+        MergeSpec("ties", 0.5, space="cor")

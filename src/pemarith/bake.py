@@ -141,6 +141,7 @@ def bake(
     density: float | None = None,
     majority_sign: str | None = None,
     seed: int | None = None,
+    space: str | None = None,
 ) -> BakeReport:
     """Write ``base`` with ``pem`` merged into its weights to ``out`` (atomically; see the module
     docstring). ``mode``/``rank``/``keep`` and the merge ``method`` options are those of :meth:`PEM.save`."""
@@ -152,7 +153,7 @@ def bake(
     owner = {k: shard for shard, keys in infos.items() for k in keys}
     config = pem.output_config(mode, rank)
     kind = pem.kind
-    spec = pem.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed)
+    spec = pem.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed, space=space)
     first = next(iter(pem.adapters.values()))
 
     # plan: base key -> (layer, "weight" | "bias") for updates, or the module key that replaces it

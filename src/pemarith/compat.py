@@ -56,10 +56,11 @@ def check_adapters(
                     f"{key!r}: {first!r} and {n!r} hold different copies of this frozen base weight "
                     "(save_embedding_layers); they were not trained on the same base model"
                 )
-    if method is None or method.is_linear:
+    if method is None or not method.on_task_vectors:
         a0.kind.check(dict(ads), mode, rank)  # before shapes: "ranks differ" says more than shapes
     else:
-        a0.kind.check_method(dict(ads), mode, rank, method.method)
+        name = method.method if method.space == "dense" else f"{method.method} in core space"
+        a0.kind.check_method(dict(ads), mode, rank, name)
     for n in names[1:]:
         a = ads[n]
         for layer in a0.layers:

@@ -33,6 +33,7 @@ def compose(
     majority_sign: str = "total",
     seed: int = 0,
     base_model: str | None = None,
+    space: str = "dense",
     **vars: float,
 ) -> PEM:
     """The PEM of ``expr`` (e.g. ``"l*a + (1-l)*b"``, ``l=0.3``; text, or an
@@ -42,12 +43,13 @@ def compose(
     own term names). ``mode``/``rank`` become the defaults of ``.save()``; compatibility is
     checked now (except ``modules_to_save``, which depends on ``keep``). Variables are given as
     keywords or, whatever their names (``mode``, ``rank``, ``expr``), in ``variables``.
-    ``method``/``density``/``majority_sign``/``seed`` choose a merge method (see
-    :mod:`pemarith.methods`; default ``linear``), remembered for ``.save()``. The modules must
+    ``method``/``density``/``majority_sign``/``seed`` choose a merge method and ``space`` where it
+    runs (``dense`` or ``core``; see :mod:`pemarith.methods`; default ``linear``), remembered for
+    ``.save()``. The modules must
     name the same base model (``pemarith.base_names``: a packaged short name and its hub id are
     one); ``base_model`` says they are the same weights whatever they name, and is recorded.
     """
-    spec = method if isinstance(method, MergeSpec) else MergeSpec(method, density, majority_sign, seed)
+    spec = method if isinstance(method, MergeSpec) else MergeSpec(method, density, majority_sign, seed, space)
     expression = expr if isinstance(expr, Expression) else Expression(expr)
     terms = expression.normal_form(list(modules), variables, **vars)
     acc: PEM | None = None
@@ -58,7 +60,12 @@ def compose(
     if acc is None:
         raise CompatibilityError(f"nothing to compose: {expression.text!r} has no modules")
     result = PEM(
-        acc.terms, acc.adapters, mode, rank, None if spec.is_linear else spec, base_model or acc._base_model
+        acc.terms,
+        acc.adapters,
+        mode,
+        rank,
+        spec if spec.on_task_vectors else None,
+        base_model or acc._base_model,
     )
     result._check_inputs(mode, rank, spec)  # the modules_to_save rule waits for save(keep=...)
     return result

@@ -19,6 +19,17 @@ sign of an entry is ``sign(sum_i tau_i)`` (``total``) or ``sign(sum_i sign(tau_i
 (``frequency``), ties counting as positive, and ``disjoint_merge`` averages the entries that agree
 with it: ``sum_i [sign tau_i = m] tau_i / max(1, sum_i [sign tau_i = m])``. A density of 1 prunes
 nothing (as PEFT's ``prune``), so ``dare_*`` with ``d = 1`` are ``linear`` and ``ties``.
+
+The space (``space``): ``dense`` (the default, the reference) takes ``tau_i`` as the layer's
+``d_out x d_in`` update, entry by entry as PEFT does. ``core`` (Panariello et al., "Core Space
+Merging", NeurIPS 2025) takes it in the small space the stacked factors span: with the reduced
+QRs ``[B_1 ... B_n] = Q_B R_B`` and ``[A_1; ...; A_n]^T = Q_A R_A``, every
+``tau_i = Q_B M_i Q_A^T`` with the core ``M_i = c_i s_i R_B[:, I_i] R_A[:, I_i]^T`` (``I_i`` the
+columns of module ``i``, at most ``sum_i r_i`` square), the method runs on ``[M_i]`` and the
+result is ``Q_B M Q_A^T``; no ``d_out x d_in`` matrix is formed. ``linear`` is lossless there
+(``sum_i M_i = Q_B^T (sum_i tau_i) Q_A``); the other methods prune and elect signs among core
+entries rather than weight entries, so they are different (cheaper) merges, not approximations
+of the dense ones. (IA)3 vectors are their own core: both spaces are the same there.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from .errors import PemarithError, did_you_mean
 
 METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 SIGNS = ("total", "frequency")
+SPACES = ("dense", "core")
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,13 @@ class MergeSpec:
     density: float | None = None
     majority_sign: str = "total"
     seed: int = 0
+    space: str = "dense"
 
     def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise PemarithError(
+                f"unknown merge space {self.space!r}{did_you_mean(self.space, SPACES)}; choose dense or core"
+            )
         if self.method not in METHODS:
             raise PemarithError(
                 f"unknown merge method {self.method!r}{did_you_mean(self.method, METHODS)}; "
@@ -75,15 +92,22 @@ class MergeSpec:
     def is_linear(self) -> bool:
         return self.method == "linear"
 
+    @property
+    def on_task_vectors(self) -> bool:
+        """Whether the layers are merged from their task vectors (every method but linear
+        arithmetic in dense space, which is the modes' own rule on the factors)."""
+        return not (self.is_linear and self.space == "dense")
+
     def describe(self) -> dict[str, object]:
         """For provenance: the method and the options that apply to it."""
         if self.is_linear:
-            return {"method": "linear"}
+            return {"method": "linear", "space": "core"} if self.space == "core" else {"method": "linear"}
         out: dict[str, object] = {"method": self.method, "density": self.density}
         if "ties" in self.method:
             out["majority_sign"] = self.majority_sign
         if self.method.startswith("dare"):
             out["seed"] = self.seed
+        out["space"] = self.space
         return out
 
 

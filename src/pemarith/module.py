@@ -10,6 +10,7 @@ read beyond the headers until ``save``/``iter_tensors``, which stream one layer 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -207,13 +208,15 @@ class PEM:
         return mode, rank
 
     def merge_spec(self, method: str | MergeSpec | None, **options: Any) -> MergeSpec:
-        """The merge method: ``method`` (a name with ``density``/``majority_sign``/``seed``
+        """The merge method: ``method`` (a name with ``density``/``majority_sign``/``seed``/``space``
         options, or a :class:`MergeSpec`), else the one given to ``compose``, else linear."""
         if isinstance(method, MergeSpec):
             return method
+        given = {k: v for k, v in options.items() if v is not None}
         if method is None:
-            return self._method or MergeSpec()
-        return MergeSpec(method, **{k: v for k, v in options.items() if v is not None})
+            spec = self._method or MergeSpec()
+            return dataclasses.replace(spec, **given) if given else spec
+        return MergeSpec(method, **given)
 
     def check(
         self,
@@ -290,8 +293,14 @@ class PEM:
         coefs = [self._terms[n] for n in names]
         kind = self.kind
         for layer in ads[0].layers:
-            if spec.is_linear:  # combine widens what it computes with (exact mode copies factors as stored)
+            if (
+                not spec.on_task_vectors
+            ):  # combine widens what it computes with (exact mode copies factors as stored)
                 out, err = kind.combine(layer_tensors(ads, layer, stored=True), coefs, ads, mode, rank)
+            elif spec.space == "core":  # methods.py: the task vectors' cores, merged, back
+                tensors = layer_tensors(ads, layer)
+                cores, basis = kind.core_vectors(tensors, coefs, ads)
+                out, err = kind.from_core(merge(cores, spec, layer), basis, tensors, rank)
             else:  # methods.py: the signed task vectors, merged, back to the kind's parts
                 tensors = layer_tensors(ads, layer)
                 merged = merge(kind.task_vectors(tensors, coefs, ads), spec, layer)
@@ -337,6 +346,7 @@ class PEM:
         density: float | None = None,
         majority_sign: str | None = None,
         seed: int | None = None,
+        space: str | None = None,
     ) -> SaveReport:
         """Stream the composition to a PEFT adapter directory ``out``, atomically.
 
@@ -347,10 +357,11 @@ class PEM:
         output), and never writes over an input or a path in ``protect`` (e.g. modules given but
         unused): see :mod:`pemarith.fs`. ``method`` (``"ties"``, ``"dare_linear"``, ``"dare_ties"``,
         ``"magnitude_prune"``, with ``density``, ``majority_sign``, ``seed``) merges by that method
-        instead of linear arithmetic (see :mod:`pemarith.methods`).
+        instead of linear arithmetic, in ``space`` (``"dense"``, the default, or ``"core"``; see
+        :mod:`pemarith.methods`).
         """
         mode, rank = self._resolve(mode, rank)
-        spec = self.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed)
+        spec = self.merge_spec(method, density=density, majority_sign=majority_sign, seed=seed, space=space)
         self.check(mode, rank, keep, spec)
         return write_adapter(self, out, mode, rank, keep, dtype, spec, force, protect)
 

@@ -186,6 +186,14 @@ def composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
         help="seed of DARE's random masks (default 0): the same seed gives the same output",
     )
     p.add_argument(
+        "--space",
+        choices=("dense", "core"),
+        default="dense",
+        help="where a method runs on LoRA: each layer's dense update (default, PEFT's entries) "
+        "or the core space of the stacked factors (no d_out x d_in matrix; lossless for linear, "
+        "fast; needs --mode exact --rank R)",
+    )
+    p.add_argument(
         "--base-model",
         metavar="NAME",
         help="the modules' base model, recorded as base_model_name_or_path: pass it when "
@@ -263,6 +271,7 @@ def composition(
         "density": getattr(args, "density", None),
         "majority_sign": getattr(args, "majority_sign", "total"),
         "seed": getattr(args, "seed", 0),
+        "space": getattr(args, "space", "dense"),
         "base_model": getattr(args, "base_model", None),
     }
     pem = pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables, **options)

@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     rank = f", rank {report.rank}" if report.rank is not None else ""
     svd = ", truncated SVD" if errors else ""
     print(f"mode      {report.mode}{rank}{svd}")
-    if summary["method"] != "linear":
+    if summary["method"] != "linear" or "space" in summary:
         options = ", ".join(
-            f"{k} {v}" for k, v in summary.items() if k in ("density", "majority_sign", "seed")
+            f"{k} {v}" for k, v in summary.items() if k in ("density", "majority_sign", "seed", "space")
         )
         print(f"method    {summary['method']} ({options})")
     print(f"output    {report.path}")

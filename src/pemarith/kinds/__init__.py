@@ -46,7 +46,9 @@ class Kind:
     - ``check_method(adapters, mode, rank, method)``: compatibility for a merge method other than
       linear (``pemarith.methods``), ``task_vectors(tensors, coefs, adapters) -> [tau_i]`` (the
       signed dense update of one layer per module) and
-      ``from_task_vector(merged, tensors, rank) -> ({part: array}, error | None)``.
+      ``from_task_vector(merged, tensors, rank) -> ({part: array}, error | None)``; in core
+      space, ``core_vectors(tensors, coefs, adapters) -> ([core_i], basis)`` and
+      ``from_core(merged, basis, tensors, rank)`` (same result as ``from_task_vector``).
     """
 
     name: str
@@ -70,6 +72,8 @@ class Kind:
     check_method: Callable[..., Any]
     task_vectors: Callable[..., Any]
     from_task_vector: Callable[..., Any]
+    core_vectors: Callable[..., Any]
+    from_core: Callable[..., Any]
 
     def __repr__(self) -> str:
         return f"Kind({self.name!r}, modes={self.modes!r})"

@@ -113,6 +113,20 @@ def from_task_vector(
     return {_PART: 1.0 + merged}, None
 
 
+def core_vectors(
+    tensors: Sequence[Mapping[str, np.ndarray]], coefs: Sequence[float], adapters: Sequence[Adapter]
+) -> tuple[list[np.ndarray], None]:
+    """The vectors are their own core space: :func:`task_vectors`, no basis."""
+    return task_vectors(tensors, coefs, adapters), None
+
+
+def from_core(
+    merged: np.ndarray, basis: None, tensors: Sequence[Mapping[str, np.ndarray]], rank: int | None
+) -> tuple[dict[str, np.ndarray], None]:
+    """As :func:`from_task_vector`: ``l = 1 + merged``."""
+    return from_task_vector(merged, tensors, rank)
+
+
 def output_config(
     config: Mapping[str, Any], adapters: Sequence[Adapter], mode: str, rank: int | None
 ) -> dict[str, Any]:
