@@ -13,7 +13,7 @@ LoRA modules ``a`` and ``b``:
   its own Python process, as the paper's shell loops over lambda do (interpreter start-up and the
   torch/transformers imports are paid per value).
 - in place, N workers (``--workers N``, default 2; 1 to skip): ``run_sweep`` with
-  ``workers=N``, N peer processes sharing the grid through claims (``pemarith sweep --workers``);
+  ``workers=N``, N Ray actors on a local Ray evaluating the grid (``pemarith sweep --workers``);
   each loads MiniLM once. Its speed-up over "in place" says what a second core buys; on a
   machine whose cores are busy with other work it says nothing.
 
@@ -91,11 +91,10 @@ def child_inplace(args: argparse.Namespace) -> dict:
         plot=False,
         data_dir=args.data_dir,
         workers=args.child_workers,
-        poll=0.2,
     )
     lines: list[str] = []
     result = run_sweep(cfg, log=lines.append)
-    # with workers, eval_s is this process's share only: the peers evaluate the rest
+    # with workers, eval_s is 0: the Ray actors evaluate, not this process
     return {
         "eval_s": sum(spent),
         "evals": len(spent),
@@ -291,7 +290,7 @@ def main() -> None:
             f"{r['wall_s'] / base['wall_s']:>11.2f}x{r['other_s'] / base['other_s']:>12.1f}x"
         )
     if args.workers > 1:
-        print(f"(in place, {args.workers} workers: 'evaluating' is the first worker's share only)")
+        print(f"(in place, {args.workers} workers: 'evaluating' is not timed: the Ray actors evaluate)")
     naive = runs["naive, one process"]
     if "load_s" in naive:
         print(

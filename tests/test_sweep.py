@@ -7,10 +7,6 @@ import argparse
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -459,152 +455,99 @@ def test_cli_end_to_end_on_a_tiny_bert(tiny_bert_dir, tmp_path, capsys):
     assert "8 read back" in capsys.readouterr().out  # 5 values, 2 modules, 1 test
 
 
-# ----------------------------------------------------------------------------- distributed
-
-
-class SlowSession(FakeSession):
-    """FakeSession that takes a little while, so that concurrent workers interleave."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple] = []
-
-    def evaluate(self, split, base=False):
-        time.sleep(0.03)
-        self.calls.append((split, base, tuple(sorted(self.terms.items()))))
-        return super().evaluate(split, base)
-
-
-def _run_workers(adapters, out, n, **kw):
-    sessions = [SlowSession() for _ in range(n)]
-    results = [None] * n
-
-    def work(i):
-        cfg = _config(adapters, out, distributed=True, worker=f"w{i}", poll=0.01, plot=False, **kw)
-        results[i] = run_sweep(cfg, session=sessions[i], log=lambda m: None)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sessions, results
-
-
-@pytest.mark.parametrize("search", ["grid", "refine"])
-def test_distributed_workers_share_the_work_and_agree(adapters, tmp_path, search):
-    kw = dict(search=search, coarse=3, grid="0:1:0.05")
-    serial_session = FakeSession()
-    serial = run_sweep(
-        _config(adapters, tmp_path / "serial", plot=False, **kw), session=serial_session, log=lambda m: None
-    )
-    sessions, results = _run_workers(adapters, tmp_path / "shared", 3, **kw)
-    done = [c for s in sessions for c in s.calls]
-    assert len(done) == len(set(done)) == len(serial_session.evaluated)  # nothing twice, nothing left
-    assert sum(1 for s in sessions if s.evaluated) >= 2  # the work was shared
-    for r in results:
-        assert r.pick == serial.pick and r.validation == serial.validation and r.test == serial.test
-    files = sorted(p.name for p in (tmp_path / "shared").glob("records*.jsonl"))
-    assert files == ["records-w0.jsonl", "records-w1.jsonl", "records-w2.jsonl"]
-    assert not list((tmp_path / "shared" / "claims").iterdir())  # every claim released
-    # a later plain run reads every worker's records back and evaluates nothing
-    again = SlowSession()
-    run_sweep(
-        _config(adapters, tmp_path / "shared", distributed=True, plot=False, **kw),
-        session=again,
-        log=lambda m: None,
-    )
-    assert again.evaluated == []
-
-
-def test_a_dead_workers_claim_is_taken_over(adapters, tmp_path):
-    out = tmp_path / "s"
-    (out / "claims").mkdir(parents=True)
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
-    )
-    stale = {"worker": "x", "host": socket.gethostname(), "pid": int(gone.stdout), "time": time.time()}
-    (out / "claims" / "value@validation@0.3").write_text(json.dumps(stale))
-    # a live claim (this process) that is older than the timeout is taken over too
-    old = {"worker": "y", "host": "elsewhere", "pid": os.getpid(), "time": time.time() - 100}
-    (out / "claims" / "value@validation@0.4").write_text(json.dumps(old))
-    session = FakeSession()
-    result = run_sweep(
-        _config(adapters, out, distributed=True, worker="w", poll=0.01, claim_timeout=50),
-        session=session,
-        log=lambda m: None,
-    )
-    assert {round(e.get("a", -1), 6) for e in session.evaluated} >= {0.3, 0.4}
-    assert result.pick == 0.3
+# ----------------------------------------------------------------------------- on Ray
 
 
 def test_workers_option_is_checked(adapters, tmp_path):
     with pytest.raises(PemarithError, match="--workers must be at least 1"):
         _config(adapters, tmp_path / "x", workers=0)
-    with pytest.raises(PemarithError, match="cannot be combined with --workers"):
-        _config(adapters, tmp_path / "x", workers=2, restart=True)
     with pytest.raises(PemarithError, match="needs the default session"):
         run_sweep(_config(adapters, tmp_path / "x", workers=2), session=FakeSession(), log=lambda m: None)
+    assert not (tmp_path / "x").exists()
 
 
-def test_cli_workers_on_a_tiny_bert(tiny_bert_dir, tmp_path):
-    """Two real worker processes (--workers 2) and a peer joining with --distributed give the
-    serial sweep's results, with no evaluation done twice."""
+def test_the_old_distributed_spelling_joins_a_ray_cluster(capsys):
+    from pemarith.cli.sweep import register as register_sweep
+
+    parser = argparse.ArgumentParser()
+    register_sweep(parser.add_subparsers(dest="command"))
+    common = ["sweep", "a", "-m", "a=x", "--model", "m", "--task", "sst2", "-o", "o"]
+    args = parser.parse_args([*common, "--distributed", "--claim-timeout", "5"])
+    assert args.ray == "auto" and "--distributed is now --ray auto" in capsys.readouterr().err
+    assert parser.parse_args(common).ray is None and parser.parse_args([*common, "--ray"]).ray == ""
+    assert parser.parse_args([*common, "--ray", "ray://h:10001", "--workers", "3"]).workers == 3
+
+
+def _tiny_sweep(tiny_bert_dir, tmp_path, data, out, **kw):
+    a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
+    b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
+    base = dict(
+        expr="l*a + (1-l)*b",
+        modules={"a": str(a), "b": str(b)},
+        model=str(tiny_bert_dir),
+        tasks=("sst2",),
+        out=str(out),
+        grid="0:1:0.125",
+        search="refine",
+        coarse=2,
+        limit=16,
+        data_dir=str(data),
+        plot=False,
+    )
+    return SweepConfig(**{**base, **kw})
+
+
+def _records(out):
+    lines = (out / "records.jsonl").read_text().splitlines()
+    return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+
+
+def test_a_ray_sweep_gives_the_local_records_and_resumes_locally(tiny_bert_dir, tmp_path):
+    pytest.importorskip("ray")
     data = _data_dir()
     if data is None:
         pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
-    a = _tiny_lora(tiny_bert_dir, tmp_path / "a", 1)
-    b = _tiny_lora(tiny_bert_dir, tmp_path / "b", 2)
-    common = [
-        "sweep",
-        "l*a + (1-l)*b",
-        "-m",
-        f"a={a}",
-        "-m",
-        f"b={b}",
-        "--model",
-        str(tiny_bert_dir),
-        "--task",
-        "sst2",
-        "--grid",
-        "0:1:0.125",
-        "--limit",
-        "16",
-        "--data-dir",
-        str(data),
-        "--no-plot",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-    def cli(*extra):
-        return subprocess.Popen(
-            [sys.executable, "-m", "pemarith", *common, *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    serial = cli("-o", str(tmp_path / "serial"))
-    pair = cli("-o", str(tmp_path / "shared"), "--workers", "2")
-    peer = cli("-o", str(tmp_path / "shared"), "--distributed")
-    for p in (serial, pair, peer):
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err
-    want = json.loads((tmp_path / "serial" / "results.json").read_text())
-    got = json.loads((tmp_path / "shared" / "results.json").read_text())
-    assert got["pick"]["l"] == want["pick"]["l"]
-    assert [v["accuracy"] for v in got["validation"]] == pytest.approx(
-        [v["accuracy"] for v in want["validation"]]
+    quiet = lambda m: None  # noqa: E731
+    local = run_sweep(_tiny_sweep(tiny_bert_dir, tmp_path, data, tmp_path / "local"), log=quiet)
+    remote = run_sweep(_tiny_sweep(tiny_bert_dir, tmp_path, data, tmp_path / "ray", workers=2), log=quiet)
+    (head_l, want), (head_r, got) = _records(tmp_path / "local"), _records(tmp_path / "ray")
+    assert head_r == head_l  # the same sweep: a Ray run resumes a local one and back
+    key = lambda r: (r["what"], r["split"], r["value"])  # noqa: E731
+    assert sorted(map(key, got), key=str) == sorted(map(key, want), key=str)
+    assert len(got) == len({key(r) for r in got})  # nothing evaluated twice
+    by_key = {key(r): r["scores"] for r in want}
+    for r in got:
+        assert r["scores"] == pytest.approx(by_key[key(r)], abs=1e-6)
+    assert remote.pick == local.pick and remote.test == pytest.approx(local.test)
+    assert [v for v, _ in remote.validation] == [v for v, _ in local.validation]
+    assert remote.evaluations < remote.grid_size  # refine: the stages went to the actors in turn
+    # A local rerun on the Ray sweep's records evaluates nothing
+    session = FakeSession()
+    again = run_sweep(
+        _tiny_sweep(tiny_bert_dir, tmp_path, data, tmp_path / "ray"), session=session, log=quiet
     )
-    records = [
-        json.loads(line)
-        for f in (tmp_path / "shared").glob("records-*.jsonl")
-        for line in f.read_text().splitlines()[1:]
-    ]
-    keys = [(r["what"], r["split"], r["value"]) for r in records]
-    assert len(keys) == len(set(keys)) == 9 + 2 + 1  # 9 values, 2 modules alone, the pick on test
-    assert (
-        len({r["worker"] for r in records}) >= 1
-        and len(list((tmp_path / "shared").glob("records-*.jsonl"))) == 3
-    )
+    assert session.evaluated == [] and again.pick == remote.pick
+
+
+def test_a_killed_sweep_actor_is_replaced_and_its_evaluation_retried(tiny_bert_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    import signal
+
+    from pemarith.hf.sweep_ray import RaySweep
+
+    data = _data_dir()
+    if data is None:
+        pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
+    engine = RaySweep(_tiny_sweep(tiny_bert_dir, tmp_path, data, tmp_path / "k", workers=1))
+    try:
+        ((_, want, _),) = list(engine.run([("value", "validation", 0.25)]))
+        pid = engine.pids()[0]
+        ref = engine.handles[0].compute.remote("value", "validation", 0.75)
+        time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)  # mid-evaluation (or just before it: either way it is retried)
+        scores, _ = ray.get(ref, timeout=300)
+        assert engine.pids()[0] != pid  # a new actor process
+        ((_, again, _),) = list(engine.run([("value", "validation", 0.25)]))
+        assert again == pytest.approx(want) and set(scores) == set(want)
+    finally:
+        engine.close()

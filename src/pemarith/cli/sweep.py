@@ -165,25 +165,30 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--restart", action="store_true", help="discard DIR's records and start afresh")
     p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="evaluate on Ray actors, each loading the model once: start a local Ray (no "
+        "ADDRESS) or join a cluster (e.g. auto, ray://head:10001); needs pemarith[ray] "
+        "(see docs/sweep.md)",
+    )
+    p.add_argument(
         "--workers",
         type=positive_int,
         default=1,
-        metavar="N",
-        help="evaluate with N processes on this machine, each loading the model once (default 1)",
+        metavar="K",
+        help="evaluate on K Ray actors, K values at a time (default 1: in this process); "
+        "without --ray, on a local Ray",
     )
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join the other workers of a sweep in the shared -o DIR: start the same "
-        "command on every machine that mounts it (see docs/sweep.md)",
-    )
+    p.add_argument("--distributed", dest="ray", action=Deprecated, nargs=0, const="auto", new="--ray auto")
     p.add_argument(
         "--claim-timeout",
+        dest="claim_timeout",
         type=float,
-        default=3600.0,
-        metavar="S",
-        help="with workers: take over an evaluation another worker claimed S seconds ago "
-        "and has not recorded (default 3600; a dead process on this machine at once)",
+        action=Deprecated,
+        new="unneeded (Ray retries a dead worker's evaluation; the option is ignored)",
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
@@ -228,8 +233,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         plot=not args.no_plot,
         workers=args.workers,
-        distributed=args.distributed,
-        claim_timeout=args.claim_timeout,
+        ray=args.ray,
     )
     result = run_sweep(config)
     if args.json:
@@ -248,10 +252,9 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, scores in result.modules.items():
         print(f"{name:<9} alone: " + ", ".join(f"{c} {scores[c]:.4g}" for c in result.columns if c in scores))
-    records = "records*.jsonl" if config.workers > 1 or config.distributed else "records.jsonl"
     print(
         f"evaluated {result.evaluations} of {result.grid_size} grid values ({config.search}); "
-        f"{result.reused} read back from {config.out}/{records}; {result.seconds:.1f} s"
+        f"{result.reused} read back from {config.out}/records.jsonl; {result.seconds:.1f} s"
     )
     print("wrote     " + ", ".join(result.files.values()))
     return 0

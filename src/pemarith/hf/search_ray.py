@@ -8,9 +8,9 @@ trials at a time, sends one to each actor, records and tells them in the order a
 
 ``--ray`` without an address starts a local Ray with ``K`` CPUs (``ray.init(num_cpus=K)``) and
 stops it at the end; ``--ray ADDRESS`` (e.g. ``auto`` or ``ray://head:10001``) joins a running
-cluster. Fault tolerance is Ray's: the actors are created with ``max_restarts=-1`` and
-``max_task_retries=-1``, so an actor whose process dies is restarted (it loads the model again)
-and the trial it held is retried; the records survive a driver restart (resume as usual).
+cluster. Fault tolerance is Ray's (:mod:`pemarith.hf.ray_cluster`): an actor whose process dies
+is restarted (it loads the model again) and the trial it held is retried; the records survive a
+driver restart (resume as usual).
 
 Ray is an optional extra: ``pip install 'pemarith[ray]'``.
 """
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import PemarithError
+from . import ray_cluster
 
 Scores = dict[str, float]
 
@@ -44,14 +45,6 @@ class _Worker:
         return os.getpid()
 
 
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise PemarithError("--ray needs Ray: pip install 'pemarith[ray]'") from None
-    return ray
-
-
 class RayEvaluator:
     """Evaluates batches of points on ``workers`` Ray actors (see the module docstring)."""
 
@@ -60,22 +53,9 @@ class RayEvaluator:
     def __init__(self, config: Any, workers: int = 2, address: str | None = None):
         if workers < 1:
             raise PemarithError(f"--workers must be at least 1, got {workers}")
-        ray = _ray()
-        self.ray, self.workers, self.config = ray, workers, config
-        self.started = False
-        if not ray.is_initialized():
-            options: dict[str, Any] = {
-                "include_dashboard": False,
-                "log_to_driver": False,
-                "configure_logging": False,
-            }
-            if address:
-                ray.init(address=address, **options)
-            else:
-                ray.init(num_cpus=workers, **options)
-            self.started = True
-        remote = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_Worker)
-        self.actors = [remote.remote(config) for _ in range(workers)]
+        self.ray, self.workers, self.config = ray_cluster.ray_module(), workers, config
+        self.started = ray_cluster.start(workers, address)
+        self.actors = ray_cluster.actors(_Worker, workers, config)
         from .inplace import primary_metrics
         from .tasks import get_task
 
@@ -87,26 +67,10 @@ class RayEvaluator:
 
     def evaluate(self, points: Sequence[Mapping[str, float]], split: str) -> list[tuple[Scores, float]]:
         """The scores of ``points``, in order; at most one point per actor at a time."""
-        ray = self.ray
         out: list[tuple[Scores, float] | None] = [None] * len(points)
-        pending: dict[Any, tuple[int, int]] = {}  # ref -> (point index, actor index)
-        queue = list(range(len(points)))
-        idle = list(range(len(self.actors)))
-        while queue or pending:
-            while queue and idle:
-                i, a = queue.pop(0), idle.pop(0)
-                pending[self.actors[a].evaluate.remote(dict(points[i]), split)] = (i, a)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                i, a = pending.pop(ref)
-                try:
-                    out[i] = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the evaluation itself failed
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
-                    if isinstance(cause, PemarithError):
-                        raise cause from None
-                    raise
-                idle.append(a)
+        calls = [(dict(p), split) for p in points]
+        for i, result in ray_cluster.map_unordered(self.actors, "evaluate", calls):
+            out[i] = result
         return [o for o in out if o is not None]
 
     def pids(self) -> list[int]:
@@ -114,16 +78,12 @@ class RayEvaluator:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor)
-        self.actors = []
-        if self.started:
-            self.ray.shutdown()
+        ray_cluster.stop(self.actors, self.started)
 
 
 def ray_engine(workers: int, address: str | None) -> Any:
     """An ``engine`` for :func:`~pemarith.hf.search.run_search`."""
-    _ray()  # fail before anything else when Ray is missing
+    ray_cluster.ray_module()  # fail before anything else when Ray is missing
 
     def start(config: Any, prepared: Any) -> RayEvaluator:
         t = time.perf_counter()

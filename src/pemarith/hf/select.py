@@ -359,7 +359,7 @@ def search(
     ``max l where ...`` rule: when the condition holds on an interval).
     ``columns`` is the tracked metric list (or a callable giving it after the first evaluation).
     ``batch``, if given, evaluates a whole stage at once (the values of a grid, the coarse values,
-    then the fine ones), in any order: a distributed sweep shares each stage among its workers.
+    then the fine ones), in any order: a sweep on Ray shares each stage among its actors.
     """
     if method not in SEARCHES:
         raise PemarithError(

@@ -22,7 +22,6 @@ tasks, mode, ...); resuming a different sweep into the same directory is an erro
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -75,11 +74,8 @@ class SweepConfig:
     max_tokens: int | None = None  # text tasks: score only this many tokens for perplexity
     samples: int | None = None  # text tasks: generations scored for toxicity
     plot: bool = True
-    distributed: bool = False  # join the workers sharing ``out`` (pemarith.hf.distributed)
-    worker: str | None = None  # this worker's name (default HOST-PID)
-    claim_timeout: float = 3600.0  # a claim older than this is taken over
-    poll: float = 2.0  # seconds between looks at the other workers' records
-    workers: int = 1  # > 1: start workers - 1 peers on this machine, and be the last one
+    workers: int = 1  # > 1: evaluate on that many Ray actors (pemarith.hf.sweep_ray)
+    ray: str | None = None  # evaluate on Ray: "" starts a local Ray, else a cluster address
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -101,10 +97,13 @@ class SweepConfig:
             raise PemarithError("--rank needs --mode exact (factorwise keeps the inputs' rank)")
         if self.workers < 1:
             raise PemarithError(f"--workers must be at least 1, got {self.workers}")
-        if self.workers > 1 and self.restart:
-            raise PemarithError("--restart cannot be combined with --workers: restart once, then add workers")
         parse_grid(self.grid)
         parse_rule(self.select)
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether the evaluations run on Ray actors (``--ray``, or ``--workers`` above 1)."""
+        return self.ray is not None or self.workers > 1
 
 
 @dataclass
@@ -138,40 +137,24 @@ def _fmt_scores(scores: Mapping[str, float], columns: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def run_sweep(
-    config: SweepConfig,
-    session: Evaluator | None = None,
-    log: Callable[[str], None] = _log,
-    wrap: Callable[[Evaluator], Evaluator] | None = None,
-) -> SweepResult:
-    """Run ``config``: grid or refine search on validation, pick by rule, pick on test, files.
+@dataclass
+class Prepared:
+    """What a sweep is before any model: its grid, rule, parsed expression, the modules it uses
+    (checked), ``compose(value)`` and the fingerprint of its records."""
 
-    ``session`` evaluates compositions (an :class:`~pemarith.hf.evaluator.Evaluator`; default: a :class:`~pemarith.hf.inplace.Session` that
-    loads ``config.model`` once, lazily, so a sweep whose records are all cached loads no model).
-    ``wrap`` wraps that default session (e.g. 4.3's mean-of-tasks column).
+    values: list[float]
+    rule: Any
+    expression: Any
+    used: dict[str, Any]
+    compose: Callable[[float], Any]
+    fingerprint: dict[str, Any]
 
-    ``config.workers > 1`` starts that many workers in all on this machine, this process being
-    one; ``config.distributed`` joins workers that share ``config.out`` (see
-    :mod:`pemarith.hf.distributed`). Either way every worker returns the same result.
-    """
-    if config.workers > 1:
-        if session is not None or wrap is not None:
-            raise PemarithError("workers > 1 needs the default session (each worker loads the model)")
-        from .distributed import finish_local_workers, start_local_workers
 
-        procs, spec = start_local_workers(config, log)
-        ok = False
-        try:
-            result = run_sweep(dataclasses.replace(config, workers=1, distributed=True), log=log)
-            ok = True
-        finally:
-            finish_local_workers(procs, spec, log, stop=not ok)
-        return result
-
+def prepare(config: SweepConfig, log: Callable[[str], None] = _log) -> Prepared:
+    """Parse and check ``config`` and load its adapters (lazily: headers only); no model."""
     import pemarith
-    from pemarith.expr import Expression, format_terms
+    from pemarith.expr import Expression
 
-    t0 = time.perf_counter()
     values = parse_grid(config.grid)
     rule = parse_rule(config.select)
     expression = Expression(config.expr)
@@ -225,32 +208,127 @@ def run_sweep(
     from .taskfile import task_digests
 
     fingerprint.update(task_digests(config.tasks))  # an edited task file: another sweep
+    return Prepared(values, rule, expression, used, compose, fingerprint)
+
+
+def default_session(config: SweepConfig, prepared: Prepared) -> Evaluator:
+    """The sweep's :class:`~pemarith.hf.inplace.Session`: ``config.model`` loaded once, lazily
+    (a sweep whose records are all cached loads no model); checks the tasks' splits now."""
+    from .inplace import Session
+
+    probe = _generic_value(prepared.expression, prepared.used, config.var)
+    return Session(config, probe=lambda: prepared.compose(probe))
+
+
+class Evaluations:
+    """How one evaluation ``(what, split, value)`` of a sweep is computed on ``session``:
+    ``("value", split, v)`` the composition at ``v``, ``("base", split, None)`` the base model,
+    ``("module:NAME", split, None)`` one module alone (``{"error": ...}`` where it cannot be
+    evaluated alone, e.g. it has no classifier head of its own). The same object runs in the
+    sweep's process or in each Ray actor (:mod:`pemarith.hf.sweep_ray`)."""
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        prepared: Prepared,
+        session: Evaluator,
+        log: Callable[[str], None] = lambda m: None,
+        columns: Sequence[str] = (),
+    ):
+        self.config, self.prepared, self.session, self.log, self.columns = (
+            config,
+            prepared,
+            session,
+            log,
+            columns,
+        )
+
+    def compute(self, what: str, split: str, value: float | None) -> Scores:
+        import pemarith
+
+        config, session = self.config, self.session
+        if what == "base":
+            return session.evaluate(split, base=True)
+        if what.startswith("module:"):
+            name = what.removeprefix("module:")
+            try:
+                session.load(
+                    pemarith.compose(name, {name: self.prepared.used[name]}), config.mode, None, None
+                )
+                return session.evaluate(split)
+            except PemarithError as exc:  # e.g. a module with no classifier head of its own
+                return {"error": str(exc)}
+        assert value is not None
+        pem = self.prepared.compose(value)
+        t = time.perf_counter()
+        session.load(pem, config.mode, config.rank, config.keep)
+        t_load = time.perf_counter() - t
+        scores = session.evaluate(split)
+        self.log(
+            f"{config.var}={value:<8g} {split:<10} {_fmt_scores(scores, self.columns)}"
+            f"  (write {t_load:.2f} s, {time.perf_counter() - t:.1f} s)"
+        )
+        return scores
+
+
+def run_sweep(
+    config: SweepConfig,
+    session: Evaluator | None = None,
+    log: Callable[[str], None] = _log,
+    wrap: Callable[[Evaluator], Evaluator] | None = None,
+) -> SweepResult:
+    """Run ``config``: grid or refine search on validation, pick by rule, pick on test, files.
+
+    ``session`` evaluates compositions (an :class:`~pemarith.hf.evaluator.Evaluator`; default:
+    :func:`default_session`). ``wrap`` wraps that default session (e.g. 4.3's mean-of-tasks
+    column).
+
+    With ``config.ray`` or ``config.workers > 1`` the evaluations of each stage (the grid; or
+    refine's coarse values, then its fine values; the modules alone) run on ``workers`` Ray
+    actors, each loading the model once (:mod:`pemarith.hf.sweep_ray`); this process keeps the
+    records, so the result and the records are those of a local run.
+    """
+    if config.on_ray and (session is not None or wrap is not None):
+        raise PemarithError("a sweep on Ray needs the default session (each actor loads the model)")
+    from pemarith.expr import format_terms
+
+    t0 = time.perf_counter()
+    prepared = prepare(config, log)
     if session is None:  # checks the tasks' splits before anything is written
-        from .inplace import Session
-
-        session = Session(config, probe=lambda: compose(_generic_value(expression, used, config.var)))
+        session = default_session(config, prepared)
         session = wrap(session) if wrap else session
-    worker = None
-    if config.distributed:
-        from .distributed import default_worker
-
-        worker = config.worker or default_worker()
-        log_plain = log
-
-        def log(message: str) -> None:
-            log_plain(f"[{worker}] {message}")
-
-    cache = RecordCache(
-        config.out,
-        fingerprint,
-        restart=config.restart,
-        worker=worker,
-        claim_timeout=config.claim_timeout,
-        poll=config.poll,
-        log=log,
-    )
-
+    cache = RecordCache(config.out, prepared.fingerprint, restart=config.restart)
     columns: list[str] = []
+    evaluations = Evaluations(config, prepared, session, log, columns)
+    engine = None
+    if config.on_ray:
+        from .sweep_ray import RaySweep
+
+        engine = RaySweep(config, log)
+    run = engine.run if engine is not None else None
+    try:
+        result = _search(config, prepared, session, cache, evaluations, columns, run, log)
+    finally:
+        if engine is not None:
+            engine.close()
+    result.reused = cache.reused
+    result.seconds = round(time.perf_counter() - t0, 3)
+    result.files = write_results(config, result, format_terms(prepared.compose(result.pick).terms))
+    return result
+
+
+def _search(
+    config: SweepConfig,
+    prepared: Prepared,
+    session: Evaluator,
+    cache: RecordCache,
+    evaluations: Evaluations,
+    columns: list[str],
+    run: Any,
+    log: Callable[[str], None],
+) -> SweepResult:
+    """The stages of a sweep, each a batch of ``cache.evaluate_many`` (run by ``run``, or here)."""
+    values, rule = prepared.values, prepared.rule
 
     def track(scores: Mapping[str, float]) -> None:
         if columns:
@@ -263,23 +341,13 @@ def run_sweep(
         )
         rule.check(config.var, columns)
 
-    def value_item(value: float, split: str) -> tuple[str, str, float, Callable[[], Scores]]:
-        def compute() -> Scores:
-            pem = compose(value)
-            t = time.perf_counter()
-            session.load(pem, config.mode, config.rank, config.keep)
-            t_load = time.perf_counter() - t
-            scores = session.evaluate(split)
-            log(
-                f"{config.var}={value:<8g} {split:<10} {_fmt_scores(scores, columns)}"
-                f"  (write {t_load:.2f} s, {time.perf_counter() - t:.1f} s)"
-            )
-            return scores
-
-        return ("value", split, value, compute)
+    def item(
+        what: str, split: str, value: float | None
+    ) -> tuple[str, str, float | None, Callable[[], Scores]]:
+        return (what, split, value, lambda: evaluations.compute(what, split, value))
 
     def evaluate_values(values: list[float], split: str) -> list[Scores]:
-        found = cache.evaluate_many([value_item(v, split) for v in values])
+        found = cache.evaluate_many([item("value", split, v) for v in values], run)
         for scores in found:
             track(scores)
         return found
@@ -291,7 +359,7 @@ def run_sweep(
     result = SweepResult(config.var, math.nan, columns, [], None, grid_size=len(values))
     want_base = config.base if config.base is not None else (rule.needs_base or session.text_only)
     if want_base:
-        result.base[val] = cache.evaluate("base", val, None, lambda: session.evaluate(val, base=True))
+        (result.base[val],) = cache.evaluate_many([item("base", val, None)], run)
         track(result.base[val])
         log(f"base model  {val:<10} {_fmt_scores(result.base[val], columns)}")
 
@@ -313,18 +381,8 @@ def run_sweep(
     )
 
     if config.refs:
-        refs = []
-        for name in used:
-
-            def compute_ref(name: str = name) -> Scores:
-                try:
-                    session.load(pemarith.compose(name, {name: used[name]}), config.mode, None, None)
-                    return session.evaluate(val)
-                except PemarithError as exc:  # e.g. a module with no classifier head of its own
-                    return {"error": str(exc)}
-
-            refs.append((f"module:{name}", val, None, compute_ref))
-        for name, scores in zip(used, cache.evaluate_many(refs)):
+        refs = [item(f"module:{name}", val, None) for name in prepared.used]
+        for name, scores in zip(prepared.used, cache.evaluate_many(refs, run)):
             if "error" in scores:
                 result.notes.append(f"no reference line for {name!r}: {scores['error']}")
                 log(f"note: {result.notes[-1]}")
@@ -333,12 +391,8 @@ def run_sweep(
     if test:
         result.test = evaluate_value(found.pick, test)
         if want_base:
-            result.base[test] = cache.evaluate("base", test, None, lambda: session.evaluate(test, base=True))
+            (result.base[test],) = cache.evaluate_many([item("base", test, None)], run)
     result.evaluations = len(found.evaluated)
-    result.reused = cache.reused
-    result.seconds = round(time.perf_counter() - t0, 3)
-
-    result.files = write_results(config, result, format_terms(compose(found.pick).terms))
     return result
 
 
