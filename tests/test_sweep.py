@@ -472,7 +472,7 @@ def test_the_old_distributed_spelling_joins_a_ray_cluster(capsys):
     parser = argparse.ArgumentParser()
     register_sweep(parser.add_subparsers(dest="command"))
     common = ["sweep", "a", "-m", "a=x", "--model", "m", "--task", "sst2", "-o", "o"]
-    args = parser.parse_args([*common, "--distributed", "--claim-timeout", "5"])
+    args = parser.parse_args([*common, "--distributed", "--claim-timeout", "5"])  # the latter ignored
     assert args.ray == "auto" and "--distributed is now --ray auto" in capsys.readouterr().err
     assert parser.parse_args(common).ray is None and parser.parse_args([*common, "--ray"]).ray == ""
     assert parser.parse_args([*common, "--ray", "ray://h:10001", "--workers", "3"]).workers == 3
@@ -533,12 +533,15 @@ def test_a_killed_sweep_actor_is_replaced_and_its_evaluation_retried(tiny_bert_d
     ray = pytest.importorskip("ray")
     import signal
 
+    from pemarith.hf.sweep import actor_evaluations
     from pemarith.hf.sweep_ray import RaySweep
 
     data = _data_dir()
     if data is None:
         pytest.skip("SST-2 data not found (set PEMARITH_DATA_DIR)")
-    engine = RaySweep(_tiny_sweep(tiny_bert_dir, tmp_path, data, tmp_path / "k", workers=1))
+    engine = RaySweep(
+        _tiny_sweep(tiny_bert_dir, tmp_path, data, tmp_path / "k", workers=1), actor_evaluations
+    )
     try:
         ((_, want, _),) = list(engine.run([("value", "validation", 0.25)]))
         pid = engine.pids()[0]

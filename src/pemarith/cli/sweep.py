@@ -13,6 +13,7 @@ from .args import (
     model_name,
     module_arg,
     module_map,
+    note,
     positive_int,
     rank_arg,
     require_hf,
@@ -183,13 +184,8 @@ def register(subparsers: Any) -> None:
         "without --ray, on a local Ray",
     )
     p.add_argument("--distributed", dest="ray", action=Deprecated, nargs=0, const="auto", new="--ray auto")
-    p.add_argument(
-        "--claim-timeout",
-        dest="claim_timeout",
-        type=float,
-        action=Deprecated,
-        new="unneeded (Ray retries a dead worker's evaluation; the option is ignored)",
-    )
+    # the file-claim workers' option: accepted for one release, ignored (Ray retries instead)
+    p.add_argument("--claim-timeout", type=float, help=argparse.SUPPRESS)
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.add_argument("--json", action="store_true", help="print results.json's summary")
     add_hardware(p)
@@ -201,6 +197,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     require_hf()
     from ..hf.sweep import SweepConfig, run_sweep
+
+    if args.claim_timeout is not None:
+        note(
+            "--claim-timeout is ignored: Ray retries a dead worker's evaluation; it goes in the next release"
+        )
 
     modules = module_map(args.modules)
     config = SweepConfig(

@@ -271,6 +271,12 @@ class Evaluations:
         return scores
 
 
+def actor_evaluations(config: SweepConfig) -> Evaluations:
+    """The :class:`Evaluations` of one Ray actor: the sweep prepared, its own default session."""
+    prepared = prepare(config, log=lambda m: None)
+    return Evaluations(config, prepared, default_session(config, prepared))
+
+
 def run_sweep(
     config: SweepConfig,
     session: Evaluator | None = None,
@@ -304,7 +310,7 @@ def run_sweep(
     if config.on_ray:
         from .sweep_ray import RaySweep
 
-        engine = RaySweep(config, log)
+        engine = RaySweep(config, actor_evaluations, log)
     run = engine.run if engine is not None else None
     try:
         result = _search(config, prepared, session, cache, evaluations, columns, run, log)

@@ -26,11 +26,8 @@ Scores = dict[str, float]
 class _Actor:
     """One Ray actor: the sweep prepared and its session (the model loaded once, lazily)."""
 
-    def __init__(self, config: Any):
-        from .sweep import Evaluations, default_session, prepare
-
-        prepared = prepare(config, log=lambda m: None)
-        self.evaluations = Evaluations(config, prepared, default_session(config, prepared))
+    def __init__(self, config: Any, build: Callable[[Any], Any]):
+        self.evaluations = build(config)  # pemarith.hf.sweep.actor_evaluations
 
     def compute(self, what: str, split: str, value: float | None) -> tuple[Scores, float]:
         t = time.perf_counter()
@@ -46,9 +43,9 @@ class _Actor:
 class RaySweep:
     """The evaluations of one sweep on ``config.workers`` actors (see the module docstring)."""
 
-    def __init__(self, config: Any, log: Callable[[str], None] = lambda m: None):
+    def __init__(self, config: Any, build: Callable[[Any], Any], log: Callable[[str], None] = lambda m: None):
         ray_cluster.ray_module("--ray" if config.ray is not None else "--workers")  # fail early
-        self.config, self.log = config, log
+        self.config, self.build, self.log = config, build, log
         self.handles: list[Any] = []
         self.started = False
 
@@ -58,7 +55,7 @@ class RaySweep:
         config = self.config
         t = time.perf_counter()
         self.started = ray_cluster.start(config.workers, config.ray or None)
-        self.handles = ray_cluster.actors(_Actor, config.workers, config)
+        self.handles = ray_cluster.actors(_Actor, config.workers, config, self.build)
         where = f"the Ray cluster at {config.ray}" if config.ray else "a local Ray"
         self.log(f"{config.workers} Ray actor(s) on {where} ({time.perf_counter() - t:.1f} s to start)")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import ia3, lora, lora_model
+from . import ia3, lora, lora_core, lora_model
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class Kind:
         )
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Kind.from_modules(lora, lora_model), Kind.from_modules(ia3))}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Kind.from_modules(lora, lora_model, lora_core), Kind.from_modules(ia3))
+}
 
 __all__ = ["KINDS", "Kind"]
