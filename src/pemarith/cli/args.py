@@ -118,6 +118,58 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_merge_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
+    """The merge method's options (``--method``, ``--density``, ``--majority-sign``, the DARE
+    seed as ``seed_flag``, ``--space``): read back by :func:`merge_options`."""
+    p.add_argument(
+        "--method",
+        default="linear",
+        choices=("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"),
+        help="merge method: linear arithmetic (default), or PEFT's TIES, DARE and magnitude "
+        "pruning on the signed task vectors of each layer (LoRA: needs --mode exact --rank R)",
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        metavar="D",
+        help="with a method other than linear: the share of each task vector kept, in (0, 1]",
+    )
+    p.add_argument(
+        "--majority-sign",
+        choices=("total", "frequency"),
+        default="total",
+        help="TIES' sign election: by summed value (total, default, as PEFT) or by count",
+    )
+    p.add_argument(
+        seed_flag,
+        dest=seed_flag.lstrip("-").replace("-", "_"),
+        type=int,
+        default=0,
+        metavar="S",
+        help="seed of DARE's random masks (default 0): the same seed gives the same output",
+    )
+    p.add_argument(
+        "--space",
+        choices=("dense", "core"),
+        default="dense",
+        help="where a method runs on LoRA: each layer's dense update (default, PEFT's entries) "
+        "or the core space of the stacked factors (no d_out x d_in matrix; lossless for linear, "
+        "fast; needs --mode exact --rank R)",
+    )
+
+
+def merge_options(args: argparse.Namespace, seed_attr: str = "seed") -> dict[str, Any]:
+    """``method``, ``density``, ``majority_sign``, ``seed``, ``space`` as :func:`add_merge_args`
+    parsed them (the defaults where a command has none)."""
+    return {
+        "method": getattr(args, "method", "linear"),
+        "density": getattr(args, "density", None),
+        "majority_sign": getattr(args, "majority_sign", "total"),
+        "seed": getattr(args, seed_attr, 0),
+        "space": getattr(args, "space", "dense"),
+    }
+
+
 def composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
     """The options of a command that composes and writes (``compose``, ``bake``)."""
     p.add_argument(
@@ -159,40 +211,7 @@ def composition_args(p: argparse.ArgumentParser, out_help: str) -> None:
         help="module whose modules_to_save tensors (e.g. a classifier head) to keep "
         "when the coefficients do not sum to 1",
     )
-    p.add_argument(
-        "--method",
-        default="linear",
-        choices=("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"),
-        help="merge method: linear arithmetic (default), or PEFT's TIES, DARE and magnitude "
-        "pruning on the signed task vectors of each layer (LoRA: needs --mode exact --rank R)",
-    )
-    p.add_argument(
-        "--density",
-        type=float,
-        metavar="D",
-        help="with a method other than linear: the share of each task vector kept, in (0, 1]",
-    )
-    p.add_argument(
-        "--majority-sign",
-        choices=("total", "frequency"),
-        default="total",
-        help="TIES' sign election: by summed value (total, default, as PEFT) or by count",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        metavar="S",
-        help="seed of DARE's random masks (default 0): the same seed gives the same output",
-    )
-    p.add_argument(
-        "--space",
-        choices=("dense", "core"),
-        default="dense",
-        help="where a method runs on LoRA: each layer's dense update (default, PEFT's entries) "
-        "or the core space of the stacked factors (no d_out x d_in matrix; lossless for linear, "
-        "fast; needs --mode exact --rank R)",
-    )
+    add_merge_args(p)
     p.add_argument(
         "--base-model",
         metavar="NAME",
@@ -265,15 +284,7 @@ def composition(
     present = set(parse(text).identifiers())
     for name in (v for v in variables if v not in present):
         print(f"{PROG}: note: --set {name[:60]} is not used in the expression", file=sys.stderr)
-    method = getattr(args, "method", "linear")
-    options = {
-        "method": method,
-        "density": getattr(args, "density", None),
-        "majority_sign": getattr(args, "majority_sign", "total"),
-        "seed": getattr(args, "seed", 0),
-        "space": getattr(args, "space", "dense"),
-        "base_model": getattr(args, "base_model", None),
-    }
+    options = {**merge_options(args), "base_model": getattr(args, "base_model", None)}
     pem = pemarith.compose(text, used, mode=args.mode, rank=args.rank, variables=variables, **options)
     return pem, modules, terms
 

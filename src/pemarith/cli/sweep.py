@@ -8,8 +8,10 @@ from typing import Any
 from .args import (
     Deprecated,
     add_hardware,
+    add_merge_args,
     add_revision,
     add_verbose,
+    merge_options,
     model_name,
     module_arg,
     module_map,
@@ -131,6 +133,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME",
         help="module whose modules_to_save (head) to keep when coefficients do not sum to 1",
     )
+    add_merge_args(p, seed_flag="--merge-seed")
     p.add_argument(
         "--limit",
         type=positive_int,
@@ -197,6 +200,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     require_hf()
     from ..hf.sweep import SweepConfig, run_sweep
+    from ..methods import MergeSpec
 
     if args.claim_timeout is not None:
         note(
@@ -235,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
         workers=args.workers,
         ray=args.ray,
+        merge=MergeSpec(**merge_options(args, seed_attr="merge_seed")),
     )
     result = run_sweep(config)
     if args.json:

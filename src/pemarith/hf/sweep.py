@@ -13,6 +13,7 @@ What happens (the paper, Appendix B-C: lambda on validation over [0, 1] by 0.02)
 4. A selection rule (:mod:`pemarith.hf.select`) picks a value from the validation scores; the
    pick (and the base model, when it was evaluated) is evaluated on the test split.
 5. ``results.csv``, ``results.json`` and ``sweep.png`` are written to the output directory.
+``merge`` (``--method ties --density 0.5``) merges each value by that method (LoRA: exact, R).
 
 Every finished evaluation is appended to ``records.jsonl`` in the output directory (one JSON
 line each), so an interrupted sweep resumes where it stopped: values already evaluated are read
@@ -22,6 +23,7 @@ tasks, mode, ...); resuming a different sweep into the same directory is an erro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from ..methods import MergeSpec
 from .evaluator import Evaluator
 from .grid import parse_grid
 from .select import SEARCHES, parse_rule, resolve_metric, search
@@ -76,6 +79,7 @@ class SweepConfig:
     plot: bool = True
     workers: int = 1  # > 1: evaluate on that many Ray actors (pemarith.hf.sweep_ray)
     ray: str | None = None  # evaluate on Ray: "" starts a local Ray, else a cluster address
+    merge: MergeSpec = field(default_factory=MergeSpec)  # the merge method (default linear)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -184,9 +188,9 @@ def prepare(config: SweepConfig, log: Callable[[str], None] = _log) -> Prepared:
         )
 
     def compose(value: float) -> Any:  # the expression parsed once; the inputs checked once
-        return pemarith.compose(
-            expression, used, mode=config.mode, rank=config.rank, variables={config.var: value}
-        )
+        return pemarith.compose(expression, used, config.mode, config.rank, {config.var: value}, config.merge)
+
+    compose(values[0])  # a method without --mode exact --rank R fails now, before any model
 
     fingerprint = {
         "expr": config.expr,
@@ -202,6 +206,8 @@ def prepare(config: SweepConfig, log: Callable[[str], None] = _log) -> Prepared:
         "samples": config.samples,
         "modules": {n: p.adapters[n].sha256() for n, p in used.items()},
     }
+    if config.merge != MergeSpec():  # linear sweeps keep their earlier records
+        fingerprint["merge"] = dataclasses.asdict(config.merge)
     from .hardware import dtype_key
 
     fingerprint.update(dtype_key(config.device, config.dtype))  # other dtypes, other scores

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -60,6 +61,7 @@ def write_results(config: SweepConfig, result: SweepResult, normal_form: str) ->
         "modules": dict(config.modules),
         "mode": config.mode,
         "rank": config.rank,
+        "merge": dataclasses.asdict(config.merge),
         "select": config.select,
         "search": config.search,
         "grid": config.grid,
