@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,8 @@ from typing import Any
 from ..errors import PemarithError
 from ..fs import write_file
 from ..hf.evaluator import Evaluator
+from ..methods import MergeSpec
+from .machine import json_roundtrip, machine, set_threads
 from .recipe import Recipe, TrainSpec
 from .scenario import get_scenario
 from .store import Store, digest, read_json, weights_sha256, write_json
@@ -164,10 +165,12 @@ class Context:
 
     def bench(self, label: str, expr: str, modules: Mapping[str, Path], tasks: Sequence[str],
               mode: str = "factorwise", method: str = "lora",
-              wrap: Callable[[Any], Any] | None = None) -> Bench:
-        """A :class:`Bench` (PEFT modules) or a :class:`FullBench` (``method == "full"``)."""
+              wrap: Callable[[Any], Any] | None = None, rank: int | None = None,
+              merge: MergeSpec | None = None) -> Bench:
+        """A :class:`Bench` (PEFT modules) or a :class:`FullBench` (``method == "full"``);
+        ``merge`` and ``rank``: how each lambda's composition is merged (TIES, DARE...)."""
         cls = FullBench if method == "full" else Bench
-        return cls(self, label, expr, dict(modules), tuple(tasks), mode, wrap)
+        return cls(self, label, expr, dict(modules), tuple(tasks), mode, wrap, rank, merge)
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -186,7 +189,7 @@ class Context:
             return {k: v for k, v in recipe.items() if k not in ("tasks", "seeds", "source")}
 
         if settings(old.get("recipe", {})) != settings(
-                _json_roundtrip(self.recipe.to_json())):
+                json_roundtrip(self.recipe.to_json())):
             self.log(f"note: {path} was made with other settings; its cells are not kept")
             return []
         return list(old.get("cells", []))
@@ -200,22 +203,6 @@ class Context:
         write_json(self.out / "results.json", results)
         publish(results, self.out, plots=self.plots)
         return results
-
-
-def machine() -> dict[str, Any]:
-    """Where the numbers were computed (for the runtime paragraph of the docs)."""
-    import os
-
-    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                            "platform": platform.platform(terse=True)}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    return info
 
 
 def publish(results: Mapping[str, Any], out: Path, plots: bool = True) -> list[Path]:
@@ -235,13 +222,16 @@ class Bench:
     """One composition of PEFT modules on one base model: its sweep and its modules' scores.
 
     The base model is loaded (once) only when a sweep or a score is not in the store.
-    ``wrap`` wraps the :class:`~pemarith.hf.inplace.Session` (e.g. to add a mean column).
+    ``wrap`` wraps the :class:`~pemarith.hf.inplace.Session` (e.g. to add a mean column);
+    ``merge`` (default linear) and ``rank`` are the composition's merge method and LoRA rank.
     """
 
     def __init__(self, ctx: Context, label: str, expr: str, modules: dict[str, Path],
-                 tasks: tuple[str, ...], mode: str, wrap: Callable[[Evaluator], Evaluator] | None):
+                 tasks: tuple[str, ...], mode: str, wrap: Callable[[Evaluator], Evaluator] | None,
+                 rank: int | None = None, merge: MergeSpec | None = None):
         self.ctx, self.label, self.expr, self.modules = ctx, label, expr, modules
         self.tasks, self.mode, self.wrap = tasks, mode, wrap
+        self.rank, self.merge = rank, merge or MergeSpec()
         self._session: Any = None
         self._sha = {n: weights_sha256(p) for n, p in modules.items()}
         self.tasks_key = "+".join(tasks)
@@ -250,7 +240,14 @@ class Bench:
         r = self.ctx.recipe
         return {"model": r.model, "expr": self.expr, "tasks": list(self.tasks), "mode": self.mode,
                 "sweep": dataclasses.asdict(r.sweep), "modules": self._sha,
-                "wrap": getattr(self.wrap, "__name__", None)}
+                "wrap": getattr(self.wrap, "__name__", None), **self._merge_key()}
+
+    def _merge_key(self) -> dict[str, Any]:
+        """The rank and merge method, only where given (earlier store keys stay valid)."""
+        key: dict[str, Any] = {} if self.rank is None else {"rank": self.rank}
+        if self.merge != MergeSpec():
+            key["merge"] = dataclasses.asdict(self.merge)
+        return key
 
     @property
     def sweep_dir(self) -> Path:
@@ -264,7 +261,8 @@ class Bench:
         return SweepConfig(expr=self.expr, modules={n: str(p) for n, p in self.modules.items()},
                            model=self.ctx.recipe.model, tasks=self.tasks, out=str(self.sweep_dir),
                            var=s.var, grid=s.grid, search=s.search, coarse=s.coarse,
-                           select=s.select, mode=self.mode, limit=s.limit,
+                           select=s.select, mode=self.mode, rank=self.rank, merge=self.merge,
+                           limit=s.limit,
                            data_dir=self.ctx.data_dir, refs=False, base=False,
                            batch_size=s.batch_size, plot=self.ctx.plots)
 
@@ -279,7 +277,7 @@ class Bench:
             pems = {n: pemarith.load(p, n) for n, p in self.modules.items()}
             var = cfg.var
             session = Session(cfg, probe=lambda: pemarith.compose(
-                self.expr, pems, mode=self.mode, **{var: 0.5}))
+                self.expr, pems, mode=self.mode, rank=self.rank, method=self.merge, **{var: 0.5}))
             self._session = self.wrap(session) if self.wrap else session
         return self._session
 
@@ -327,7 +325,8 @@ class Bench:
         ``lam``) on ``split`` of every task: ``{task: {"predictions", "labels"}}`` (cached)."""
         var = self.ctx.recipe.sweep.var
         key = {**self._score_key(next(iter(self.modules.values())), split), "weights": self._sha,
-               "expr": expr, var: lam, "mode": self.mode, "what": "predictions"}
+               "expr": expr, var: lam, "mode": self.mode, "what": "predictions",
+               **(self._merge_key() if name == "merged" else {})}
         file = self.ctx.store.eval_file(self.ctx.recipe.model, self.tasks_key,
                                         f"{name}-{split}-predictions", key)
 
@@ -338,8 +337,12 @@ class Bench:
             self.ctx.log(f"eval  {name} on {self.tasks_key} {split} (per-row predictions)")
             names = Expression(expr).identifiers()
             used = {n: pemarith.load(p, n) for n, p in self.modules.items() if n in names}
-            pem = pemarith.compose(expr, used, mode=self.mode, variables={var: lam} if lam is not None else None)
-            self.session.load(pem, self.mode, None, None)
+            merged = name == "merged"
+            pem = pemarith.compose(expr, used, mode=self.mode,
+                                   variables={var: lam} if lam is not None else None,
+                                   rank=self.rank if merged else None,
+                                   method=self.merge if merged else "linear")
+            self.session.load(pem, self.mode, self.rank if merged else None, None)
             return self.session.predict(split)  # a Predictor (a wrapper's: its inner one's)
 
         return self.ctx.store.cached_json(file, compute)
@@ -391,15 +394,6 @@ class FullBench(Bench):
         return self.ctx.store.cached_json(file, compute)["scores"]
 
 
-def set_threads(n: int | None) -> None:
-    """torch's intra-op threads (on a busy 2-core machine 1 thread is 3-4x faster than 2)."""
-    if n is None:
-        return
-    import torch
-
-    torch.set_num_threads(n)
-
-
 __all__ = [
     "DATA",
     "Bench",
@@ -411,9 +405,3 @@ __all__ = [
     "publish",
     "set_threads",
 ]
-
-
-def _json_roundtrip(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
