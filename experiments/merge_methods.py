@@ -75,6 +75,7 @@ def compare(
     tasks: tuple[str, ...],
     kind: str,
     wrap: Any = None,
+    methods: tuple[str, ...] = tuple(METHODS),
 ) -> dict[str, Any]:
     """Every method's sweep of ``expr`` over ``paths``, its pick on test, McNemar vs linear."""
     from pemarith.hf.stats import mcnemar_exact
@@ -82,7 +83,8 @@ def compare(
     var = ctx.recipe.sweep.var
     out: dict[str, Any] = {"modules": {}, "methods": {}}
     linear: dict[str, list[bool]] | None = None
-    for name, spec in METHODS.items():
+    for name in methods:
+        spec = METHODS[name]
         mode = "exact" if kind == "lora" else "factorwise"
         rank = full_rank(next(iter(paths.values()))) if kind == "lora" and name != "linear" else None
         bench = ctx.bench(f"{label}-{name}", expr, paths, tasks, mode, kind, wrap=wrap, rank=rank, merge=spec)
@@ -113,7 +115,9 @@ def compare(
     return out
 
 
-def part_42(ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str]) -> Any:
+def part_42(
+    ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str], methods: tuple[str, ...]
+) -> Any:
     from pemarith.scenarios.distribution import EXPR
     from pemarith.scenarios.subsets import subset_seed
 
@@ -133,11 +137,13 @@ def part_42(ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str]) 
                     subset_size=o.subset_size,
                 )
                 paths = {"s0": ctx.module(spec), "s1": ctx.module(dataclasses.replace(spec, data="skew1"))}
-                cell = compare(ctx, f"{kind}-seed{seed}", EXPR, paths, (task,), kind)
+                cell = compare(ctx, f"{kind}-seed{seed}", EXPR, paths, (task,), kind, methods=methods)
                 yield {"task": task, "kind": kind, "seed": seed, **cell}
 
 
-def part_43(ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str]) -> Any:
+def part_43(
+    ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str], methods: tuple[str, ...]
+) -> Any:
     from pemarith.scenarios.multitask import mean_of_tasks
 
     r = ctx.recipe
@@ -158,7 +164,14 @@ def part_43(ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str]) 
                 for t in r.tasks
             }
             cell = compare(
-                ctx, f"{kind}-seed{seed}", r.options.expr, paths, r.tasks, kind, wrap=mean_of_tasks
+                ctx,
+                f"{kind}-seed{seed}",
+                r.options.expr,
+                paths,
+                r.tasks,
+                kind,
+                wrap=mean_of_tasks,
+                methods=methods,
             )
             yield {"task": "+".join(r.tasks), "kind": kind, "seed": seed, **cell}
 
@@ -184,7 +197,8 @@ def run(args: argparse.Namespace) -> None:
     cells = {(c["task"], c["kind"], c["seed"]): c for c in old.get("cells", [])} if same else {}
     kinds = args.kinds or [k for k in ("lora", "ia3") if k in recipe.methods]
     part = part_42 if args.part == "4.2" else part_43
-    for cell in part(ctx, list(recipe.tasks), args.seeds or list(recipe.seeds), kinds):
+    methods = tuple(m for m in METHODS if m == "linear" or m in (args.methods or METHODS))
+    for cell in part(ctx, list(recipe.tasks), args.seeds or list(recipe.seeds), kinds, methods):
         cells[(cell["task"], cell["kind"], cell["seed"])] = cell
         done = {
             "tasks": sorted({c["task"] for c in cells.values()}),
@@ -193,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
         doc = {
             "part": args.part,
             "recipe": {**recipe.to_json(), **done},
-            "methods": list(METHODS),
+            "methods": list(METHODS),  # a cell's "methods" may hold fewer (--methods)
             "updated": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": machine(),
             "cells": sorted(cells.values(), key=lambda c: (c["task"], c["kind"], c["seed"])),
@@ -212,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", help="tasks of the recipe to run (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the recipe's)")
     p.add_argument("--kinds", nargs="+", choices=("lora", "ia3"), help="module kinds")
+    p.add_argument(
+        "--methods", nargs="+", choices=tuple(METHODS), help="methods (default: all; linear always)"
+    )
     p.add_argument("--limit", type=int, help="evaluation rows per split and task (recipe's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--data-dir", help="the data directory (default $PEMARITH_DATA_DIR)")

@@ -151,3 +151,76 @@ def test_a_reproductions_bench_sweeps_the_method_under_its_own_store_key(adapter
     cfg = ties.config()
     assert cfg.merge == TIES and cfg.rank == 8 and cfg.mode == "exact"
     assert not (tmp_path / "out").exists()  # nothing is written until work is done
+
+
+# ----------------------------------------------------------------------------- search --method
+
+
+def _search_config(adapters, out, **kw):
+    from pemarith.hf.search_config import SearchConfig
+
+    base = {
+        "expr": "x*a + y*b",
+        "modules": {"a": str(adapters["a"]), "b": str(adapters["b"])},
+        "model": "fake",
+        "tasks": ("sst2",),
+        "out": str(out),
+        "variables": ("x=0:1:0.5", "y=0:1:0.5"),
+        "budget": 4,
+        "sampler": "grid",
+        "plot": False,
+    }
+    return SearchConfig(**{**base, **kw})
+
+
+def test_each_search_trial_is_the_methods_merge(adapters, tmp_path):
+    pytest.importorskip("optuna")
+    from pemarith.hf.search import run_search
+
+    session = Recording()
+    cfg = _search_config(adapters, tmp_path / "s", mode="exact", rank=8, merge=TIES)
+    run_search(cfg, session=session, log=QUIET)
+    mods = {"a": adapters["a"], "b": adapters["b"]}
+    assert len(session.loaded) >= 4
+    for terms, tensors in session.loaded:
+        params = {"x": terms.get("a", 0.0), "y": terms.get("b", 0.0)}
+        want = dict(pemarith.compose("x*a + y*b", mods, "exact", 8, params, TIES).iter_tensors())
+        for k in want:
+            np.testing.assert_allclose(tensors[k], want[k], rtol=1e-6, atol=1e-7)
+    summary = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert summary["merge"]["method"] == "ties" and _head(tmp_path / "s")["merge"]["density"] == 0.5
+
+
+def test_search_cli_method_without_exact_rank_is_one_line_exit_2(adapters, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from pemarith.cli import main
+
+    argv = [
+        "search",
+        "x*a + y*b",
+        "-m",
+        f"a={adapters['a']}",
+        "-m",
+        f"b={adapters['b']}",
+        "--model",
+        "fake",
+        "--task",
+        "sst2",
+        "--var",
+        "x=0:1",
+        "--var",
+        "y=0:1",
+        "--method",
+        "dare_ties",
+        "--density",
+        "0.5",
+        "--merge-seed",
+        "3",
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "--mode exact --rank R" in err
+    assert not (tmp_path / "o").exists()

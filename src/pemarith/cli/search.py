@@ -9,10 +9,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..methods import MergeSpec
 from .args import (
     add_hardware,
+    add_merge_args,
     add_revision,
     add_verbose,
+    merge_options,
     model_name,
     module_arg,
     module_map,
@@ -157,6 +160,7 @@ def register(subparsers: Any) -> None:
         help="LoRA arithmetic on the factors (paper, default) or on Delta W",
     )
     p.add_argument("--rank", type=rank_arg, metavar="R", help="with --mode exact: truncated SVD to rank R")
+    add_merge_args(p, seed_flag="--merge-seed")  # --seed is the sampler's
     p.add_argument(
         "--keep",
         metavar="NAME",
@@ -226,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         l1=args.l1,
         mode=args.mode,
         rank=args.rank,
+        merge=MergeSpec(**merge_options(args, seed_attr="merge_seed")),
         keep=args.keep,
         limit=args.limit,
         split_seed=args.split_seed,

@@ -27,6 +27,7 @@ sampler, seed, objective, ...); the budget is not in it, so a rerun may extend t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from ..methods import MergeSpec
 from .hardware import dtype_key
 from .search_config import MINIMISED, SearchConfig, Var
 from .search_records import SearchRecords, params_key
@@ -147,7 +149,9 @@ class Prepared:
         import pemarith
 
         c = self.config
-        return pemarith.compose(self.expression, self.used, mode=c.mode, rank=c.rank, variables=dict(params))
+        return pemarith.compose(
+            self.expression, self.used, mode=c.mode, rank=c.rank, variables=dict(params), method=c.merge
+        )
 
 
 def prepare(config: SearchConfig, log: Callable[[str], None] = _log) -> Prepared:
@@ -182,7 +186,9 @@ def prepare(config: SearchConfig, log: Callable[[str], None] = _log) -> Prepared
         raise PemarithError(
             f"--keep {config.keep!r} is not a module of the expression{did_you_mean(config.keep, used)}"
         )
-    return Prepared(used, probe, config)
+    prepared = Prepared(used, probe, config)
+    prepared.compose(probe)  # a method without --mode exact --rank R fails now, before any model
+    return prepared
 
 
 def default_session(config: SearchConfig, prepared: Prepared) -> Any:
@@ -234,6 +240,8 @@ def run_search(
         **dtype_key(config.device, config.dtype),
         **task_digests(config.tasks),
     }
+    if config.merge != MergeSpec():  # linear searches keep their earlier records
+        fingerprint["merge"] = dataclasses.asdict(config.merge)
     if engine is None and session is None:
         session = default_session(config, prepared)
     records = SearchRecords(config.out, fingerprint, restart=config.restart)

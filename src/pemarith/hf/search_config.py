@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from ..errors import PemarithError, did_you_mean
+from ..methods import MergeSpec
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid")
 MAX_GRID = 10_000
@@ -74,6 +75,7 @@ class SearchConfig:
     l1: float = 0.0
     mode: str = "factorwise"
     rank: int | None = None
+    merge: MergeSpec = field(default_factory=MergeSpec)  # the merge method (default linear)
     keep: str | None = None
     limit: int | None = None
     split_seed: int = 0

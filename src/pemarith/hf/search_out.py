@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -49,6 +50,7 @@ def write_outputs(config: Any, result: Any) -> dict[str, str]:
         "modules": dict(config.modules),
         "mode": config.mode,
         "rank": config.rank,
+        "merge": dataclasses.asdict(config.merge),
         "variables": {v.name: {"lo": v.lo, "hi": v.hi, "step": v.step} for v in config.variables},
         "engine": result.engine,
         "sampler": config.sampler,
