@@ -76,6 +76,7 @@ def compare(
     kind: str,
     wrap: Any = None,
     methods: tuple[str, ...] = tuple(METHODS),
+    space: str = "dense",
 ) -> dict[str, Any]:
     """Every method's sweep of ``expr`` over ``paths``, its pick on test, McNemar vs linear."""
     from pemarith.hf.stats import mcnemar_exact
@@ -84,7 +85,7 @@ def compare(
     out: dict[str, Any] = {"modules": {}, "methods": {}}
     rows_of: dict[str, dict[str, list[bool]]] = {}
     for name in methods:
-        spec = METHODS[name]
+        spec = METHODS[name] if name == "linear" else dataclasses.replace(METHODS[name], space=space)
         mode = "exact" if kind == "lora" else "factorwise"
         rank = full_rank(next(iter(paths.values()))) if kind == "lora" and name != "linear" else None
         bench = ctx.bench(f"{label}-{name}", expr, paths, tasks, mode, kind, wrap=wrap, rank=rank, merge=spec)
@@ -117,7 +118,7 @@ def compare(
 
 
 def part_42(
-    ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str], methods: tuple[str, ...]
+    ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str], methods: tuple[str, ...], space: str
 ) -> Any:
     from pemarith.scenarios.distribution import EXPR
     from pemarith.scenarios.subsets import subset_seed
@@ -138,12 +139,14 @@ def part_42(
                     subset_size=o.subset_size,
                 )
                 paths = {"s0": ctx.module(spec), "s1": ctx.module(dataclasses.replace(spec, data="skew1"))}
-                cell = compare(ctx, f"{kind}-seed{seed}", EXPR, paths, (task,), kind, methods=methods)
+                cell = compare(
+                    ctx, f"{kind}-seed{seed}", EXPR, paths, (task,), kind, methods=methods, space=space
+                )
                 yield {"task": task, "kind": kind, "seed": seed, **cell}
 
 
 def part_43(
-    ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str], methods: tuple[str, ...]
+    ctx: Context, tasks: list[str], seeds: list[int], kinds: list[str], methods: tuple[str, ...], space: str
 ) -> Any:
     from pemarith.scenarios.multitask import mean_of_tasks
 
@@ -173,6 +176,7 @@ def part_43(
                 kind,
                 wrap=mean_of_tasks,
                 methods=methods,
+                space=space,
             )
             yield {"task": "+".join(r.tasks), "kind": kind, "seed": seed, **cell}
 
@@ -199,7 +203,7 @@ def run(args: argparse.Namespace) -> None:
     kinds = args.kinds or [k for k in ("lora", "ia3") if k in recipe.methods]
     part = part_42 if args.part == "4.2" else part_43
     methods = tuple(m for m in METHODS if m in (args.methods or METHODS))  # the report needs linear
-    for cell in part(ctx, list(recipe.tasks), args.seeds or list(recipe.seeds), kinds, methods):
+    for cell in part(ctx, list(recipe.tasks), args.seeds or list(recipe.seeds), kinds, methods, args.space):
         cells[(cell["task"], cell["kind"], cell["seed"])] = cell
         done = {
             "tasks": sorted({c["task"] for c in cells.values()}),
@@ -228,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the recipe's)")
     p.add_argument("--kinds", nargs="+", choices=("lora", "ia3"), help="module kinds")
     p.add_argument("--methods", nargs="+", choices=tuple(METHODS), help="methods (default: all)")
+    p.add_argument(
+        "--space",
+        choices=("dense", "core"),
+        default="dense",
+        help="where TIES/DARE run on LoRA: the dense update (default) or the core space (fast)",
+    )
     p.add_argument("--limit", type=int, help="evaluation rows per split and task (recipe's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--data-dir", help="the data directory (default $PEMARITH_DATA_DIR)")
