@@ -157,20 +157,9 @@ def test_a_reproductions_bench_sweeps_the_method_under_its_own_store_key(adapter
 
 
 def _search_config(adapters, out, **kw):
-    from pemarith.hf.search_config import SearchConfig
+    from test_search import _config
 
-    base = {
-        "expr": "x*a + y*b",
-        "modules": {"a": str(adapters["a"]), "b": str(adapters["b"])},
-        "model": "fake",
-        "tasks": ("sst2",),
-        "out": str(out),
-        "variables": ("x=0:1:0.5", "y=0:1:0.5"),
-        "budget": 4,
-        "sampler": "grid",
-        "plot": False,
-    }
-    return SearchConfig(**{**base, **kw})
+    return _config(adapters, out, variables=("x=0:1:0.5", "y=0:1:0.5"), budget=4, sampler="grid", **kw)
 
 
 def test_each_search_trial_is_the_methods_merge(adapters, tmp_path):
